@@ -1,0 +1,17 @@
+"""regnas-jax: regression-free neural architecture search in JAX/Flax.
+
+Layers (each imports only those below it in this list):
+
+  spaces    architectures as small integer pytrees: sampling, variation, inclusion, costs, JSON
+  nn        masked supernets over one parameter tree, exact-shape subnets, extraction
+  costs     MACs and parameters counted off traced programs
+  data      datasets as in-memory arrays
+  evaluate  scoring populations with one compiled call
+  pipeline  the job behind run_search.py
+"""
+
+from regnas_jax import costs, evaluate, nn, spaces
+
+__version__ = "0.1.0"
+
+__all__ = ["costs", "evaluate", "nn", "spaces"]

@@ -1,0 +1,139 @@
+"""Flax Linen layers: elastic (masked) ones for supernets and plain ones for exact subnets.
+
+Elastic layers always hold the largest shapes.  A subnet is selected by *data* passed at call
+time (a channel mask, a kernel-size index, an "active" flag), never by Python values, so one
+compiled function serves every subnet and ``jax.vmap`` over those arguments scores a population
+with shared parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from regnas_jax.nn import ops
+
+# OFA initialises convolutions with He init over fan-out ("he_fout").
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _identity_init(key, shape, dtype=jnp.float32):
+  del key
+  return jnp.eye(shape[0], shape[1], dtype=dtype)
+
+
+class MaskedBatchNorm(nn.Module):
+  """BatchNorm (NHWC) whose output is multiplied by a channel mask after normalisation.
+
+  A masked channel leaves plain BN as its bias, so the mask must come after BN; per-channel
+  statistics never mix channels, so active channels see exactly the statistics of the
+  exact-shape subnet.  In train mode the running statistics are updated only where
+  ``mask & update`` holds (OFA updates ``running_mean[:C]`` of the active channels only), so an
+  unused block or channel keeps its statistics.
+
+  Variables: ``params/{scale, bias}``, ``batch_stats/{mean, var}`` (biased variance, as
+  ``flax.linen.BatchNorm``), all of shape ``(C,)``.  ``momentum`` follows Flax's convention
+  (0.9 here == PyTorch's 0.1).
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool, mask=None, update=True):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if train:
+      mean, var = ops.batch_moments(x, tuple(range(x.ndim - 1)))
+      if not self.is_initializing():
+        keep = jnp.asarray(update) if mask is None else (mask & update)
+        m = self.momentum
+        ra_mean.value = jnp.where(keep, m * ra_mean.value + (1 - m) * mean, ra_mean.value)
+        ra_var.value = jnp.where(keep, m * ra_var.value + (1 - m) * var, ra_var.value)
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    y = (x.astype(jnp.float32) - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
+    if mask is not None:
+      y = y * mask
+    return y.astype(self.dtype or x.dtype)
+
+
+class DepthwiseConv2D(nn.Module):
+  """Depthwise conv with a fixed kernel size; kernel ``(k, k, 1, C)``, no bias."""
+  kernel_size: int
+  strides: int = 1
+  impl: str = "auto"
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.param("kernel", conv_init, (self.kernel_size, self.kernel_size, 1, x.shape[-1]),
+                   jnp.float32)
+    return ops.depthwise_conv(x.astype(self.dtype or x.dtype), k, self.strides, self.impl)
+
+
+class ElasticDepthwiseConv2D(nn.Module):
+  """OFA's elastic-kernel depthwise conv: one ``(K, K, 1, C)`` kernel for ``K = max(sizes)``.
+
+  ``kernel_index`` (an int array, may be traced / vmapped) picks a size; the kernel of each
+  smaller size is derived as in :func:`ops.elastic_kernels` and zero-padded to ``K``, which
+  gives exactly the output of the ``k x k`` conv under symmetric padding.  With ``transform``
+  the learned ``(k*k, k*k)`` matrices (``7to5_matrix``, ``5to3_matrix``) are parameters,
+  initialised to identity as in OFA.
+  """
+  kernel_sizes: Sequence[int]
+  strides: int = 1
+  impl: str = "auto"
+  transform: bool = True
+  dtype: Any = None
+
+  def derived_kernels(self, kernel, matrices):
+    return ops.elastic_kernels(kernel, self.kernel_sizes, matrices)
+
+  @nn.compact
+  def __call__(self, x, kernel_index):
+    sizes = tuple(self.kernel_sizes)
+    big = sizes[-1]
+    kernel = self.param("kernel", conv_init, (big, big, 1, x.shape[-1]), jnp.float32)
+    matrices = None
+    if self.transform:
+      matrices = {}
+      for src, dst in zip(sizes[::-1], sizes[-2::-1]):
+        name = ops.transform_matrix_name(src, dst)
+        matrices[name] = self.param(name, _identity_init, (dst * dst, dst * dst), jnp.float32)
+    cands = jnp.stack([ops.pad_kernel(k, big) for k in self.derived_kernels(kernel, matrices)])
+    w = jnp.take(cands, kernel_index, axis=0) if len(sizes) > 1 else cands[0]
+    return ops.depthwise_conv(x.astype(self.dtype or x.dtype), w, self.strides, self.impl)
+
+
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-excite as in MobileNetV3: mean pool -> Dense+ReLU -> Dense -> h-sigmoid gate.
+
+  ``hidden_mask`` (bool ``(hidden,)``) zeroes unused hidden units of an elastic SE; input
+  channels that are masked to zero pool to zero and so never reach the hidden units.
+  """
+  hidden: int
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, hidden_mask=None):
+    s = jnp.mean(x, axis=(1, 2))
+    s = jax.nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="reduce")(s))
+    if hidden_mask is not None:
+      s = s * hidden_mask
+    s = ops.hsigmoid(nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s))
+    return x * s[:, None, None, :].astype(x.dtype)
+
+
+def conv(features: int, kernel: int = 1, stride: int = 1, name: str | None = None, dtype=None):
+  """Bias-free conv with symmetric ``kernel // 2`` padding and He fan-out init."""
+  p = kernel // 2
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
+                 use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)

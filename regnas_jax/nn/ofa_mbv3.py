@@ -1,0 +1,350 @@
+"""OFA-MobileNetV3: the masked supernet, the exact-shape subnet, extraction and channel sorting.
+
+``OFAMobileNetV3(space)`` holds the largest network.  ``apply(variables, images, arch, train)``
+turns the arch's choice indices into masks inside the traced function:
+
+* expand ratio -> a first-N mask over the middle channels of a block (applied after BN), and
+  the matching first-N mask over its SE hidden units;
+* kernel size  -> an index into the block's derived kernels (centre crop + transform matrix,
+  zero-padded to the largest size);
+* depth        -> an "active" flag per block; inactive blocks are residual blocks whose branch
+  is dropped (``where(active, x + f(x), x)``) and whose BN statistics are left untouched.
+
+Parameter names are shared with the exact-shape :class:`MobileNetV3`, and :func:`extract`
+slices a supernet's variables to one subnet's exact shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from regnas_jax.nn import layers, ops
+from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
+
+
+# ----------------------------------------------------------------------------------------------
+# The masked supernet
+# ----------------------------------------------------------------------------------------------
+class ElasticMBConv(nn.Module):
+  """One elastic inverted-bottleneck block at its largest shape (see module docstring)."""
+  layout: Any                 # spaces.ofa_mbv3.BlockLayout
+  kernel_sizes: Sequence[int]
+  depthwise_impl: str = "auto"
+  kernel_transform: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, kernel_index, mid_mask, se_mask, active, train: bool):
+    b = self.layout
+    act = ops.activation(b.act)
+    bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
+                                             name=name)
+    h = layers.conv(max(b.mid_choices), 1, name="expand", dtype=self.dtype)(x)
+    h = act(bn("expand_bn")(h, train, mid_mask, active))
+    h = layers.ElasticDepthwiseConv2D(self.kernel_sizes, b.stride, self.depthwise_impl,
+                                      self.kernel_transform, self.dtype, name="dw")(h, kernel_index)
+    h = act(bn("dw_bn")(h, train, mid_mask, active))
+    if b.se:
+      h = layers.SqueezeExcite(max(b.se_choices), self.dtype, name="se")(h, se_mask)
+    h = layers.conv(b.out_ch, 1, name="proj", dtype=self.dtype)(h)
+    h = bn("proj_bn")(h, train, None, active)
+    if b.residual:
+      return jnp.where(active, x + h, x)
+    return h
+
+
+class OFAMobileNetV3(nn.Module):
+  """The OFA-MobileNetV3 supernet: one parameter tree, subnets chosen by ``arch`` data.
+
+  Call as ``logits = model.apply(variables, images, arch, train=False)``, or in train mode with
+  ``mutable=['batch_stats']`` (BN then uses batch statistics and updates the running ones of
+  the active channels).  ``images``: ``(N, R, R, 3)``; ``arch``: an :class:`MBV3Arch` of int
+  arrays (its ``resolution`` field is not read: the image size is the resolution).  Returns
+  ``(N, num_classes)`` logits.  ``jax.vmap`` over ``arch`` (and, for per-subnet statistics, over
+  ``variables['batch_stats']``) scores a population with shared parameters.
+
+  Attributes:
+    space: the search space (widths, strides, choices).
+    depthwise_impl: ``'auto'`` | ``'xla'`` | ``'shift'`` (see :func:`ops.depthwise_conv`).
+    kernel_transform: OFA's learned kernel transform matrices (``False``: plain centre crops,
+      which makes a smaller kernel literally the centre of a larger one).
+    bn_momentum, bn_epsilon: BatchNorm settings (Flax momentum convention).
+    dropout_rate: dropout before the classifier in train mode (needs a ``'dropout'`` rng).
+    dtype: compute dtype (parameters and BN statistics stay float32).
+  """
+  space: OFAMobileNetV3Space
+  depthwise_impl: str = "auto"
+  kernel_transform: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, arch: MBV3Arch, train: bool = False):
+    sp = self.space
+    w = sp.widths
+    bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
+                                             name=name)
+    x = images.astype(self.dtype)
+    x = layers.conv(w[0], 3, sp.stem_stride, name="stem_conv", dtype=self.dtype)(x)
+    x = ops.hswish(bn("stem_bn")(x, train))
+    # First block: fixed MBConv, expand 1, kernel 3, ReLU.
+    h = layers.DepthwiseConv2D(3, 1, self.depthwise_impl, self.dtype, name="first_dw")(x)
+    h = jax.nn.relu(bn("first_dw_bn")(h, train))
+    h = bn("first_proj_bn")(layers.conv(w[1], 1, name="first_proj", dtype=self.dtype)(h), train)
+    x = x + h if w[0] == w[1] else h
+
+    active = sp.block_active(arch)
+    mids = sp.mid_channels(arch)
+    for i, b in enumerate(sp.blocks):
+      mid_mask = jnp.arange(max(b.mid_choices)) < mids[i]
+      se_mask = None
+      if b.se:
+        se_mask = jnp.arange(max(b.se_choices)) < jnp.asarray(b.se_choices)[arch.expand[i]]
+      x = ElasticMBConv(b, sp.kernel_choices, self.depthwise_impl, self.kernel_transform,
+                        self.bn_momentum, self.bn_epsilon, self.dtype, name=b.name)(
+                            x, arch.kernel[i], mid_mask, se_mask, active[i], train)
+    return _head(x, bn, train, w[7], w[8], sp.num_classes, self.dropout_rate, self.dtype)
+
+
+def _head(x, bn, train, head_ch, feature_ch, num_classes, dropout_rate, dtype):
+  """Final expand conv + BN + h-swish, average pool, feature mix + h-swish, classifier.
+
+  Called inside a parent's compact ``__call__``, so the layers it creates belong to the parent.
+  """
+  x = layers.conv(head_ch, 1, name="head_conv", dtype=dtype)(x)
+  x = ops.hswish(bn("head_bn")(x, train))
+  x = jnp.mean(x, axis=(1, 2))
+  x = ops.hswish(nn.Dense(feature_ch, use_bias=False, dtype=dtype, name="feature_mix")(x))
+  if dropout_rate > 0:
+    x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+  x = nn.Dense(num_classes, dtype=dtype, name="classifier")(x)
+  return x.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The exact-shape subnet
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MBConvSpec:
+  """Exact shape of one inverted-bottleneck block of an extracted subnet."""
+  name: str
+  in_ch: int
+  out_ch: int
+  mid_ch: int
+  kernel: int
+  stride: int
+  act: str
+  se_ch: int  # 0: no squeeze-excite
+
+  @property
+  def residual(self) -> bool:
+    return self.stride == 1 and self.in_ch == self.out_ch
+
+
+def _batchnorm(train, momentum, epsilon, dtype, name):
+  # Two-pass variance: E[x^2] - E[x]^2 loses digits when |mean| >> std (small batches).
+  return nn.BatchNorm(not train, momentum=momentum, epsilon=epsilon, dtype=dtype,
+                      use_fast_variance=False, name=name)
+
+
+class MBConv(nn.Module):
+  """Plain inverted-bottleneck block (1x1 expand, k x k depthwise, optional SE, 1x1 project)."""
+  spec: MBConvSpec
+  depthwise_impl: str = "auto"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    s = self.spec
+    act = ops.activation(s.act)
+    bn = lambda name: _batchnorm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name)
+    h = act(bn("expand_bn")(layers.conv(s.mid_ch, 1, name="expand", dtype=self.dtype)(x)))
+    h = layers.DepthwiseConv2D(s.kernel, s.stride, self.depthwise_impl, self.dtype, name="dw")(h)
+    h = act(bn("dw_bn")(h))
+    if s.se_ch:
+      h = layers.SqueezeExcite(s.se_ch, self.dtype, name="se")(h)
+    h = bn("proj_bn")(layers.conv(s.out_ch, 1, name="proj", dtype=self.dtype)(h))
+    return x + h if s.residual else h
+
+
+class MobileNetV3(nn.Module):
+  """A standalone MobileNetV3 with exact shapes (what :func:`extract` returns).
+
+  ``model.apply(variables, images, train=False)``; train mode needs ``mutable=['batch_stats']``.
+  Uses only ``flax.linen`` layers (``nn.Conv``, ``nn.BatchNorm``, ``nn.Dense``) plus a
+  depthwise conv, so it can be trained, fine-tuned or exported on its own.
+  """
+  stem_ch: int
+  stem_stride: int
+  first_ch: int
+  blocks: tuple[MBConvSpec, ...]
+  head_ch: int
+  feature_ch: int
+  num_classes: int
+  depthwise_impl: str = "auto"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    bn = lambda name: (lambda x, tr: _batchnorm(tr, self.bn_momentum, self.bn_epsilon,
+                                                self.dtype, name)(x))
+    x = images.astype(self.dtype)
+    x = layers.conv(self.stem_ch, 3, self.stem_stride, name="stem_conv", dtype=self.dtype)(x)
+    x = ops.hswish(bn("stem_bn")(x, train))
+    h = layers.DepthwiseConv2D(3, 1, self.depthwise_impl, self.dtype, name="first_dw")(x)
+    h = jax.nn.relu(bn("first_dw_bn")(h, train))
+    h = bn("first_proj_bn")(layers.conv(self.first_ch, 1, name="first_proj", dtype=self.dtype)(h),
+                            train)
+    x = x + h if self.stem_ch == self.first_ch else h
+    for s in self.blocks:
+      x = MBConv(s, self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
+                 name=s.name)(x, train)
+    return _head(x, bn, train, self.head_ch, self.feature_ch, self.num_classes,
+                 self.dropout_rate, self.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction and channel re-ordering
+# ----------------------------------------------------------------------------------------------
+def _bn_slice(tree, n):
+  return {k: v[..., :n] for k, v in tree.items()}
+
+
+def subnet_specs(space: OFAMobileNetV3Space, arch: MBV3Arch) -> tuple[MBConvSpec, ...]:
+  """Exact block shapes of the subnet ``arch`` (concrete) selects."""
+  a = space.validate(arch, population=False)
+  active = space.block_active(a)
+  mids = space.mid_channels(a)
+  out = []
+  for i, b in enumerate(space.blocks):
+    if active[i]:
+      out.append(MBConvSpec(b.name, b.in_ch, b.out_ch, int(mids[i]),
+                            int(space.kernel_choices[a.kernel[i]]), b.stride, b.act,
+                            int(b.se_choices[a.expand[i]]) if b.se else 0))
+  return tuple(out)
+
+
+def extract(model: OFAMobileNetV3, variables, arch: MBV3Arch):
+  """Slice a supernet's variables to the exact shapes of one subnet.
+
+  Args:
+    model: the supernet module (its space and settings are reused).
+    variables: ``{'params': ..., 'batch_stats': ...}`` of the supernet; the batch statistics
+      may be the ones re-calibrated for this subnet.
+    arch: one (concrete) architecture.
+  Returns:
+    ``(module, variables)``: a :class:`MobileNetV3` and its variables, with no masks and no
+    unused blocks; depthwise kernels are the derived (cropped and transformed) ``k x k`` ones.
+  """
+  sp = model.space
+  a = sp.validate(arch, population=False)
+  specs = subnet_specs(sp, a)
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  fixed = ("stem_conv", "stem_bn", "first_dw", "first_dw_bn", "first_proj", "first_proj_bn",
+           "head_conv", "head_bn", "feature_mix", "classifier")
+  new_p = {k: params[k] for k in fixed}
+  new_s = {k: stats[k] for k in fixed if k in stats}
+  for s in specs:
+    p, st = params[s.name], stats.get(s.name, {})
+    dw = p["dw"]
+    matrices = {k: v for k, v in dw.items() if k != "kernel"} if model.kernel_transform else None
+    kern = dict(zip(sp.kernel_choices, ops.elastic_kernels(dw["kernel"], sp.kernel_choices,
+                                                           matrices)))[s.kernel]
+    m = s.mid_ch
+    q = {"expand": {"kernel": p["expand"]["kernel"][..., :m]},
+         "expand_bn": _bn_slice(p["expand_bn"], m),
+         "dw": {"kernel": kern[..., :m]},
+         "dw_bn": _bn_slice(p["dw_bn"], m),
+         "proj": {"kernel": p["proj"]["kernel"][:, :, :m, :]},
+         "proj_bn": p["proj_bn"]}
+    if s.se_ch:
+      se, r = p["se"], s.se_ch
+      q["se"] = {"reduce": {"kernel": se["reduce"]["kernel"][:m, :r], "bias": se["reduce"]["bias"][:r]},
+                 "expand": {"kernel": se["expand"]["kernel"][:r, :m], "bias": se["expand"]["bias"][:m]}}
+    new_p[s.name] = q
+    if st:
+      new_s[s.name] = {"expand_bn": _bn_slice(st["expand_bn"], m),
+                       "dw_bn": _bn_slice(st["dw_bn"], m), "proj_bn": st["proj_bn"]}
+  w = sp.widths
+  module = MobileNetV3(w[0], sp.stem_stride, w[1], specs, w[7], w[8], sp.num_classes,
+                       model.depthwise_impl, model.bn_momentum, model.bn_epsilon,
+                       model.dropout_rate, model.dtype)
+  out = {"params": new_p}
+  if new_s:
+    out["batch_stats"] = new_s
+  return module, out
+
+
+def _segment_order(importance, boundaries):
+  """Permutation sorting channels by descending importance within nested segments.
+
+  ``boundaries`` are channel counts (ascending) whose first-N sets must be kept: a channel
+  never crosses one, so every kept width keeps the same channel set.
+  """
+  idx = jnp.arange(importance.shape[0])
+  seg = sum((idx >= b).astype(jnp.int32) for b in boundaries) if boundaries else jnp.zeros_like(idx)
+  return jnp.lexsort((-importance, seg))
+
+
+def reorder_channels(model: OFAMobileNetV3, variables, keep_expands: Sequence = ()):
+  """OFA's channel sorting before shrinking the width, as a function-preserving permutation.
+
+  For every elastic block the middle channels are sorted by the L1 norm of the projection
+  weights that read them (most important first) and the permutation is applied to everything
+  that touches them: expand conv outputs, both BNs (params and statistics), the depthwise
+  kernel, SE reduce inputs / expand outputs.  SE hidden units are then sorted by the L1 norm of
+  the SE expand weights.  ``keep_expands`` lists expand ratios already trained as subnets: the
+  permutation stays inside the segments their widths delimit, so those subnets keep their
+  function too (OFA's ``expand_ratio_stage`` offsets; here also applied to the SE hidden units).
+  The largest network's function is always unchanged.  Pure; works under ``jit``.
+  """
+  sp = model.space
+  bad = [e for e in keep_expands if e not in sp.expand_choices]
+  if bad:
+    raise ValueError(f"keep_expands: {bad[0]!r} is not one of {sp.expand_choices}")
+  params = dict(variables["params"])
+  stats = dict(variables.get("batch_stats", {}))
+  keep_idx = [sp.expand_choices.index(e) for e in keep_expands]
+  for b in sp.blocks:
+    p = jax.tree.map(lambda x: x, params[b.name])
+    mid = max(b.mid_choices)
+    bounds = sorted({b.mid_choices[i] for i in keep_idx} - {mid})
+    perm = _segment_order(jnp.abs(p["proj"]["kernel"]).sum((0, 1, 3)), bounds)
+    p["expand"] = {"kernel": p["expand"]["kernel"][..., perm]}
+    p["expand_bn"] = jax.tree.map(lambda v: v[..., perm], p["expand_bn"])
+    p["dw"] = dict(p["dw"], kernel=p["dw"]["kernel"][..., perm])
+    p["dw_bn"] = jax.tree.map(lambda v: v[..., perm], p["dw_bn"])
+    p["proj"] = {"kernel": p["proj"]["kernel"][:, :, perm, :]}
+    if b.se:
+      red, exp = p["se"]["reduce"], p["se"]["expand"]
+      red = {"kernel": red["kernel"][perm, :], "bias": red["bias"]}
+      exp = {"kernel": exp["kernel"][:, perm], "bias": exp["bias"][perm]}
+      se_bounds = sorted({b.se_choices[i] for i in keep_idx} - {max(b.se_choices)})
+      hperm = _segment_order(jnp.abs(exp["kernel"]).sum(1), se_bounds)
+      red = {"kernel": red["kernel"][:, hperm], "bias": red["bias"][hperm]}
+      exp = {"kernel": exp["kernel"][hperm, :], "bias": exp["bias"]}
+      p["se"] = {"reduce": red, "expand": exp}
+    params[b.name] = p
+    if b.name in stats:
+      st = dict(stats[b.name])
+      st["expand_bn"] = jax.tree.map(lambda v: v[..., perm], st["expand_bn"])
+      st["dw_bn"] = jax.tree.map(lambda v: v[..., perm], st["dw_bn"])
+      stats[b.name] = st
+  out = dict(variables, params=params)
+  if stats:
+    out["batch_stats"] = stats
+  return out

@@ -1,0 +1,25 @@
+"""Search spaces: architectures as small integer pytrees, with costs, inclusion and JSON.
+
+``get_space(name, **config)`` builds a registered space by name (the name stored in JSON and
+checkpoints).
+"""
+
+from regnas_jax.spaces.base import (Field, InvalidArchError, InvalidSpaceError, SearchSpace,
+                                    make_divisible, member, pop_size, stack)
+from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
+
+SPACES = {OFAMobileNetV3Space.name: OFAMobileNetV3Space}
+
+
+def get_space(name: str, **config) -> SearchSpace:
+  """Build the space registered as ``name`` with the given configuration."""
+  if name not in SPACES:
+    raise InvalidSpaceError(f"space: unknown search space {name!r} (known: {', '.join(SPACES)})")
+  try:
+    return SPACES[name](**config)
+  except TypeError as e:  # unknown keyword
+    raise InvalidSpaceError(f"space {name!r}: {e}") from None
+
+
+__all__ = ["Field", "InvalidArchError", "InvalidSpaceError", "MBV3Arch", "OFAMobileNetV3Space",
+           "SPACES", "SearchSpace", "get_space", "make_divisible", "member", "pop_size", "stack"]

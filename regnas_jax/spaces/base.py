@@ -1,0 +1,263 @@
+"""What every search space shares: choice fields, sampling, validation, JSON errors.
+
+An architecture is a ``NamedTuple`` of small int32 arrays holding *choice indices* (not values);
+each field has a fixed shape per space and its choices are sorted ascending, so "larger choice"
+is simply "larger index".  A population is the same tuple with one leading axis.  Everything on
+arrays here is written with ``jax.numpy`` and works under ``jit``/``vmap``; validation and JSON
+work on concrete values only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Arch = Any  # a space's NamedTuple of int arrays
+
+
+class InvalidArchError(ValueError):
+  """An architecture (arrays or JSON) that does not belong to its search space."""
+
+
+class InvalidSpaceError(ValueError):
+  """A search-space configuration that cannot be built."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One decision of a space: its name, per-arch shape and the readable values of its choices."""
+  name: str
+  shape: tuple[int, ...]
+  choices: tuple[Any, ...]
+
+  @property
+  def size(self) -> int:
+    return len(self.choices)
+
+
+def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> int:
+  """Round a channel count to a multiple of ``divisor`` without dropping more than 10%.
+
+  This is the MobileNet rounding rule that OFA uses for every width (mobilenet slim code).
+  """
+  min_val = divisor if min_val is None else min_val
+  new_v = max(min_val, int(v + divisor / 2) // divisor * divisor)
+  if new_v < 0.9 * v:
+    new_v += divisor
+  return new_v
+
+
+def check_choices(name: str, values: Sequence[Any], *, positive: bool = True) -> tuple:
+  """Validate a choice list of a space config: non-empty, strictly ascending, positive."""
+  values = tuple(values)
+  if not values:
+    raise InvalidSpaceError(f"{name}: needs at least one choice")
+  if any(b <= a for a, b in zip(values, values[1:])):
+    raise InvalidSpaceError(f"{name}: choices must be strictly ascending, got {values}")
+  if positive and values[0] <= 0:
+    raise InvalidSpaceError(f"{name}: choices must be positive, got {values}")
+  return values
+
+
+class SearchSpace:
+  """Base class of the search spaces.
+
+  A subclass is a frozen dataclass (its fields are the space's configuration) that sets
+  ``name`` and ``arch_type`` and implements ``fields``, ``contains``, ``mutate``, ``macs``,
+  ``params``, ``to_json``, ``from_json`` and ``canonicalize``.  Generic sampling, crossover,
+  min/max and validation live here.
+  """
+
+  name: str = ""
+  arch_type: type = NamedTuple
+
+  # -- structure ---------------------------------------------------------------------------
+  def fields(self) -> tuple[Field, ...]:
+    raise NotImplementedError
+
+  def field(self, name: str) -> Field:
+    for f in self.fields():
+      if f.name == name:
+        return f
+    raise KeyError(name)
+
+  def choices(self) -> dict[str, tuple]:
+    """Readable choice values per field, e.g. ``{'kernel': (3, 5, 7), ...}``."""
+    return {f.name: f.choices for f in self.fields()}
+
+  def _full(self, pick) -> Arch:
+    return self.arch_type(**{
+        f.name: jnp.full(f.shape, pick(f), jnp.int32) for f in self.fields()})
+
+  def min_arch(self) -> Arch:
+    """The architecture taking the smallest choice everywhere."""
+    return self._full(lambda f: 0)
+
+  def max_arch(self) -> Arch:
+    """The architecture taking the largest choice everywhere."""
+    return self._full(lambda f: f.size - 1)
+
+  # -- sampling and variation (jit/vmap friendly) -------------------------------------------
+  def sample(self, key: jax.Array, n: int | None = None) -> Arch:
+    """Uniform random choices per element; ``n`` adds a leading population axis."""
+    lead = () if n is None else (n,)
+    keys = jax.random.split(key, len(self.fields()))
+    return self.arch_type(**{
+        f.name: jax.random.randint(k, lead + f.shape, 0, f.size, jnp.int32)
+        for k, f in zip(keys, self.fields())})
+
+  def crossover(self, key: jax.Array, a: Arch, b: Arch) -> Arch:
+    """Uniform crossover: every element comes from ``a`` or ``b`` with probability 1/2."""
+    keys = jax.random.split(key, len(a))
+    return type(a)(*[jnp.where(jax.random.bernoulli(k, 0.5, x.shape), x, y)
+                     for k, x, y in zip(keys, a, b)])
+
+  def mutate(self, key: jax.Array, arch: Arch, prob: float = 0.1, **kw) -> Arch:
+    raise NotImplementedError
+
+  def contains(self, big: Arch, small: Arch) -> jax.Array:
+    raise NotImplementedError
+
+  def canonicalize(self, arch: Arch) -> Arch:
+    """Same network, unused decisions set to a fixed value (default: nothing unused)."""
+    return arch
+
+  # -- costs ---------------------------------------------------------------------------------
+  def macs(self, arch: Arch):
+    raise NotImplementedError
+
+  def params(self, arch: Arch):
+    raise NotImplementedError
+
+  # -- concrete-value helpers ------------------------------------------------------------------
+  def validate(self, arch: Arch, *, population: bool | None = None) -> Arch:
+    """Check structure, dtype and index range; return the arch as int32 numpy arrays.
+
+    ``population=None`` accepts a single arch or a population (one leading axis); errors name
+    the field and the offending element, e.g. ``kernel[3]: choice index 5 not in 0..2``.
+    """
+    if isinstance(arch, Mapping):
+      got = set(arch)
+    elif isinstance(arch, tuple) and hasattr(arch, "_fields"):
+      got = set(arch._fields)
+      arch = arch._asdict()
+    else:
+      raise InvalidArchError(
+          f"{self.name}: an architecture must be a {self.arch_type.__name__} or a mapping of "
+          f"its fields, got {type(arch).__name__}")
+    want = [f.name for f in self.fields()]
+    missing, extra = [n for n in want if n not in got], sorted(got - set(want))
+    if missing:
+      raise InvalidArchError(f"{self.name}: missing field {missing[0]!r}")
+    if extra:
+      raise InvalidArchError(f"{self.name}: unknown field {extra[0]!r} (fields: {want})")
+    out, lead = {}, None
+    for f in self.fields():
+      x = np.asarray(arch[f.name])
+      if x.dtype.kind not in "iu":
+        if x.dtype.kind == "f" and np.all(np.isfinite(x)) and np.all(x == np.round(x)):
+          x = x.astype(np.int64)
+        else:
+          raise InvalidArchError(
+              f"{f.name}: choice indices must be integers, got dtype {x.dtype}")
+      extra_dims = x.ndim - len(f.shape)
+      if x.shape[extra_dims:] != f.shape or extra_dims not in (0, 1) or (
+          population is True and extra_dims != 1) or (population is False and extra_dims):
+        raise InvalidArchError(
+            f"{f.name}: expected shape {f.shape}"
+            f"{' with one leading population axis' if population else ''}, got {x.shape}")
+      if lead is None:
+        lead = x.shape[:extra_dims]
+      elif x.shape[:extra_dims] != lead:
+        raise InvalidArchError(
+            f"{f.name}: population size {x.shape[:extra_dims]} differs from other fields {lead}")
+      bad = np.argwhere((x < 0) | (x >= f.size))
+      if bad.size:
+        idx = tuple(int(i) for i in bad[0])
+        where = f"{f.name}[{', '.join(map(str, idx))}]" if idx else f.name
+        raise InvalidArchError(
+            f"{where}: choice index {int(x[idx])} not in 0..{f.size - 1} "
+            f"(choices {', '.join(map(str, f.choices))})")
+      out[f.name] = x.astype(np.int32)
+    return self.arch_type(**out)
+
+  def to_json(self, arch: Arch) -> dict:
+    raise NotImplementedError
+
+  def from_json(self, obj: Mapping) -> Arch:
+    raise NotImplementedError
+
+  def population_to_json(self, pop: Arch) -> list[dict]:
+    pop = self.validate(pop, population=True)
+    return [self.to_json(jax.tree.map(lambda x: x[i], pop)) for i in range(len(pop[0]))]
+
+  def population_from_json(self, objs: Sequence[Mapping]) -> Arch:
+    if not isinstance(objs, (list, tuple)) or not objs:
+      raise InvalidArchError("a population must be a non-empty JSON list of architectures")
+    archs = []
+    for i, o in enumerate(objs):
+      try:
+        archs.append(self.from_json(o))
+      except InvalidArchError as e:
+        raise InvalidArchError(f"[{i}].{e}") from None
+    return stack(archs)
+
+  def config(self) -> dict:
+    """The space's configuration as plain JSON-able values (recorded in checkpoints)."""
+    d = {"space": self.name}
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      d[f.name] = list(v) if isinstance(v, tuple) else v
+    return d
+
+
+def stack(archs: Sequence[Arch]) -> Arch:
+  """Stack single architectures into a population (leading axis)."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *archs)
+
+
+def member(pop: Arch, i: int) -> Arch:
+  """The ``i``-th architecture of a population."""
+  return jax.tree.map(lambda x: x[i], pop)
+
+
+def pop_size(pop: Arch) -> int:
+  return int(np.shape(jax.tree.leaves(pop)[0])[0])
+
+
+# -- JSON helpers shared by the spaces ------------------------------------------------------
+def json_get(obj: Mapping, key: str, where: str) -> Any:
+  if not isinstance(obj, Mapping):
+    raise InvalidArchError(f"{where or 'arch'}: expected a JSON object, got {type(obj).__name__}")
+  if key not in obj:
+    raise InvalidArchError(f"{where + '.' if where else ''}{key}: missing")
+  return obj[key]
+
+
+def json_choice(value: Any, choices: Sequence, where: str) -> int:
+  """Index of a readable ``value`` in ``choices`` or an error naming ``where``."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise InvalidArchError(f"{where}: expected a number, got {value!r}")
+  for i, c in enumerate(choices):
+    if value == c:
+      return i
+  raise InvalidArchError(f"{where}: {value!r} is not one of ({', '.join(map(str, choices))})")
+
+
+def json_list(value: Any, length: int, where: str) -> list:
+  if not isinstance(value, (list, tuple)):
+    raise InvalidArchError(f"{where}: expected a list, got {value!r}")
+  if len(value) != length:
+    raise InvalidArchError(f"{where}: expected {length} entries, got {len(value)}")
+  return list(value)
+
+
+def json_keys(obj: Mapping, allowed: Sequence[str], where: str) -> None:
+  extra = sorted(set(obj) - set(allowed))
+  if extra:
+    raise InvalidArchError(
+        f"{where + '.' if where else ''}{extra[0]}: unknown key (allowed: {', '.join(allowed)})")

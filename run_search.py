@@ -5,7 +5,9 @@
   python run_search.py --config configs/digits_mbv3.py:smoke --workdir /tmp/run
   python run_search.py --config.score.population=32          # override any config value
 
-Writes results.json (and more, as the pipeline grows) into --workdir (default runs/<name>).
+Trains the supernet (resuming from the checkpoints in --workdir, default runs/<name>), then
+writes metrics.jsonl, checkpoints/ and results.json there.  SIGTERM saves a checkpoint and
+exits with status 143; running the same command again resumes.
 Bad input prints one line starting with 'error:' and exits with status 2, before anything is
 written.
 """
@@ -28,7 +30,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def parse(argv):
-  """(config, workdir) from the command line, or SystemExit(2) with one error line."""
+  """(config, workdir, stop_after) from the command line, or SystemExit(2) with one error line."""
   from absl import flags
   from ml_collections import config_flags
 
@@ -39,6 +41,8 @@ def parse(argv):
         flag_values=fv, lock_config=True)
     workdir = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<name>).",
                                   flag_values=fv)
+    stop_after = flags.DEFINE_enum("stop_after", "score", ["train", "score"],
+                                   "Last stage to run.", flag_values=fv)
     fv(argv)
     cfg = cfg_flag.value
     cfg.to_dict()  # a config file that failed to load raises here
@@ -49,18 +53,23 @@ def parse(argv):
   except (flags.Error, ValueError, TypeError, OSError, SyntaxError) as e:
     print(f"error: {_one_line(e)}", file=sys.stderr)
     raise SystemExit(2) from None
-  return cfg, workdir.value or os.path.join("runs", cfg.name)
+  return cfg, workdir.value or os.path.join("runs", cfg.name), stop_after.value
 
 
 def main(argv) -> int:
-  cfg, workdir = parse(argv)
+  cfg, workdir, stop_after = parse(argv)
   from regnas_jax import pipeline  # after parsing: importing JAX takes a while
 
+  from regnas_jax import train
+
   try:
-    pipeline.run(cfg, workdir)
+    pipeline.run(cfg, workdir, stop_after)
   except pipeline.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except train.Preempted as e:
+    print(f"stopped: {e}", file=sys.stderr)
+    return 143  # 128 + SIGTERM, as a shell reports a process ended by it
   return 0
 
 

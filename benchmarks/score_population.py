@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 
@@ -27,19 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_util import timed
 from regnas_jax import spaces
 from regnas_jax.nn import OFAMobileNetV3, extract
 from regnas_jax.nn.common import init_variables
-
-
-def timed(fn, repeats):
-  """Median wall time of ``repeats`` calls of an already compiled ``fn``."""
-  out = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    out.append(time.perf_counter() - t)
-  return statistics.median(out)
 
 
 def main(argv=None):

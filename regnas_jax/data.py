@@ -1,30 +1,81 @@
-"""Datasets as in-memory arrays.
+"""Datasets: one interface, three sources, and the on-device batch pipeline.
 
-``load_digits`` is the offline default: scikit-learn's handwritten digits (1,797 real 8x8
-grayscale images that ship inside scikit-learn), upscaled to the small-image stem's input size,
-with a fixed train / holdout-validation / test split.  The search only ever looks at the
-validation split; the test split is for reporting.
+Every source gives a :class:`Dataset`: ``train`` / ``val`` / ``test`` splits of uint8 RGB images
+plus labels, the number of classes and the normalisation constants.  ``val`` is a holdout carved
+from the training data (the search only ever looks at it); ``test`` is for reporting.
+
+* ``load_digits``: the offline default, scikit-learn's 1,797 real 8x8 handwritten digits
+  (they ship inside scikit-learn), upscaled to a size the small-image stem takes.
+* ``load_cifar10_npz``: CIFAR-10 from a local file in the packed JPEG format (``train_jpeg``,
+  ``train_offsets``, ``train_labels``, ``test_*``), decoded once and cached as uint8 arrays.
+* ``load_tfds``: a dataset the user prepared with TensorFlow Datasets, read through
+  ``tfds.data_source`` (array_record; TensorFlow itself is not needed).  tfds is imported only
+  here.  Images are read lazily, so ImageNet-sized datasets need not fit in memory.
+
+A split is a *source*: ``len(split)`` and ``split.get(indices) -> (images, labels)`` with images
+``(B, S, S, 3)`` uint8 and labels ``(B,)`` int32.  :class:`ArraySource` holds arrays in memory;
+:class:`TfdsSource` decodes on demand.  ``preprocess`` (random crop + flip, resize to the step's
+resolution, normalise) runs on the device and is deterministic given its key.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import functools
+import hashlib
+import os
+from typing import Any, NamedTuple, Protocol
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-DIGITS_MEAN, DIGITS_STD = 0.3, 0.38  # of the 0..1-scaled digits pixels (whole set)
+
+class DataError(ValueError):
+  """A dataset that cannot be loaded; the message names the file or setting."""
 
 
-class Split(NamedTuple):
-  images: np.ndarray  # (N, R, R, 3) float32, normalised
-  labels: np.ndarray  # (N,) int32
+class Source(Protocol):
+  def __len__(self) -> int: ...
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-class Splits(NamedTuple):
-  train: Split
-  val: Split
-  test: Split
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+  """A split held in memory: ``images`` ``(N, S, S, 3)`` uint8, ``labels`` ``(N,)`` int32."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def get(self, indices):
+    indices = np.asarray(indices)
+    return self.images[indices], self.labels[indices]
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsetSource:
+  """The examples ``indices`` of another source (e.g. the holdout carved from train)."""
+  base: Any
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def get(self, indices):
+    return self.base.get(self.indices[np.asarray(indices)])
+
+
+class Dataset(NamedTuple):
+  name: str
+  train: Any          # Source
+  val: Any            # Source: holdout carved from the training data
+  test: Any           # Source
   num_classes: int
+  image_size: int     # side of the stored images
+  mean: tuple         # per-channel mean of pixel/255 (normalisation)
+  std: tuple
 
 
 def split_indices(n: int, fractions: tuple[float, float], seed: int):
@@ -34,6 +85,25 @@ def split_indices(n: int, fractions: tuple[float, float], seed: int):
   return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
 
 
+def holdout_split(n: int, val_size: int, seed: int):
+  """(train, val) indices: ``val_size`` examples carved from ``range(n)`` by a fixed seed."""
+  if not 0 < val_size < n:
+    raise DataError(f"data.val_size: must be between 1 and {n - 1} (training examples), "
+                    f"got {val_size}")
+  perm = np.random.default_rng(seed).permutation(n)
+  return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+
+
+def to_array_source(src) -> ArraySource:
+  """Materialise a source in memory (for small splits such as a validation holdout)."""
+  if isinstance(src, ArraySource):
+    return src
+  return ArraySource(*src.get(np.arange(len(src))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Offline default: scikit-learn digits
+# ----------------------------------------------------------------------------------------------
 def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
   """Resize ``(N, H, W)`` images to ``(N, size, size)`` (align-corners=False bilinear)."""
   n, h, w = images.shape
@@ -50,17 +120,217 @@ def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_digits(image_size: int = 32, seed: int = 0, val_fraction: float = 0.15,
-                test_fraction: float = 0.2) -> Splits:
-  """scikit-learn's digits as RGB float images of side ``image_size`` with a fixed split."""
+                test_fraction: float = 0.2) -> Dataset:
+  """scikit-learn's digits as RGB uint8 images of side ``image_size`` with a fixed split."""
   from sklearn.datasets import load_digits as _load  # ships its data, works offline
 
   if image_size < 8:
-    raise ValueError(f"image_size: digits are 8x8, got {image_size}")
+    raise DataError(f"image_size: digits are 8x8, got {image_size}")
   d = _load()
-  imgs = resize_bilinear(d.images.astype(np.float32) / 16.0, image_size)
-  imgs = ((imgs - DIGITS_MEAN) / DIGITS_STD).astype(np.float32)
+  imgs = resize_bilinear(d.images.astype(np.float64) / 16.0, image_size)
+  imgs = np.round(np.clip(imgs, 0, 1) * 255).astype(np.uint8)
   imgs = np.repeat(imgs[..., None], 3, axis=-1)
   labels = d.target.astype(np.int32)
   tr, va, te = split_indices(len(labels), (val_fraction, test_fraction), seed)
-  mk = lambda idx: Split(imgs[idx], labels[idx])
-  return Splits(mk(tr), mk(va), mk(te), 10)
+  mk = lambda idx: ArraySource(imgs[idx], labels[idx])
+  return Dataset("digits", mk(tr), mk(va), mk(te), 10, image_size, (0.3,) * 3, (0.38,) * 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10 from the packed JPEG file
+# ----------------------------------------------------------------------------------------------
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+_NPZ_KEYS = ("train_jpeg", "train_offsets", "train_labels", "test_jpeg", "test_offsets",
+             "test_labels")
+
+
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+  import io
+
+  from PIL import Image
+
+  out = []
+  for i in range(len(offsets) - 1):
+    with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())) as im:
+      out.append(np.asarray(im.convert("RGB"), np.uint8))
+  shapes = {a.shape for a in out}
+  if len(shapes) != 1:
+    raise DataError(f"images of different shapes in one split: {sorted(shapes)[:3]}")
+  return np.stack(out)
+
+
+def _file_key(path: str) -> str:
+  st = os.stat(path)
+  return hashlib.sha1(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=2)
+def decode_packed_jpeg(path: str, cache_dir: str | None = None):
+  """``(train_images, train_labels, test_images, test_labels)`` uint8/int32 from a packed file.
+
+  Decoding happens once per file: the arrays are kept in memory and, with ``cache_dir``, also
+  written there as ``.npz`` (keyed by path, size and modification time) for later processes.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"data.path: no such file: {path}")
+  cached = None
+  if cache_dir:
+    cached = os.path.join(cache_dir, f"decoded-{os.path.basename(path)}-{_file_key(path)}.npz")
+    if os.path.isfile(cached):
+      with np.load(cached, allow_pickle=False) as z:
+        return z["train_images"], z["train_labels"], z["test_images"], z["test_labels"]
+  try:
+    z = np.load(path, allow_pickle=False)
+  except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+    raise DataError(f"data.path: {path} is not a readable .npz file ({e})") from None
+  with z:
+    missing = [k for k in _NPZ_KEYS if k not in z.files]
+    if missing:
+      raise DataError(f"data.path: {path} lacks array {missing[0]!r} of the packed JPEG format "
+                      f"(has {', '.join(z.files)})")
+    arrays = {k: z[k] for k in _NPZ_KEYS}
+  out = []
+  for split in ("train", "test"):
+    off, lab = arrays[f"{split}_offsets"], arrays[f"{split}_labels"]
+    if len(off) != len(lab) + 1:
+      raise DataError(f"data.path: {split}_offsets has {len(off)} entries, expected "
+                      f"{len(lab) + 1} ({split}_labels + 1)")
+    out += [_decode_jpegs(arrays[f"{split}_jpeg"], off), lab.astype(np.int32)]
+  if cached:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = cached + ".tmp.npz"
+    np.savez(tmp, train_images=out[0], train_labels=out[1], test_images=out[2],
+             test_labels=out[3])
+    os.replace(tmp, cached)
+  return tuple(out)
+
+
+def load_cifar10_npz(path: str, val_size: int = 5000, seed: int = 0,
+                     cache_dir: str | None = None) -> Dataset:
+  """CIFAR-10 from the packed JPEG file at ``path``; ``val_size`` holdout images from train."""
+  tr_x, tr_y, te_x, te_y = decode_packed_jpeg(os.fspath(path), cache_dir)
+  tr, va = holdout_split(len(tr_y), val_size, seed)
+  return Dataset("cifar10", ArraySource(tr_x[tr], tr_y[tr]), ArraySource(tr_x[va], tr_y[va]),
+                 ArraySource(te_x, te_y), 10, tr_x.shape[1], CIFAR10_MEAN, CIFAR10_STD)
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorFlow Datasets (array_record), imported lazily
+# ----------------------------------------------------------------------------------------------
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _centre_square(img: np.ndarray, size: int) -> np.ndarray:
+  """Centre square crop resized to ``size`` (PIL bilinear); greyscale becomes RGB."""
+  if img.ndim == 2:
+    img = img[..., None]
+  if img.shape[-1] == 1:
+    img = np.repeat(img, 3, -1)
+  h, w = img.shape[:2]
+  if (h, w) == (size, size):
+    return img
+  from PIL import Image
+
+  s = min(h, w)
+  y, x = (h - s) // 2, (w - s) // 2
+  im = Image.fromarray(img[y:y + s, x:x + s])
+  return np.asarray(im.resize((size, size), Image.BILINEAR), np.uint8)
+
+
+@dataclasses.dataclass
+class TfdsSource:
+  """A tfds split read on demand; images centre-cropped and resized to ``image_size``."""
+  records: Any
+  image_size: int
+  image_key: str = "image"
+  label_key: str = "label"
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def get(self, indices):
+    recs = [self.records[int(i)] for i in np.asarray(indices)]
+    imgs = np.stack([_centre_square(np.asarray(r[self.image_key]), self.image_size) for r in recs])
+    return imgs, np.asarray([r[self.label_key] for r in recs], np.int32)
+
+
+def load_tfds(name: str, data_dir: str | None = None, image_size: int = 32, val_size: int = 5000,
+              seed: int = 0, test_split: str | None = None) -> Dataset:
+  """A tfds dataset prepared by the user (``tfds build`` / ``download_and_prepare``).
+
+  ``val_size`` training examples form the holdout; ``test_split`` defaults to ``'test'`` or,
+  where there is none (ImageNet), ``'validation'``.
+  """
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise DataError("data.name=tfds needs tensorflow-datasets: pip install -e '.[tfds]'") from None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    splits = builder.info.splits
+    test_split = test_split or ("test" if "test" in splits else "validation")
+    train_src = tfds.data_source(name, split="train", data_dir=data_dir)
+    test_src = tfds.data_source(name, split=test_split, data_dir=data_dir)
+    num_classes = builder.info.features["label"].num_classes
+  except Exception as e:  # noqa: BLE001 - tfds raises many types for "not prepared"
+    raise DataError(f"data.tfds_name: cannot open tfds dataset {name!r} "
+                    f"(data_dir={data_dir}): {str(e).splitlines()[0]}") from None
+  tr, va = holdout_split(len(train_src), val_size, seed)
+  full = TfdsSource(train_src, image_size)
+  mean, std = ((CIFAR10_MEAN, CIFAR10_STD) if name.startswith("cifar") else
+               (IMAGENET_MEAN, IMAGENET_STD))
+  return Dataset(name, SubsetSource(full, tr), SubsetSource(full, va),
+                 TfdsSource(test_src, image_size), num_classes, image_size, mean, std)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------
+def epoch_batch_indices(n: int, batch_size: int, position: int, seed: int) -> np.ndarray:
+  """Indices of the ``position``-th training batch (shuffled per epoch, last partial dropped).
+
+  The order is a pure function of ``(seed, position)``, so a resumed run that restores the
+  position reads exactly the batches an uninterrupted run would.
+  """
+  per_epoch = n // batch_size
+  if per_epoch == 0:
+    raise DataError(f"train.batch_size: {batch_size} exceeds the {n} training examples")
+  epoch, b = divmod(position, per_epoch)
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  return perm[b * batch_size:(b + 1) * batch_size]
+
+
+@functools.partial(jax.jit, static_argnames=("resolution", "pad", "flip"))
+def preprocess(images, mean, std, *, resolution: int, key=None, pad: int = 0, flip: bool = False):
+  """uint8 ``(B, S, S, 3)`` -> float32 ``(B, R, R, 3)``: augment, resize, normalise.
+
+  With ``key``: random crop after padding by ``pad`` black pixels and (if ``flip``) a random
+  horizontal flip per image.  Resizing to ``resolution`` is bilinear; ``mean``/``std`` are in
+  units of pixel/255.
+  """
+  x = images.astype(jnp.float32) / 255.0
+  b, h, w, c = x.shape
+  if key is not None and (pad or flip):
+    k_crop, k_flip = jax.random.split(key)
+    if pad:
+      xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+      off = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)
+      x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(xp, off)
+    if flip:
+      f = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
+      x = jnp.where(f, x[:, :, ::-1], x)
+  if (h, w) != (resolution, resolution):
+    x = jax.image.resize(x, (b, resolution, resolution, c), "bilinear", antialias=True)
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def eval_images(src, resolution: int, mean, std, batch_size: int = 1024):
+  """The whole split as normalised float32 ``(N, R, R, 3)`` plus labels (small splits only)."""
+  imgs, labels = [], []
+  for start in range(0, len(src), batch_size):
+    x, y = src.get(np.arange(start, min(start + batch_size, len(src))))
+    imgs.append(np.asarray(preprocess(x, mean, std, resolution=resolution)))
+    labels.append(y)
+  return np.concatenate(imgs), np.concatenate(labels)

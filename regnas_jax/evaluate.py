@@ -49,3 +49,57 @@ def population_correct(model, variables, images, labels, population, **kw) -> np
   """Bool ``(P, N)``: which samples each member classifies correctly."""
   logits = population_logits(model, variables, images, population, **kw)
   return np.asarray(jnp.argmax(logits, -1) == jnp.asarray(labels)[None])
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk_size"))
+def recalibrate_bn(model, variables, calib_images, population, *, chunk_size: int | None = None):
+  """Per-member BN statistics re-computed on a fixed calibration set (OFA's BN reset).
+
+  For every member, each BN layer's statistics become the plain average, over the ``K``
+  calibration batches, of that batch's mean and (biased) variance of the member's active
+  channels -- an exact average, not a moving one; channels and blocks the member does not use
+  keep their old values (they are masked anyway).
+
+  Args:
+    model: the supernet module (static).
+    variables: supernet variables (shared parameters and statistics).
+    calib_images: ``(K, B, R, R, 3)`` normalised calibration batches (e.g. 2,000 training images).
+    population: arch pytree with a leading axis ``P``.
+    chunk_size: members per ``lax.map`` step (``None``: all at once with ``vmap``).
+  Returns:
+    ``batch_stats`` with a leading ``P`` axis, for ``population_logits(..., member_stats=True)``.
+  """
+  frozen = model.clone(bn_momentum=0.0, dropout_rate=0.0)  # running stats := batch stats
+  params, stats = variables["params"], variables["batch_stats"]
+  k = calib_images.shape[0]
+
+  def one(arch):
+    def body(acc, x):
+      _, upd = frozen.apply({"params": params, "batch_stats": stats}, x, arch, train=True,
+                            mutable=["batch_stats"])
+      return jax.tree.map(jnp.add, acc, upd["batch_stats"]), None
+
+    total, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, stats), calib_images)
+    return jax.tree.map(lambda t: t / k, total)
+
+  if chunk_size is None:
+    return jax.vmap(one)(population)
+  return jax.lax.map(one, population, batch_size=chunk_size)
+
+
+def calibration_batches(images: np.ndarray, num_images: int, batch_size: int, seed: int):
+  """A fixed random subset of ``images`` as ``(K, B, ...)`` batches (``K*B <= num_images``)."""
+  n = min(num_images, len(images))
+  b = min(batch_size, n)
+  k = n // b
+  idx = np.random.default_rng(seed).permutation(len(images))[:k * b]
+  return np.asarray(images)[idx].reshape((k, b) + images.shape[1:])
+
+
+def score_population(model, variables, population, calib_images, images, labels, *,
+                     chunk_size: int | None = None) -> np.ndarray:
+  """Bool ``(P, N)`` correctness after per-member BN re-calibration on ``calib_images``."""
+  stats = recalibrate_bn(model, variables, calib_images, population, chunk_size=chunk_size)
+  v = {"params": variables["params"], "batch_stats": stats}
+  return population_correct(model, v, images, labels, population, train=False,
+                            chunk_size=chunk_size, member_stats=True)

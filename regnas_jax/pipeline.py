@@ -1,8 +1,9 @@
-"""The main job behind ``run_search.py``: build a space and its supernet, score subnets, and
-write the results to the work directory.
+"""The main job behind ``run_search.py``: build a space and its supernet, train it (resuming
+from the work directory), score subnets, and write the results to the work directory.
 
-Until supernet training and the REG-NAS search land, the job scores a sampled population
-(min, max and random subnets) of an untrained supernet on the holdout-validation split.
+Until the REG-NAS search lands, the job reports the test accuracy of the largest and smallest
+subnets and scores a sampled population (min, max and random subnets) on the holdout-validation
+split, each subnet with its own re-calibrated BN statistics.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
 from regnas_jax import evaluate, spaces
+from regnas_jax import train as train_lib
 from regnas_jax import nn as nets
 from regnas_jax.nn.common import init_variables
 
@@ -55,67 +58,135 @@ def build_supernet(cfg, space):
     raise ConfigError(f"config.supernet: {e}") from None
 
 
-DATASETS = ("digits",)
+DATASETS = ("digits", "cifar10", "tfds")
 
 
-def load_data(cfg, resolution: int):
-  return data_lib.load_digits(resolution, seed=cfg.data.split_seed)
+def load_dataset(cfg, space) -> data_lib.Dataset:
+  """The dataset of ``cfg.data`` (errors name the config key)."""
+  dc = cfg.data
+  val = int(dc.val_size) if dc.val_size else 5000
+  size = int(dc.image_size) if dc.image_size else max(space.resolutions)
+  try:
+    if dc.name == "digits":
+      ds = data_lib.load_digits(size, seed=dc.split_seed)
+    elif dc.name == "cifar10":
+      if not dc.path:
+        raise ConfigError("config.data.path: give the packed CIFAR-10 file "
+                          "(--config.data.path=/path/to/cifar10_jpeg.npz)")
+      ds = data_lib.load_cifar10_npz(dc.path, val_size=val, seed=dc.split_seed,
+                                     cache_dir=dc.cache_dir or None)
+    else:
+      if not dc.tfds_name:
+        raise ConfigError("config.data.tfds_name: name the tfds dataset (e.g. cifar10)")
+      ds = data_lib.load_tfds(dc.tfds_name, dc.tfds_dir or None, size, val, dc.split_seed)
+  except data_lib.DataError as e:
+    raise ConfigError(str(e)) from None
+  if ds.num_classes != space.num_classes:
+    raise ConfigError(f"config.space.num_classes: {ds.name} has {ds.num_classes} classes, "
+                      f"got {space.num_classes}")
+  return ds
 
 
 def check_config(cfg) -> None:
   if cfg.data.name not in DATASETS:
-    raise ConfigError(f"config.data.name: {cfg.data.name!r} is not available yet "
-                      f"(known: {', '.join(DATASETS)})")
+    raise ConfigError(f"config.data.name: {cfg.data.name!r} is not one of {DATASETS}")
   sc = cfg.score
   if not (isinstance(sc.population, int) and sc.population >= 0):
     raise ConfigError(f"config.score.population: must be an integer >= 0, got {sc.population!r}")
   if sc.chunk_size is not None and not (isinstance(sc.chunk_size, int) and sc.chunk_size >= 1):
     raise ConfigError(f"config.score.chunk_size: must be a positive integer, got {sc.chunk_size!r}")
-  if sc.bn not in ("batch", "running"):
-    raise ConfigError(f"config.score.bn: {sc.bn!r} is not one of ('batch', 'running')")
+  for key in ("batch_size", "checkpoint_every", "log_every", "progress_every", "calib_images",
+              "calib_batch_size"):
+    v = cfg.train[key]
+    if not (isinstance(v, int) and v >= 1):
+      raise ConfigError(f"config.train.{key}: must be a positive integer, got {v!r}")
 
 
-def run(cfg, workdir: str) -> dict:
-  """Run the job described by ``cfg`` and write ``results.json`` into ``workdir``."""
-  check_config(cfg)
-  space = build_space(cfg)
-  net = build_supernet(cfg, space)
-  if cfg.space.num_classes != 10:
-    raise ConfigError(f"config.space.num_classes: digits has 10 classes, got {cfg.space.num_classes}")
-  _log(f"space {space.name}: {space.num_archs():.2e} subnets per resolution, "
-       f"resolutions {space.resolutions}; backend {jax.default_backend()}")
-  key = jax.random.key(cfg.seed)
-  k_init, k_pop = jax.random.split(key)
-  t = time.time()
-  variables = init_variables(net, k_init)
-  n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
-  _log(f"supernet initialised: {n_params / 1e6:.2f} M parameters ({time.time() - t:.1f} s)")
+def supernet_fns(net):
+  """(init_fn, reorder_fn) of a supernet module."""
+  init_fn = lambda key: init_variables(net, key)
+  reorder_fn = None
+  if isinstance(net, nets.OFAMobileNetV3):
+    reorder_fn = lambda v, keep: nets.ofa_mbv3.reorder_channels(net, v, keep)
+  return init_fn, reorder_fn
 
-  pop = spaces.stack([space.min_arch(), space.max_arch()] + [
-      spaces.member(space.sample(k_pop, cfg.score.population), i)
-      for i in range(cfg.score.population)])
-  pop = jax.tree.map(np.asarray, pop)
+
+def score(cfg, net, space, variables, dataset, pop, split: str):
+  """Per-member accuracy on ``split`` ('val' or 'test'), BN re-calibrated per member."""
   res_idx = np.asarray(pop.resolution)
-  correct = np.zeros(len(res_idx))
+  acc = np.zeros(len(res_idx))
+  src = getattr(dataset, split)
   for r_i in np.unique(res_idx):
     r = space.resolutions[r_i]
     members = np.flatnonzero(res_idx == r_i)
-    val = load_data(cfg, r).val
     group = jax.tree.map(lambda x: x[members], pop)
     t = time.time()
-    ok = evaluate.population_correct(net, variables, val.images, val.labels, group,
-                                     train=cfg.score.bn == "batch",
-                                     chunk_size=cfg.score.chunk_size)
-    correct[members] = ok.mean(1)
-    _log(f"scored {len(members)} subnets at {r} px on {len(val.labels)} validation images "
+    calib_src = data_lib.SubsetSource(dataset.train, np.random.default_rng(
+        [cfg.seed, 11]).permutation(len(dataset.train))[:cfg.train.calib_images])
+    calib_x, _ = data_lib.eval_images(calib_src, r, dataset.mean, dataset.std)
+    calib = evaluate.calibration_batches(calib_x, len(calib_x), cfg.train.calib_batch_size,
+                                         cfg.seed)
+    x, y = data_lib.eval_images(src, r, dataset.mean, dataset.std)
+    ok = evaluate.score_population(net, variables, group, calib, x, y,
+                                   chunk_size=cfg.score.chunk_size)
+    acc[members] = ok.mean(1)
+    _log(f"scored {len(members)} subnet(s) at {r} px on {len(y)} {split} images "
          f"({time.time() - t:.1f} s, compile included)")
+  return acc
 
+
+STAGES = ("train", "score")
+
+
+def run(cfg, workdir: str, stop_after: str = "score") -> dict:
+  """Run the job described by ``cfg``: train (or resume) the supernet, then score subnets.
+
+  Writes ``checkpoints/``, ``metrics.jsonl`` and ``results.json`` into ``workdir``.
+  ``stop_after='train'`` ends after training (the checkpoints hold the supernet).
+  """
+  if stop_after not in STAGES:
+    raise ConfigError(f"--stop_after: {stop_after!r} is not one of {STAGES}")
+  check_config(cfg)
+  space = build_space(cfg)
+  net = build_supernet(cfg, space)
+  try:
+    train_lib.build_phases(cfg.train, space)
+  except train_lib.TrainConfigError as e:
+    raise ConfigError(str(e)) from None
+  dataset = load_dataset(cfg, space)
+  _log(f"space {space.name}: {space.num_archs():.2e} subnets per resolution, "
+       f"resolutions {space.resolutions}; data {dataset.name} ({len(dataset.train)} train / "
+       f"{len(dataset.val)} val / {len(dataset.test)} test); backend {jax.default_backend()}")
+  init_fn, reorder_fn = supernet_fns(net)
+  try:
+    tr = train_lib.train(cfg, net, space, dataset, workdir, init_fn, reorder_fn, log=_log)
+  except (train_lib.TrainConfigError, data_lib.DataError, ckpt_lib.CheckpointError) as e:
+    raise ConfigError(str(e)) from None
+  variables = tr.variables
+  if stop_after == "train":
+    return {"training": {"steps": tr.steps, "seconds_this_process": tr.seconds}}
+
+  ends = spaces.stack([space.max_arch(), space.min_arch()])
+  test_acc = score(cfg, net, space, variables, dataset, ends, "test")
+  _log(f"test top-1: max subnet {100 * test_acc[0]:.2f}%, min subnet {100 * test_acc[1]:.2f}%")
+
+  key = jax.random.fold_in(jax.random.key(cfg.seed), 99)
+  pop = spaces.stack([space.max_arch(), space.min_arch()] + [
+      spaces.member(space.sample(key, cfg.score.population), i)
+      for i in range(cfg.score.population)])
+  pop = jax.tree.map(np.asarray, pop)
+  val_acc = score(cfg, net, space, variables, dataset, pop, "val")
   macs, params = space.macs(pop), space.params(pop)
   rows = [{"arch": space.to_json(spaces.member(pop, i)), "summary": space.format(spaces.member(pop, i)),
-           "macs": int(macs[i]), "params": int(params[i]), "val_top1": float(correct[i])}
-          for i in range(len(res_idx))]
+           "macs": int(macs[i]), "params": int(params[i]), "val_top1": float(val_acc[i])}
+          for i in range(len(val_acc))]
   results = {"config": cfg.to_dict(), "space": space.config(), "jax": jax.__version__,
-             "backend": jax.default_backend(), "subnets": rows}
+             "backend": jax.default_backend(),
+             "training": {"steps": tr.steps, "seconds_this_process": round(tr.seconds, 2),
+                          "resumed_from": tr.resumed_from,
+                          "phases": [p.to_json() for p in tr.phases]},
+             "test_top1": {"max": float(test_acc[0]), "min": float(test_acc[1])},
+             "subnets": rows}
   write_json_atomic(os.path.join(workdir, "results.json"), results)
   print(format_table(rows))
   _log(f"wrote {os.path.join(workdir, 'results.json')}")

@@ -34,3 +34,30 @@ def test_member_stats_and_correctness(tiny):
   labels = np.asarray(jnp.argmax(per[1], -1))
   correct = evaluate.population_correct(net, vs, x, labels, pop, member_stats=True)
   assert correct.shape == (3, 5) and correct[1].all()
+
+
+def test_bn_recalibration_equals_exact_average_on_extracted_subnets(tiny):
+  """Per-member re-calibration == averaging flax BatchNorm batch statistics of the extracted
+  exact-shape model over the calibration batches; vmapped == chunked."""
+  from regnas_jax.nn import ofa_mbv3
+
+  sp, net, v, _ = tiny
+  calib = jax.random.normal(jax.random.key(7), (3, 4, 12, 12, 3)) * 1.5 + 0.3
+  pop = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), sp.min_arch(),
+                     sp.sample(jax.random.key(8), 1))
+  stats = evaluate.recalibrate_bn(net, v, calib, pop)
+  chunked = evaluate.recalibrate_bn(net, v, calib, pop, chunk_size=1)
+  jax.tree.map(close, stats, chunked)
+  x = jax.random.normal(jax.random.key(9), (6, 12, 12, 3))
+  logits = evaluate.population_logits(net, {"params": v["params"], "batch_stats": stats}, x, pop,
+                                      member_stats=True)
+  for i in range(2):
+    exact, ev = ofa_mbv3.extract(net, v, member(pop, i))
+    batch_stats = jax.jit(lambda c, ev=ev, m=exact.clone(bn_momentum=0.0): jax.vmap(
+        lambda xb: m.apply(ev, xb, train=True, mutable=["batch_stats"])[1]["batch_stats"])(c))
+    avg = jax.tree.map(lambda s: s.mean(0), batch_stats(calib))
+    predict = jax.jit(lambda stats, exact=exact, ev=ev: exact.apply(
+        {"params": ev["params"], "batch_stats": stats}, x, train=False))
+    ref = predict(avg)
+    close(logits[i], ref)
+    assert not np.allclose(np.asarray(ref), np.asarray(predict(ev["batch_stats"])), atol=1e-3)

@@ -8,6 +8,8 @@ kernel zero-padded to a larger one compute exactly the same output.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +64,14 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str =
       ``'auto'``.
   Returns:
     ``(N, ceil(H / stride), ceil(W / stride), C)``.
+
+  Taps more than ``max(H, W) - 1`` pixels off centre read only padding, so on small feature
+  maps (e.g. a 7x7 kernel on 2x2) the kernel is centre-cropped first: the same output and
+  gradients (zero for the dropped taps), with fewer multiply-adds.
   """
+  p_eff = min(kernel.shape[0] // 2, max(x.shape[1], x.shape[2]) - 1)
+  if p_eff < kernel.shape[0] // 2:
+    kernel = centre_crop(kernel, 2 * p_eff + 1)
   k = kernel.shape[0]
   p = k // 2
   c = x.shape[-1]
@@ -73,30 +82,92 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str =
   return _depthwise_shift(x, kernel.astype(x.dtype), stride)
 
 
-def _depthwise_shift(x, kernel, stride):
-  """Depthwise conv as a ``lax.scan`` over the k*k taps: acc += tap(x) * kernel[i, j].
+def _phases(xp, s):
+  """``(N, s*PH, s*PW, C)`` -> ``(s*s, N, PH, PW, C)``: phase (a, b) holds ``xp[:, a::s, b::s]``."""
+  n, hp, wp, c = xp.shape
+  return xp.reshape(n, hp // s, s, wp // s, s, c).transpose(2, 4, 0, 1, 3, 5).reshape(
+      s * s, n, hp // s, wp // s, c)
 
-  The padded input is split into ``stride**2`` phases (space-to-depth), so every tap is a
-  plain ``dynamic_slice`` of one phase.  A scan keeps the traced graph one tap long, which
-  keeps compile time of deep networks (and of their gradients) low on CPU.
-  """
-  k, s = kernel.shape[0], stride
+
+def _pad_for(x, k, s):
+  """Symmetric ``k // 2`` padding, extended at the end to a multiple of ``s``."""
   p = k // 2
-  n, h, w, c = x.shape
-  ho, wo = conv_out_size(h, k, s), conv_out_size(w, k, s)
-  ph, pw = -(-(h + 2 * p) // s), -(-(w + 2 * p) // s)   # phase sides
-  xp = jnp.pad(x, ((0, 0), (p, ph * s - h - p), (p, pw * s - w - p), (0, 0)))
-  phases = xp.reshape(n, ph, s, pw, s, c).transpose(2, 4, 0, 1, 3, 5).reshape(s * s, n, ph, pw, c)
-  taps = kernel.reshape(k * k, c)
+  _, h, w, _ = x.shape
+  ph, pw = -(-(h + 2 * p) // s), -(-(w + 2 * p) // s)
+  return jnp.pad(x, ((0, 0), (p, ph * s - h - p), (p, pw * s - w - p), (0, 0)))
+
+
+def _tap_scan(phases, kernel, s, ho, wo, body):
+  """Scan ``body(acc, tap_slice, tap_weights)`` over the k*k taps of a phase-split input."""
+  k = kernel.shape[0]
+  _, n, _, _, c = phases.shape
   ii, jj = np.divmod(np.arange(k * k), k)
 
   def tap(acc, t):
     i, j, wt = t
     src = lax.dynamic_index_in_dim(phases, (i % s) * s + (j % s), keepdims=False)
-    return acc + lax.dynamic_slice(src, (0, i // s, j // s, 0), (n, ho, wo, c)) * wt, None
+    return body(acc, lax.dynamic_slice(src, (0, i // s, j // s, 0), (n, ho, wo, c)), wt)
 
-  acc, _ = lax.scan(tap, jnp.zeros((n, ho, wo, c), x.dtype), (jnp.asarray(ii), jnp.asarray(jj), taps))
-  return acc
+  return lax.scan(tap, None if body is _kgrad_body else jnp.zeros((n, ho, wo, c), phases.dtype),
+                  (jnp.asarray(ii), jnp.asarray(jj), kernel.reshape(k * k, c)))
+
+
+def _mac_body(acc, sl, wt):
+  return acc + sl * wt, None
+
+
+def _kgrad_body(g):
+  def body(acc, sl, wt):
+    del wt
+    return acc, jnp.sum((sl * g).astype(jnp.float32), (0, 1, 2))
+  return body
+
+
+def _shift_forward(x, kernel, stride):
+  k, s = kernel.shape[0], stride
+  _, h, w, _ = x.shape
+  ho, wo = conv_out_size(h, k, s), conv_out_size(w, k, s)
+  return _tap_scan(_phases(_pad_for(x, k, s), s), kernel, s, ho, wo, _mac_body)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_shift(x, kernel, stride):
+  """Depthwise conv as a ``lax.scan`` over the k*k taps: acc += tap(x) * kernel[i, j].
+
+  The padded input is split into ``stride**2`` phases (space-to-depth), so every tap is a
+  plain ``dynamic_slice`` of one phase.  A scan keeps the traced graph one tap long, which
+  keeps compile time of deep networks (and of their gradients) low on CPU.  The gradient is
+  written by hand (below): autodiff of the scan saved all k*k tap slices and accumulated the
+  input gradient by dynamic-update-slices, several times slower than the forward pass.
+  """
+  return _shift_forward(x, kernel, stride)
+
+
+def _depthwise_shift_fwd(x, kernel, stride):
+  return _shift_forward(x, kernel, stride), (x, kernel)
+
+
+def _depthwise_shift_bwd(s, res, g):
+  x, kernel = res
+  k, p = kernel.shape[0], kernel.shape[0] // 2
+  n, h, w, c = x.shape
+  _, ho, wo, _ = g.shape
+  # Kernel: dk[i, j] = sum over (n, y, x) of tap_ij(x_pad) * g.
+  phases = _phases(_pad_for(x, k, s), s)
+  _, dk = _tap_scan(phases, kernel, s, ho, wo, _kgrad_body(g))
+  dk = dk.reshape(kernel.shape).astype(kernel.dtype)
+  # Input: a stride-1 correlation of the zero-dilated g with the flipped kernel.
+  gd = jnp.zeros((n, (ho - 1) * s + 1, (wo - 1) * s + 1, c), g.dtype).at[:, ::s, ::s].set(g)
+  hd, wd = gd.shape[1], gd.shape[2]
+  # dx[a] = sum_i gd[a + p - i] * K[i]  ->  pad gd so that index a + p - i is always valid.
+  gp = jnp.pad(gd, ((0, 0), (k - 1 - p, max(h + p - hd, 0)), (k - 1 - p, max(w + p - wd, 0)),
+                    (0, 0)))
+  flipped = kernel[::-1, ::-1]
+  dx = _tap_scan(gp[None], flipped, 1, h, w, _mac_body)[0]
+  return dx.astype(x.dtype), dk
+
+
+_depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
 
 
 def centre_crop(kernel: jax.Array, k: int) -> jax.Array:

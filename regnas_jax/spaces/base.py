@@ -93,22 +93,53 @@ class SearchSpace:
     return self.arch_type(**{
         f.name: jnp.full(f.shape, pick(f), jnp.int32) for f in self.fields()})
 
-  def min_arch(self) -> Arch:
-    """The architecture taking the smallest choice everywhere."""
-    return self._full(lambda f: 0)
+  def allowed_indices(self, allowed: Mapping[str, Sequence[int]] | None) -> dict[str, tuple]:
+    """Per field, the choice indices a restricted sampler may use (default: all).
 
-  def max_arch(self) -> Arch:
-    """The architecture taking the largest choice everywhere."""
-    return self._full(lambda f: f.size - 1)
+    ``allowed`` maps field names to index lists (e.g. progressive shrinking unlocks
+    ``{'kernel': (0, 1, 2), 'expand': (2,), 'depth': (2,)}``); unnamed fields allow everything.
+    """
+    allowed = dict(allowed or {})
+    names = {f.name for f in self.fields()}
+    unknown = sorted(set(allowed) - names)
+    if unknown:
+      raise InvalidArchError(f"allowed.{unknown[0]}: unknown field (fields: {sorted(names)})")
+    out = {}
+    for f in self.fields():
+      idx = tuple(sorted({int(i) for i in allowed.get(f.name, range(f.size))}))
+      if not idx or idx[0] < 0 or idx[-1] >= f.size:
+        raise InvalidArchError(f"allowed.{f.name}: indices {idx} not a non-empty subset of "
+                               f"0..{f.size - 1}")
+      out[f.name] = idx
+    return out
+
+  def min_arch(self, allowed: Mapping[str, Sequence[int]] | None = None) -> Arch:
+    """The architecture taking the smallest (allowed) choice everywhere."""
+    idx = self.allowed_indices(allowed)
+    return self._full(lambda f: idx[f.name][0])
+
+  def max_arch(self, allowed: Mapping[str, Sequence[int]] | None = None) -> Arch:
+    """The architecture taking the largest (allowed) choice everywhere."""
+    idx = self.allowed_indices(allowed)
+    return self._full(lambda f: idx[f.name][-1])
 
   # -- sampling and variation (jit/vmap friendly) -------------------------------------------
-  def sample(self, key: jax.Array, n: int | None = None) -> Arch:
-    """Uniform random choices per element; ``n`` adds a leading population axis."""
+  def sample(self, key: jax.Array, n: int | None = None,
+             allowed: Mapping[str, Sequence[int]] | None = None) -> Arch:
+    """Uniform random choices per element; ``n`` adds a leading population axis.
+
+    ``allowed`` restricts each named field to a subset of choice indices (see
+    :meth:`allowed_indices`); sampling stays uniform over that subset.
+    """
     lead = () if n is None else (n,)
+    idx = self.allowed_indices(allowed)
     keys = jax.random.split(key, len(self.fields()))
-    return self.arch_type(**{
-        f.name: jax.random.randint(k, lead + f.shape, 0, f.size, jnp.int32)
-        for k, f in zip(keys, self.fields())})
+    out = {}
+    for k, f in zip(keys, self.fields()):
+      opts = idx[f.name]
+      pick = jax.random.randint(k, lead + f.shape, 0, len(opts), jnp.int32)
+      out[f.name] = pick if len(opts) == f.size else jnp.asarray(opts, jnp.int32)[pick]
+    return self.arch_type(**out)
 
   def crossover(self, key: jax.Array, a: Arch, b: Arch) -> Arch:
     """Uniform crossover: every element comes from ``a`` or ``b`` with probability 1/2."""

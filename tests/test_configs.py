@@ -1,0 +1,39 @@
+"""Every config file and its smoke variant loads, builds its space and training schedule."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from regnas_jax import pipeline, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def load(path, variant):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(variant)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("variant", [None, "smoke"])
+def test_config_builds(path, variant):
+  cfg = load(path, variant)
+  pipeline.check_config(cfg)
+  space = pipeline.build_space(cfg)
+  pipeline.build_supernet(cfg, space)
+  phases = train.build_phases(cfg.train, space)
+  assert sum(p.steps for p in phases) == cfg.train.steps
+  if variant == "smoke":
+    assert cfg.train.steps <= 20 and cfg.name.endswith("_smoke")
+  with pytest.raises(ValueError, match="unknown variant"):
+    load(path, "nope")
+
+
+def test_there_are_digits_and_cifar10_configs():
+  names = {os.path.basename(p) for p in CONFIGS}
+  assert {"digits_mbv3.py", "cifar10_mbv3.py"} <= names

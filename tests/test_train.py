@@ -1,0 +1,146 @@
+"""Supernet training: the multi-subnet step against one-by-one gradients, schedules, samplers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from regnas_jax import spaces, train
+from regnas_jax.defaults import train_defaults
+
+
+def _ref_loss(logits, labels, smoothing, soft=None, kd_ratio=1.0, with_labels=True):
+  """Plain-jnp losses written independently of train.subnet_losses."""
+  c = logits.shape[-1]
+  y = jax.nn.one_hot(labels, c) * (1 - smoothing) + smoothing / c
+  logp = logits - jax.scipy.special.logsumexp(logits, -1, keepdims=True)
+  ce = -jnp.mean(jnp.sum(y * logp, -1))
+  if soft is None:
+    return ce
+  kd = -jnp.mean(jnp.sum(soft * logp, -1))
+  return kd_ratio * kd + (ce if with_labels else 0.0)
+
+
+def _member_fn(net, v, x):
+  @jax.jit
+  def f(params, arch):
+    out, upd = net.apply({"params": params, "batch_stats": v["batch_stats"]}, x, arch,
+                         train=True, mutable=["batch_stats"])
+    return out, upd["batch_stats"]
+  return f
+
+
+def _tree_close(a, b, rtol=2e-4, atol=2e-6):
+  """Leaf-wise closeness; float32 sums in another order differ by ~1e-5 of a leaf's scale."""
+  for (p, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    y = np.asarray(y)
+    np.testing.assert_allclose(np.asarray(x), y, rtol=rtol,
+                               atol=max(atol, 5e-5 * float(np.abs(y).max(initial=0.0))),
+                               err_msg=jax.tree_util.keystr(p))
+
+
+@pytest.mark.parametrize("loop", ["vmap", "scan"])
+def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
+  sp, net, v, x = tiny
+  labels = jnp.array([0, 3, 7, 3, 9])
+  archs = spaces.stack([sp.max_arch(), sp.min_arch(),
+                        spaces.member(sp.sample(jax.random.key(5), 1), 0)])
+  lc = train.LossConfig(10, 0.1, "inplace", 1.0, False)
+  grads, (losses, logits, stats) = jax.jit(
+      lambda p: train.subnet_grads(net, p, v["batch_stats"], x, labels, archs,
+                                   jax.random.key(0), lc, loop=loop))(v["params"])
+
+  f = _member_fn(net, v, x)
+  teacher_logits, _ = f(v["params"], spaces.member(archs, 0))
+  soft = jax.nn.softmax(teacher_logits)
+  teacher_loss = jax.jit(jax.value_and_grad(lambda p, a: _ref_loss(f(p, a)[0], labels, 0.1)))
+  student_loss = jax.jit(jax.value_and_grad(
+      lambda p, a: _ref_loss(f(p, a)[0], labels, 0.1, soft, 1.0, with_labels=False)))
+  ref, ref_losses = None, []
+  for i in range(3):
+    a = spaces.member(archs, i)
+    loss, g = (teacher_loss if i == 0 else student_loss)(v["params"], a)
+    ref = g if ref is None else jax.tree.map(jnp.add, ref, g)
+    ref_losses.append(loss)
+    _tree_close(jax.tree.map(lambda s: s[i], stats), f(v["params"], a)[1])
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  _tree_close(grads, ref)
+
+
+def test_teacher_distillation_with_labels_matches_reference(tiny):
+  sp, net, v, x = tiny
+  labels = jnp.array([1, 2, 3, 4, 5])
+  archs = sp.sample(jax.random.key(9), 2)
+  teacher = jax.nn.softmax(jax.random.normal(jax.random.key(3), (5, 10)))
+  lc = train.LossConfig(10, 0.0, "teacher", 0.5, True)
+  grads, (losses, _, _) = jax.jit(lambda p: train.subnet_grads(
+      net, p, v["batch_stats"], x, labels, archs, jax.random.key(0), lc, teacher,
+      loop="vmap"))(v["params"])
+  f = _member_fn(net, v, x)
+  total = jax.jit(jax.value_and_grad(lambda p: sum(
+      _ref_loss(f(p, spaces.member(archs, i))[0], labels, 0.0, teacher, 0.5) for i in range(2))))
+  ref_total, ref_grads = total(v["params"])
+  _tree_close(grads, ref_grads)
+  np.testing.assert_allclose(losses.sum(), ref_total, rtol=1e-5)
+
+
+def test_progressive_shrinking_phases_follow_ofa_order():
+  sp = spaces.OFAMobileNetV3Space(width_mult=0.5, stem="small", resolutions=(12,))
+  tc = train_defaults()
+  tc.method, tc.steps = "progressive", 120
+  phases = train.build_phases(tc, sp)
+  assert [p.name for p in phases] == ["full", "kernel", "depth-1", "depth-2", "expand-1",
+                                      "expand-2"]
+  assert sum(p.steps for p in phases) == 120
+  al = [p.allowed_dict() for p in phases]
+  assert al[0]["kernel"] == (2,) and al[0]["depth"] == (2,) and al[0]["expand"] == (2,)
+  assert al[1]["kernel"] == (0, 1, 2) and al[1]["depth"] == (2,)
+  assert al[2]["depth"] == (1, 2) and al[3]["depth"] == (0, 1, 2) and al[3]["expand"] == (2,)
+  assert al[4]["expand"] == (1, 2) and al[5]["expand"] == (0, 1, 2)
+  # Channels are re-ordered when the expand choices grow, keeping widths trained before (OFA).
+  assert [p.reorder_keep for p in phases] == [None, None, None, None, (), (4,)]
+  assert phases[0].sampler == "max" and phases[0].distill == "none"
+  assert all(p.distill == "teacher" and p.sampler == "uniform" for p in phases[1:])
+  assert [p.num_subnets for p in phases] == [1, 1, 2, 2, 4, 4]
+
+
+def test_sandwich_and_uniform_phases_and_bad_config():
+  sp = spaces.OFAMobileNetV3Space(width_mult=0.5, stem="small", resolutions=(12,))
+  tc = train_defaults()
+  (p,) = train.build_phases(tc, sp)
+  assert (p.sampler, p.distill, p.num_subnets, p.steps) == ("sandwich", "inplace", 4, tc.steps)
+  tc.method = "uniform"
+  assert train.build_phases(tc, sp)[0].distill == "none"
+  tc.method = "shrink"
+  with pytest.raises(train.TrainConfigError, match="config.train.method: 'shrink'"):
+    train.build_phases(tc, sp)
+
+
+def test_sample_subnets_respect_the_unlocked_choices():
+  sp = spaces.OFAMobileNetV3Space(width_mult=0.5, stem="small", resolutions=(12,))
+  phase = train.Phase("p", 1, (("depth", (1, 2)), ("expand", (2,)), ("kernel", (0, 1))),
+                      "sandwich", 6, "inplace", None, 0.1, 0)
+  a = jax.tree.map(np.asarray, train.sample_subnets(sp, phase, jax.random.key(0)))
+  assert a.kernel.shape == (6, 20)
+  assert set(np.unique(a.depth)) <= {1, 2} and set(np.unique(a.expand)) == {2}
+  assert set(np.unique(a.kernel)) <= {0, 1}
+  assert (a.kernel[0] == 1).all() and (a.depth[0] == 2).all()     # largest allowed
+  assert (a.kernel[1] == 0).all() and (a.depth[1] == 1).all()     # smallest allowed
+  assert len({tuple(k) for k in a.kernel[2:]}) > 1
+
+
+def test_merge_batch_stats_averages_over_the_subnets_that_updated_a_channel():
+  old = {"m": jnp.array([1.0, 1.0, 1.0])}
+  new = {"m": jnp.array([[2.0, 1.0, 1.0], [4.0, 3.0, 1.0]])}
+  np.testing.assert_allclose(train.merge_batch_stats(old, new)["m"], [3.0, 3.0, 1.0])
+
+
+def test_phase_at_and_step_split():
+  sp = spaces.OFAMobileNetV3Space(width_mult=0.5, stem="small", resolutions=(12,))
+  tc = train_defaults()
+  tc.method, tc.steps = "progressive", 10
+  phases = train.build_phases(tc, sp)
+  starts = np.cumsum([0] + [p.steps for p in phases])
+  for i, s in enumerate(starts[:-1]):
+    assert train.phase_at(phases, int(s)) == (i, 0)
+  assert train.phase_at(phases, 10) == (len(phases), 0)

@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       checkpoint_every=1000, log_every=50, progress_every=200))
   c.train.augment.pad = 4
   c.train.augment.flip = True
-  c.score = ml_collections.ConfigDict(dict(population=64, chunk_size=8))
+  c.score = ml_collections.ConfigDict(dict(population=64, chunk_size=8, max_images=0))
   if arg == "smoke":
     c.name = "cifar10_mbv3_smoke"
     c.space.resolutions = (32,)
@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         calib_batch_size=32))
     c.score.population = 1
     c.score.chunk_size = 1
+    c.score.max_images = 256  # of the test and validation splits (0: all)
   elif arg:
     raise ValueError(f"cifar10_mbv3: unknown variant {arg!r} (known: smoke)")
   return c

@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.augment.pad = 0
   # Scoring a sampled population (min, max and `population` random subnets) on the holdout
   # validation split, each with its own re-calibrated BN statistics.
-  c.score = ml_collections.ConfigDict(dict(population=16, chunk_size=8))
+  c.score = ml_collections.ConfigDict(dict(population=16, chunk_size=8, max_images=0))
   if arg == "smoke":
     c.name = "digits_mbv3_smoke"
     c.space.width_mult = 0.25

@@ -97,9 +97,24 @@ def calibration_batches(images: np.ndarray, num_images: int, batch_size: int, se
 
 
 def score_population(model, variables, population, calib_images, images, labels, *,
-                     chunk_size: int | None = None) -> np.ndarray:
-  """Bool ``(P, N)`` correctness after per-member BN re-calibration on ``calib_images``."""
+                     chunk_size: int | None = None, batch_size: int = 500) -> np.ndarray:
+  """Bool ``(P, N)`` correctness after per-member BN re-calibration on ``calib_images``.
+
+  Images are scored ``batch_size`` at a time (the last batch padded to the same shape, so one
+  compiled program serves all batches), which bounds memory for large evaluation splits.
+  """
   stats = recalibrate_bn(model, variables, calib_images, population, chunk_size=chunk_size)
   v = {"params": variables["params"], "batch_stats": stats}
-  return population_correct(model, v, images, labels, population, train=False,
-                            chunk_size=chunk_size, member_stats=True)
+  images, labels = np.asarray(images), np.asarray(labels)
+  n = len(labels)
+  b = min(batch_size, n)
+  out = []
+  for start in range(0, n, b):
+    x, y = images[start:start + b], labels[start:start + b]
+    k = len(y)
+    if k < b:
+      x = np.concatenate([x, np.zeros((b - k,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([y, np.zeros(b - k, y.dtype)])
+    out.append(population_correct(model, v, x, y, population, train=False,
+                                  chunk_size=chunk_size, member_stats=True)[:, :k])
+  return np.concatenate(out, axis=1)

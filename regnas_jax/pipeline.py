@@ -93,6 +93,9 @@ def check_config(cfg) -> None:
   sc = cfg.score
   if not (isinstance(sc.population, int) and sc.population >= 0):
     raise ConfigError(f"config.score.population: must be an integer >= 0, got {sc.population!r}")
+  if not (isinstance(sc.get("max_images", 0), int) and sc.get("max_images", 0) >= 0):
+    raise ConfigError(f"config.score.max_images: must be an integer >= 0 (0: all), "
+                      f"got {sc.max_images!r}")
   if sc.chunk_size is not None and not (isinstance(sc.chunk_size, int) and sc.chunk_size >= 1):
     raise ConfigError(f"config.score.chunk_size: must be a positive integer, got {sc.chunk_size!r}")
   for key in ("batch_size", "checkpoint_every", "log_every", "progress_every", "calib_images",
@@ -116,6 +119,9 @@ def score(cfg, net, space, variables, dataset, pop, split: str):
   res_idx = np.asarray(pop.resolution)
   acc = np.zeros(len(res_idx))
   src = getattr(dataset, split)
+  limit = int(cfg.score.get("max_images", 0) or 0)
+  if 0 < limit < len(src):  # smoke runs: the first `limit` examples of the split
+    src = data_lib.SubsetSource(src, np.arange(limit))
   for r_i in np.unique(res_idx):
     r = space.resolutions[r_i]
     members = np.flatnonzero(res_idx == r_i)

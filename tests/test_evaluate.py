@@ -61,3 +61,17 @@ def test_bn_recalibration_equals_exact_average_on_extracted_subnets(tiny):
     ref = predict(avg)
     close(logits[i], ref)
     assert not np.allclose(np.asarray(ref), np.asarray(predict(ev["batch_stats"])), atol=1e-3)
+
+
+def test_score_population_in_image_batches_equals_one_batch(tiny):
+  sp, net, v, _ = tiny
+  calib = jax.random.normal(jax.random.key(1), (2, 4, 12, 12, 3))
+  x = np.asarray(jax.random.normal(jax.random.key(2), (7, 12, 12, 3)))
+  pop = sp.sample(jax.random.key(3), 2)
+  stats = evaluate.recalibrate_bn(net, v, calib, pop)
+  logits = evaluate.population_logits(net, {"params": v["params"], "batch_stats": stats}, x, pop,
+                                      member_stats=True)
+  labels = np.asarray(jnp.argmax(logits[0], -1))
+  ok = evaluate.score_population(net, v, pop, calib, x, labels, batch_size=3)
+  assert ok.shape == (2, 7) and ok[0].all()
+  np.testing.assert_array_equal(ok[1], np.asarray(jnp.argmax(logits[1], -1)) == labels)

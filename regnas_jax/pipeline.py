@@ -120,8 +120,9 @@ def score(cfg, net, space, variables, dataset, pop, split: str):
   acc = np.zeros(len(res_idx))
   src = getattr(dataset, split)
   limit = int(cfg.score.get("max_images", 0) or 0)
-  if 0 < limit < len(src):  # smoke runs: the first `limit` examples of the split
-    src = data_lib.SubsetSource(src, np.arange(limit))
+  if 0 < limit < len(src):  # smoke runs: a fixed random subset (splits may be sorted by class)
+    src = data_lib.SubsetSource(src, np.sort(np.random.default_rng([cfg.seed, 13]).permutation(
+        len(src))[:limit]))
   for r_i in np.unique(res_idx):
     r = space.resolutions[r_i]
     members = np.flatnonzero(res_idx == r_i)

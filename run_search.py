@@ -41,7 +41,7 @@ def parse(argv):
         flag_values=fv, lock_config=True)
     workdir = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<name>).",
                                   flag_values=fv)
-    stop_after = flags.DEFINE_enum("stop_after", "score", ["train", "score"],
+    stop_after = flags.DEFINE_enum("stop_after", "search", ["train", "search"],
                                    "Last stage to run.", flag_values=fv)
     fv(argv)
     cfg = cfg_flag.value

@@ -33,20 +33,20 @@ def _ocp():
   return ocp
 
 
-def _diff(saved: Any, current: Any, where: str = "") -> str | None:
+def first_difference(saved: Any, current: Any, where: str = "") -> str | None:
   """Path and values of the first difference between two JSON-like values, or None."""
   if isinstance(saved, dict) and isinstance(current, dict):
     for k in sorted(set(saved) | set(current)):
       if k not in saved or k not in current:
         return f"{where}{k}: saved {saved.get(k, '(absent)')!r}, now {current.get(k, '(absent)')!r}"
-      d = _diff(saved[k], current[k], f"{where}{k}.")
+      d = first_difference(saved[k], current[k], f"{where}{k}.")
       if d:
         return d
     return None
   if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
     if len(saved) == len(current):
       for i, (a, b) in enumerate(zip(saved, current)):
-        d = _diff(a, b, f"{where[:-1]}[{i}].")
+        d = first_difference(a, b, f"{where[:-1]}[{i}].")
         if d:
           return d
       return None
@@ -110,7 +110,7 @@ class Checkpointer:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"{where}: unreadable metadata ({_short(e)})") from None
-    diff = _diff(meta.get("identity", {}), self.identity) if isinstance(meta, dict) else "no meta"
+    diff = first_difference(meta.get("identity", {}), self.identity) if isinstance(meta, dict) else "no meta"
     if diff:
       raise CheckpointError(f"{where} belongs to another run ({diff}); use another --workdir "
                             f"or remove that one")

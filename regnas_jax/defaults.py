@@ -28,3 +28,33 @@ def train_defaults() -> ml_collections.ConfigDict:
       # BN re-calibration before scoring (OFA: 2,000 training images in batches of 200).
       calib_images=2000, calib_batch_size=200,
   ))
+
+
+def score_defaults() -> ml_collections.ConfigDict:
+  """How subnets are scored: per-member BN re-calibration, then eval-mode predictions."""
+  return ml_collections.ConfigDict(dict(
+      block_size=8,     # members per compiled call (populations are padded to a multiple)
+      chunk_size=1,     # members at a time inside a call (lax.map); None: vmap the whole block
+      batch_size=500,   # evaluation images per call (the last batch padded)
+      max_images=0,     # >0: score a fixed random subset of each split (smoke runs)
+  ))
+
+
+def search_defaults() -> ml_collections.ConfigDict:
+  """REG-NAS family search settings; the evolution values are OFA's evolution-finder defaults."""
+  return ml_collections.ConfigDict(dict(
+      algorithm="evolution",      # 'evolution' | 'random' (same number of evaluations)
+      reward="R2",                # members A2..: 'R0' (1,0) | 'R1' (0,1) | 'R2' (1,1) | 'l1,l2'
+      reference="",               # A1: '' = searched with reference_reward; or a JSON arch file
+      reference_reward="R0",
+      inclusion=True,             # A(i+1) must contain A(i) (weight inclusion)
+      inclusion_mode="repair",    # 'repair' (raise to contain A(i)) | 'resample'
+      nfr_against="previous",     # NFR term of A(i+1): against A(i), or 'all' (mean over A1..A(i))
+      budgets=(150, 300, 600),    # one per member, ascending
+      budget_unit="mmacs",        # 'mmacs' (millions of MACs, OFA's "MFLOPs") | 'fraction' of max
+      window=0.1,                 # feasible MACs: [(1 - window) * budget, budget]
+      compare=False,              # also run R0, R2 and random search on the same supernet
+      population_size=100, parent_ratio=0.25, mutation_ratio=0.5, mutate_prob=0.1,
+      resolution_mutate_prob=0.5, generations=500,
+      proposal_batch=256, max_proposals=100_000,
+  ))

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regnas_jax.spaces.base import pop_size
+
 
 @functools.partial(jax.jit, static_argnames=("model", "train", "chunk_size", "member_stats"))
 def population_logits(model, variables, images, population, *, train: bool = False,
@@ -96,25 +98,116 @@ def calibration_batches(images: np.ndarray, num_images: int, batch_size: int, se
   return np.asarray(images)[idx].reshape((k, b) + images.shape[1:])
 
 
+def _padded_blocks(population, block_size: int | None):
+  """Split a population into blocks of exactly ``block_size`` members (the last one padded by
+  repeating its first member), so one compiled program serves populations of any size.
+
+  Yields ``(start, count, block)``.
+  """
+  n = pop_size(population)
+  b = n if not block_size else int(block_size)
+  for start in range(0, n, b):
+    count = min(b, n - start)
+    idx = np.arange(start, start + b)
+    idx[count:] = start  # padding: repeat the block's first member
+    yield start, count, jax.tree.map(lambda x: np.asarray(x)[idx], population)
+
+
+def recalibrate_population(model, variables, calib_images, population, *,
+                           block_size: int | None = None, chunk_size: int | None = None):
+  """:func:`recalibrate_bn` over a population of any size in fixed blocks of members.
+
+  Returns per-member ``batch_stats`` with a leading ``P`` axis (numpy arrays).
+  """
+  parts = []
+  for _, count, block in _padded_blocks(population, block_size):
+    st = recalibrate_bn(model, variables, calib_images, block, chunk_size=chunk_size)
+    parts.append(jax.tree.map(lambda s, c=count: np.asarray(s)[:c], st))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk_size"))
+def _member_predictions(model, variables, images, population, *, chunk_size=None):
+  logits = population_logits(model, variables, images, population, chunk_size=chunk_size,
+                             member_stats=True)
+  return jnp.argmax(logits, -1).astype(jnp.int32)
+
+
+def population_predictions(model, params, member_stats, population, images, *,
+                           block_size: int | None = None, chunk_size: int | None = None,
+                           batch_size: int = 500) -> np.ndarray:
+  """Int32 ``(P, N)`` predicted classes of every member (eval-mode BN with its own statistics).
+
+  ``member_stats`` carry a leading ``P`` axis (:func:`recalibrate_population`).  Members run in
+  blocks of ``block_size`` and images in batches of ``batch_size`` (the last of each padded), so
+  one compiled program serves any population and split size.
+  """
+  n = len(images)
+  b = min(batch_size, n)
+  batches = []  # on the device once (a jax array stays where it is), the last one padded
+  for i in range(0, n, b):
+    x = jnp.asarray(images[i:i + b])
+    if len(x) < b:
+      x = jnp.concatenate([x, jnp.zeros((b - len(x),) + x.shape[1:], x.dtype)])
+    batches.append((i, min(b, n - i), x))
+  out = np.zeros((pop_size(population), n), np.int32)
+  for start, count, block in _padded_blocks(population, block_size):
+    idx = np.arange(start, start + len(jax.tree.leaves(block)[0]))
+    idx[count:] = start
+    v = {"params": params, "batch_stats": jax.tree.map(lambda s: np.asarray(s)[idx], member_stats)}
+    for i, k, x in batches:
+      pred = _member_predictions(model, v, x, block, chunk_size=chunk_size)
+      out[start:start + count, i:i + k] = np.asarray(pred)[:count, :k]
+  return out
+
+
 def score_population(model, variables, population, calib_images, images, labels, *,
-                     chunk_size: int | None = None, batch_size: int = 500) -> np.ndarray:
+                     chunk_size: int | None = None, batch_size: int = 500,
+                     block_size: int | None = None) -> np.ndarray:
   """Bool ``(P, N)`` correctness after per-member BN re-calibration on ``calib_images``.
 
-  Images are scored ``batch_size`` at a time (the last batch padded to the same shape, so one
-  compiled program serves all batches), which bounds memory for large evaluation splits.
+  Images are scored ``batch_size`` at a time and members ``block_size`` at a time (the last
+  batch/block padded to the same shape, so one compiled program serves all of them), which
+  bounds memory for large evaluation splits and compiles once for any population size.
   """
-  stats = recalibrate_bn(model, variables, calib_images, population, chunk_size=chunk_size)
-  v = {"params": variables["params"], "batch_stats": stats}
-  images, labels = np.asarray(images), np.asarray(labels)
-  n = len(labels)
-  b = min(batch_size, n)
-  out = []
-  for start in range(0, n, b):
-    x, y = images[start:start + b], labels[start:start + b]
-    k = len(y)
-    if k < b:
-      x = np.concatenate([x, np.zeros((b - k,) + x.shape[1:], x.dtype)])
-      y = np.concatenate([y, np.zeros(b - k, y.dtype)])
-    out.append(population_correct(model, v, x, y, population, train=False,
-                                  chunk_size=chunk_size, member_stats=True)[:, :k])
-  return np.concatenate(out, axis=1)
+  stats = recalibrate_population(model, variables, calib_images, population,
+                                 block_size=block_size, chunk_size=chunk_size)
+  pred = population_predictions(model, variables["params"], stats, population, images,
+                                block_size=block_size, chunk_size=chunk_size,
+                                batch_size=batch_size)
+  return pred == np.asarray(labels)[None]
+
+
+# -- regression metrics ------------------------------------------------------------------------
+def top1(correct) -> np.ndarray:
+  """Accuracy per member: the mean of bool ``correct`` ``(..., N)`` over samples."""
+  return np.asarray(correct, bool).mean(-1)
+
+
+def nfr(new_correct, old_correct) -> np.ndarray:
+  """Negative flip rate NFR(new, old): the fraction of *all* N samples that the old model gets
+  right and the new one gets wrong (Yan et al., CVPR 2021, as used by REG-NAS).
+
+  Bool ``(..., N)`` inputs broadcast against each other.
+  """
+  new, old = np.asarray(new_correct, bool), np.asarray(old_correct, bool)
+  return (old & ~new).mean(-1)
+
+
+def relative_nfr(new_correct, old_correct) -> np.ndarray:
+  """NFR divided by the NFR expected if the two models erred independently,
+  ``acc_old * (1 - acc_new)``; ``nan`` where that product is 0."""
+  expected = top1(old_correct) * (1.0 - top1(new_correct))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(expected > 0, nfr(new_correct, old_correct) / np.where(expected > 0, expected, 1),
+                    np.nan)
+
+
+def nfr_matrix(correct) -> np.ndarray:
+  """``(k, k)`` pairwise NFR of a family: entry ``[i, j]`` = NFR(new=j, old=i), i.e. the
+  fraction of samples member ``i`` gets right and member ``j`` gets wrong (diagonal 0).
+
+  For a family ordered small to large the upper triangle holds the regressions that matter.
+  """
+  c = np.asarray(correct, bool)
+  return (c[:, None, :] & ~c[None, :, :]).mean(-1)

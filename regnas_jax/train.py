@@ -430,7 +430,8 @@ def phase_at(phases, step: int) -> tuple[int, int]:
 
 def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
           init_fn: Callable, reorder_fn: Callable | None = None,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print,
+          on_start: Callable[[], Any] | None = None) -> TrainResult:
   """Train ``model`` on ``dataset`` as ``cfg.train`` says, resuming from ``workdir``.
 
   Args:
@@ -442,6 +443,8 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
     reorder_fn: ``(variables, keep_expands) -> variables`` channel re-ordering (needed by
       progressive shrinking).
     log: where one-line status messages go.
+    on_start: called once the state is initialised or restored, before the first step (e.g.
+      to start compiling other programs while the training step compiles).
   Returns:
     A :class:`TrainResult`.  Raises :class:`Preempted` after saving when SIGTERM arrives.
   """
@@ -497,6 +500,8 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
 
   step_fns: dict[tuple, Any] = {}
   lr_tables: dict[int, np.ndarray] = {}
+  if on_start is not None:
+    on_start()
   pool = concurrent.futures.ThreadPoolExecutor(1)
   nxt = pool.submit(host_batch, start)
   t0, seen, last_log = time.time(), 0, time.time()

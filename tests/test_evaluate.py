@@ -63,15 +63,48 @@ def test_bn_recalibration_equals_exact_average_on_extracted_subnets(tiny):
     assert not np.allclose(np.asarray(ref), np.asarray(predict(ev["batch_stats"])), atol=1e-3)
 
 
-def test_score_population_in_image_batches_equals_one_batch(tiny):
+def test_scoring_in_member_blocks_and_image_batches_equals_one_call(tiny):
+  """Populations run in padded member blocks and images in padded batches give exactly the
+  one-call results (re-calibrated statistics, predictions, correctness)."""
   sp, net, v, _ = tiny
-  calib = jax.random.normal(jax.random.key(1), (2, 4, 12, 12, 3))
-  x = np.asarray(jax.random.normal(jax.random.key(2), (7, 12, 12, 3)))
-  pop = sp.sample(jax.random.key(3), 2)
-  stats = evaluate.recalibrate_bn(net, v, calib, pop)
-  logits = evaluate.population_logits(net, {"params": v["params"], "batch_stats": stats}, x, pop,
+  calib = jax.random.normal(jax.random.key(4), (2, 4, 12, 12, 3))
+  x = np.asarray(jax.random.normal(jax.random.key(5), (7, 12, 12, 3)))
+  pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(6), 3))
+  full = evaluate.recalibrate_bn(net, v, calib, pop)
+  blocked = evaluate.recalibrate_population(net, v, calib, pop, block_size=2, chunk_size=1)
+  jax.tree.map(close, full, blocked)
+  logits = evaluate.population_logits(net, {"params": v["params"], "batch_stats": full}, x, pop,
                                       member_stats=True)
-  labels = np.asarray(jnp.argmax(logits[0], -1))
-  ok = evaluate.score_population(net, v, pop, calib, x, labels, batch_size=3)
-  assert ok.shape == (2, 7) and ok[0].all()
-  np.testing.assert_array_equal(ok[1], np.asarray(jnp.argmax(logits[1], -1)) == labels)
+  want = np.asarray(jnp.argmax(logits, -1))
+  pred = evaluate.population_predictions(net, v["params"], blocked, pop, x, block_size=2,
+                                         chunk_size=1, batch_size=3)
+  assert pred.shape == (3, 7) and pred.dtype == np.int32
+  np.testing.assert_array_equal(pred, want)
+  labels = want[0]
+  ok = evaluate.score_population(net, v, pop, calib, x, labels, batch_size=3, block_size=2,
+                                 chunk_size=1)
+  assert ok.shape == (3, 7) and ok[0].all()
+  np.testing.assert_array_equal(ok, want == labels[None])
+
+
+def test_nfr_and_relative_nfr_hand_computed():
+  old = np.array([1, 1, 1, 1, 0, 0, 1, 0, 1, 1], bool)   # 7/10 right
+  new = np.array([1, 0, 1, 1, 1, 0, 0, 1, 1, 1], bool)   # 7/10 right; flips at 1 and 6
+  assert evaluate.nfr(new, old) == 0.2                   # 2 of all 10 samples
+  assert evaluate.nfr(old, new) == 0.2                   # positive flips of new: 4 and 7
+  assert evaluate.nfr(old, old) == 0.0
+  np.testing.assert_allclose(evaluate.relative_nfr(new, old), 0.2 / (0.7 * 0.3))
+  # perfect new model: no flips; expected flips 0 -> nan, not a division error
+  assert np.isnan(evaluate.relative_nfr(np.ones(10, bool), old))
+  batch = evaluate.nfr(np.stack([new, old]), old)        # broadcasting over members
+  np.testing.assert_allclose(batch, [0.2, 0.0])
+
+
+def test_nfr_matrix_equals_pairwise_loop():
+  ok = np.random.default_rng(0).random((4, 50)) < [[0.6], [0.7], [0.8], [0.9]]
+  mat = evaluate.nfr_matrix(ok)
+  for i in range(4):
+    for j in range(4):
+      flips = sum(ok[i, s] and not ok[j, s] for s in range(50)) / 50
+      assert mat[i, j] == flips
+  assert np.all(np.diag(mat) == 0)

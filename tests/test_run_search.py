@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,24 +16,41 @@ def run(*args, cwd=ROOT):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_smoke_config_writes_results(tmp_path):
+def test_smoke_config_searches_a_family_and_compares(tmp_path):
+  """Train, search the family (and the comparison variants), write every output."""
   out = run("--config", os.path.join(ROOT, "configs/digits_mbv3.py:smoke"), "--workdir", str(tmp_path),
-            "--config.score.population=3")
+            "--config.search.compare=True")
   assert out.returncode == 0, out.stderr
   res = json.loads((tmp_path / "results.json").read_text())
-  assert len(res["subnets"]) == 5                       # max, min and 3 random
-  assert res["config"]["score"]["population"] == 3
-  macs = [s["macs"] for s in res["subnets"]]
-  assert macs[0] == max(macs) and macs[1] == min(macs)
-  assert all(0.0 <= s["val_top1"] <= 1.0 for s in res["subnets"])
-  assert res["subnets"][0]["arch"]["stages"][0]["kernel"] == [7, 7, 7, 7]
-  assert "| MMACs |" in out.stdout
   assert res["training"]["steps"] == 12 and res["training"]["resumed_from"] is None
-  assert set(res["test_top1"]) == {"max", "min"}
-  assert "test top-1: max subnet" in out.stdout
+  assert set(res["test_top1"]) == {"max", "min"} and "test top-1: max subnet" in out.stdout
+  fam = res["family"]["members"]
+  assert [m["name"] for m in fam] == ["A1", "A2", "A3"] and res["family_label"] == "R2+inclusion"
+  from regnas_jax import export, spaces
+
+  sp = spaces.get_space("ofa_mbv3", **{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in res["space"].items() if k != "space"})
+  archs = [sp.from_json(m["arch"]) for m in fam]
+  mx = sp.macs(sp.max_arch())
+  for m, a, b in zip(fam, archs, (0.35, 0.6, 0.9)):
+    assert 0.9 * b * mx <= m["macs"] == sp.macs(a) <= b * mx
+    assert 0 <= m["test_top1"] <= 1 and 0 <= m["val_top1"] <= 1
+  assert sp.contains(archs[1], archs[0]) and sp.contains(archs[2], archs[1])
+  mat = np.asarray(res["family"]["nfr_matrix_test"])
+  assert mat.shape == (3, 3) and np.all(np.diag(mat) == 0) and np.all(mat >= 0)
+  assert set(res["compare"]) == {"R2+inclusion", "R2", "R0", "random R2+inclusion"}
+  for label, f in res["compare"].items():     # every variant shares the searched reference A1
+    assert f["members"][0]["arch"] == fam[0]["arch"]
+  assert len(res["compare_table"]) == 8 and "| A3 | R0 |" in out.stdout
+  assert res["search"]["subnets_scored"] == len(res["evaluated"]) > 3
+  for name in ("results.md", "top1_vs_macs.png", "nfr_matrix.png", "search/reference.json",
+               "search/R0.json"):
+    assert (tmp_path / name).is_file(), name
+  module, variables, arch, info = export.load_subnet(str(tmp_path / "subnets" / "A2"))
+  assert info["arch"] == fam[1]["arch"] and info["metrics"]["test_top1"] == fam[1]["test_top1"]
+  assert module.apply(variables, np.zeros((2, 8, 8, 3), np.float32)).shape == (2, 10)
   metrics = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics] == list(range(2, 13, 2))
-  assert all(len(m["acc"]) == 3 and m["lr"] >= 0 for m in metrics)
 
   # Same work dir, other space: refused with one line; the checkpoints stay as they were.
   before = sorted(os.listdir(tmp_path / "checkpoints"))
@@ -56,7 +74,13 @@ def test_smoke_config_writes_results(tmp_path):
     (["--config.train.batch_size=5000"], "train.batch_size: 5000 exceeds the 1168"),
     (["--config", "configs/missing.py"], "No such file or directory"),
     (["--config", "configs/digits_mbv3.py:huge"], "unknown variant 'huge'"),
-    (["--config.score.population=x"], "invalid literal for int()"),
+    (["--config.search.population_size=x"], "invalid literal for int()"),
+    (["--config.search.reward=R7"], "config.search.reward: reward 'R7': use one of R0, R1, R2"),
+    (["--config.search.budgets=(0.9,0.5)"], "config.search.budgets: need positive budgets in "
+                                            "ascending order"),
+    (["--config.search.budget_unit=mmacs"], "A1's window [0.315, 0.350] MMACs misses the space's range"),
+    (["--config.search.reference=/nonexistent.json"], "config.search.reference: cannot read"),
+    (["--config.search.parent_ratio=0.01"], "config.search.parent_ratio: 0.01 x population 10"),
 ])
 def test_bad_input_one_error_line_and_nothing_written(tmp_path, args, message):
   work = tmp_path / "work"

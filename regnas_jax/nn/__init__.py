@@ -5,7 +5,7 @@
 
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.common import init_variables
-from regnas_jax.nn.ofa_mbv3 import (MBConvSpec, MobileNetV3, OFAMobileNetV3, extract,
+from regnas_jax.nn.ofa_mbv3 import (MBConvSpec, MobileNetV3, OFAMobileNetV3, exact_module, extract,
                                     reorder_channels, subnet_specs)
 from regnas_jax.spaces import OFAMobileNetV3Space, SearchSpace
 
@@ -20,4 +20,4 @@ def build_supernet(space: SearchSpace, **options):
 
 
 __all__ = ["MBConvSpec", "MobileNetV3", "OFAMobileNetV3", "SUPERNETS", "build_supernet",
-           "extract", "init_variables", "layers", "ops", "reorder_channels", "subnet_specs"]
+           "exact_module", "extract", "init_variables", "layers", "ops", "reorder_channels", "subnet_specs"]

@@ -238,6 +238,15 @@ def subnet_specs(space: OFAMobileNetV3Space, arch: MBV3Arch) -> tuple[MBConvSpec
   return tuple(out)
 
 
+def exact_module(model: OFAMobileNetV3, arch: MBV3Arch) -> MobileNetV3:
+  """The standalone exact-shape module of one subnet (no variables; see :func:`extract`)."""
+  sp = model.space
+  w = sp.widths
+  return MobileNetV3(w[0], sp.stem_stride, w[1], subnet_specs(sp, sp.validate(arch, population=False)),
+                     w[7], w[8], sp.num_classes, model.depthwise_impl, model.bn_momentum,
+                     model.bn_epsilon, model.dropout_rate, model.dtype)
+
+
 def extract(model: OFAMobileNetV3, variables, arch: MBV3Arch):
   """Slice a supernet's variables to the exact shapes of one subnet.
 
@@ -279,10 +288,7 @@ def extract(model: OFAMobileNetV3, variables, arch: MBV3Arch):
     if st:
       new_s[s.name] = {"expand_bn": _bn_slice(st["expand_bn"], m),
                        "dw_bn": _bn_slice(st["dw_bn"], m), "proj_bn": st["proj_bn"]}
-  w = sp.widths
-  module = MobileNetV3(w[0], sp.stem_stride, w[1], specs, w[7], w[8], sp.num_classes,
-                       model.depthwise_impl, model.bn_momentum, model.bn_epsilon,
-                       model.dropout_rate, model.dtype)
+  module = exact_module(model, a)
   out = {"params": new_p}
   if new_s:
     out["batch_stats"] = new_s

@@ -153,6 +153,11 @@ class SearchSpace:
   def contains(self, big: Arch, small: Arch) -> jax.Array:
     raise NotImplementedError
 
+  def grow_to_contain(self, arch: Arch, small: Arch) -> Arch:
+    """The nearest architecture to ``arch`` that contains ``small`` (REG-NAS repair): every
+    choice ``small`` relies on is raised to at least ``small``'s, nothing else changes."""
+    raise NotImplementedError
+
   def canonicalize(self, arch: Arch) -> Arch:
     """Same network, unused decisions set to a fixed value (default: nothing unused)."""
     return arch

@@ -195,6 +195,15 @@ class OFAMobileNetV3Space(base.SearchSpace):
     return (xp.all(big.depth >= small.depth, axis=-1)
             & xp.all(~used | ((big.kernel >= small.kernel) & (big.expand >= small.expand)), axis=-1))
 
+  def grow_to_contain(self, arch: MBV3Arch, small: MBV3Arch) -> MBV3Arch:
+    """Raise ``arch`` just enough to contain ``small``: each stage at least as deep, and each
+    block ``small`` uses at least its kernel and expand ratio (other blocks unchanged)."""
+    xp, (arch, small) = _prep(arch, small)
+    used = self.block_active(small)
+    up = lambda a, b: xp.where(used, xp.maximum(a, b), a).astype(a.dtype)
+    return arch._replace(depth=xp.maximum(arch.depth, small.depth).astype(arch.depth.dtype),
+                         kernel=up(arch.kernel, small.kernel), expand=up(arch.expand, small.expand))
+
   def mutate(self, key: jax.Array, arch: MBV3Arch, prob: float = 0.1,
              resolution_prob: float | None = None) -> MBV3Arch:
     """OFA's mutation: each block resamples (kernel, expand) together with ``prob``, each stage

@@ -1,0 +1,81 @@
+"""Extracted subnets on disk: a directory loadable on its own, without the supernet.
+
+Layout of ``<dir>``::
+
+  subnet.json   space configuration, the architecture (readable JSON), supernet options
+                (needed to rebuild the exact-shape module) and the metrics it was saved with
+  variables/    orbax checkpoint of the exact-shape ``{'params', 'batch_stats'}``
+
+``load_subnet(dir)`` returns ``(module, variables, arch, info)``; ``module.apply(variables,
+images)`` gives the subnet's logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regnas_jax import nn as nets
+from regnas_jax import spaces
+from regnas_jax.checkpoint import CheckpointError, _ocp, _short
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def save_subnet(directory: str, space, arch, supernet_options: dict, variables,
+                metrics: dict | None = None) -> None:
+  """Write an extracted subnet (``variables`` from ``nn.extract``) to ``directory``.
+
+  The directory is replaced as a whole: written next to it, then renamed into place.
+  """
+  directory = os.path.abspath(directory)
+  tmp = directory + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  opts = {k: v for k, v in supernet_options.items()}
+  info = {"format": "regnas-jax subnet v1", "space": space.config(), "arch": space.to_json(arch),
+          "summary": space.format(arch), "supernet": opts, "metrics": metrics or {}}
+  with open(os.path.join(tmp, "subnet.json"), "w") as f:
+    json.dump(info, f, indent=1)
+  ckptr = _ocp().StandardCheckpointer()
+  ckptr.save(os.path.join(tmp, "variables"), jax.tree.map(np.asarray, variables))
+  ckptr.wait_until_finished()
+  old = directory + ".old"
+  if os.path.exists(directory):
+    os.replace(directory, old)
+  os.replace(tmp, directory)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def load_subnet(directory: str) -> tuple[Any, Any, Any, dict]:
+  """``(module, variables, arch, info)`` of a subnet saved by :func:`save_subnet`."""
+  path = os.path.join(directory, "subnet.json")
+  try:
+    with open(path) as f:
+      info = json.load(f)
+  except OSError as e:
+    raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+  except ValueError as e:
+    raise CheckpointError(f"{path}: not JSON ({e})") from None
+  try:
+    cfg = dict(info["space"])
+    space = spaces.get_space(cfg.pop("space"), **{k: tuple(v) if isinstance(v, list) else v
+                                                   for k, v in cfg.items()})
+    arch = space.from_json(info["arch"])
+    opts = dict(info["supernet"])
+    opts["dtype"] = DTYPES[opts.get("dtype", "float32")]
+    module = nets.exact_module(nets.build_supernet(space, **opts), arch)
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{path}: not a saved subnet ({type(e).__name__}: {e})") from None
+  try:
+    variables = _ocp().StandardCheckpointer().restore(os.path.join(os.path.abspath(directory),
+                                                                   "variables"))
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{directory}: cannot restore the variables ({_short(e)})") from None
+  return module, variables, arch, info

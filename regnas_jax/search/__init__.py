@@ -1,0 +1,25 @@
+"""Architecture search over a space: rewards, constraints and search algorithms.
+
+Every algorithm is a triple of pure functions over a small state record, in the style of
+optax's ``init``/``update`` pairs::
+
+  state = evolution.init(space, constraint, cfg, seed)
+  while not evolution.done(state, cfg):
+    candidates = evolution.ask(space, constraint, cfg, state)   # arch population (numpy)
+    state = evolution.tell(state, candidates, fitness_of(candidates))
+
+Randomness is a function of ``(seed, generation)``, so a state saved after any ``tell``
+(:func:`state_to_json`) resumes to exactly the same result.  :mod:`family` runs the REG-NAS
+family search on top: one constrained search per budget, each member containing the previous.
+"""
+
+from regnas_jax.search import constraints, evolution, family, random_search, rewards
+from regnas_jax.search.constraints import Constraint, SearchError
+from regnas_jax.search.evolution import EvolutionConfig, SearchState
+from regnas_jax.search.rewards import PRESETS, parse_reward, reward
+
+ALGORITHMS = {"evolution": evolution, "random": random_search}
+
+__all__ = ["ALGORITHMS", "Constraint", "EvolutionConfig", "PRESETS", "SearchError", "SearchState",
+           "constraints", "evolution", "family", "parse_reward", "random_search", "reward",
+           "rewards"]

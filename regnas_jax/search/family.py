@@ -1,0 +1,215 @@
+"""The REG-NAS family search: A1 under the smallest budget, then each larger member under its
+budget and the weight-inclusion constraint with respect to the previous member.
+
+Member ``i > 1`` is searched with the reward ``lambda1 * Top1(a) - lambda2 * NFR(a, ref)`` where
+``ref`` is member ``i - 1`` (``nfr_against='previous'``) or, averaged, all smaller members
+(``'all'``), and -- if its spec asks for inclusion -- every candidate contains member ``i - 1``
+(hence, by transitivity, all smaller members).  A1 is either given (a fixed reference) or
+searched for accuracy alone.  Top-1 and NFR come from real forward passes of every candidate on
+the holdout-validation split (an accuracy predictor cannot predict sample-wise flips).
+
+The search is saved as JSON after every generation; started again with the same identity it
+resumes where it stopped and reaches the same family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from regnas_jax import evaluate
+from regnas_jax.checkpoint import first_difference
+from regnas_jax.search import evolution, random_search, rewards
+from regnas_jax.search.constraints import Constraint, SearchError
+from regnas_jax.search.evolution import EvolutionConfig
+from regnas_jax.spaces.base import pop_size
+
+ALGORITHMS = {"evolution": evolution, "random": random_search}
+NFR_AGAINST = ("previous", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberSpec:
+  """How one family member is searched."""
+  name: str
+  macs_low: float
+  macs_high: float
+  reward: tuple = (1.0, 1.0)
+  inclusion: bool = True
+  algorithm: str = "evolution"
+
+  def to_json(self) -> dict:
+    return {"name": self.name, "macs_low": float(self.macs_low), "macs_high": float(self.macs_high),
+            "reward": list(map(float, self.reward)), "inclusion": bool(self.inclusion),
+            "algorithm": self.algorithm}
+
+
+class EvalCache:
+  """Memoised per-sample correctness of architectures on one split.
+
+  ``correct_fn(pop) -> bool (P, N)`` is called only for architectures not seen before (keyed by
+  their canonical form, so unused choices do not create duplicates).  Every evaluated
+  architecture is remembered with its MACs and Top-1, for plots.
+  """
+
+  def __init__(self, space, correct_fn: Callable[[Any], np.ndarray]):
+    self.space, self.correct_fn = space, correct_fn
+    self.table: dict[bytes, np.ndarray] = {}
+    self.archs: dict[bytes, Any] = {}
+    self.scored = 0
+
+  def key(self, arch) -> bytes:
+    a = self.space.canonicalize(jax.tree.map(np.asarray, arch))
+    return b"|".join(np.asarray(x, np.int32).tobytes() for x in a)
+
+  def __call__(self, pop) -> np.ndarray:
+    pop = jax.tree.map(np.asarray, pop)
+    keys = [self.key(jax.tree.map(lambda x, i=i: x[i], pop)) for i in range(pop_size(pop))]
+    new = [i for i, k in enumerate(keys) if k not in self.table]
+    new = [i for j, i in enumerate(new) if keys[i] not in {keys[m] for m in new[:j]}]
+    if new:
+      sub = jax.tree.map(lambda x: x[np.asarray(new)], pop)
+      got = np.asarray(self.correct_fn(sub), bool)
+      for j, i in enumerate(new):
+        self.table[keys[i]] = got[j]
+        self.archs[keys[i]] = jax.tree.map(lambda x, i=i: x[i], pop)
+      self.scored += len(new)
+    return np.stack([self.table[k] for k in keys])
+
+  def evaluated(self) -> list[tuple[Any, float]]:
+    """``(arch, top1)`` of every architecture scored so far, in order."""
+    return [(self.archs[k], float(self.table[k].mean())) for k in self.archs]
+
+
+def _write_json(path: str, obj) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f)
+  os.replace(tmp, path)
+
+
+def _arch_json(arch) -> dict:
+  return {k: np.asarray(v).tolist() for k, v in arch._asdict().items()}
+
+
+def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: EvolutionConfig, *,
+                  seed: int, reference=None, nfr_against: str = "previous",
+                  state_path: str | None = None, identity: dict | None = None,
+                  log: Callable[[str], None] = print) -> list[dict]:
+  """Search the members of ``specs`` in order; returns one record per member.
+
+  Args:
+    space: the search space.
+    specs: one :class:`MemberSpec` per member, smallest budget first.  With ``reference`` set,
+      ``specs[0]`` names the reference and is not searched.
+    cache: an :class:`EvalCache` on the holdout-validation split (shared between searches).
+    cfg: evolution/random-search settings.
+    seed: base seed; member ``i`` searches with ``seed + 1000 * i``.
+    reference: a fixed architecture for A1, or ``None`` to search it.
+    nfr_against: 'previous' or 'all' (mean NFR against every smaller member).
+    state_path: JSON file the search is saved to after every generation (and resumed from).
+    identity: JSON-able description of everything the result depends on; a saved search with
+      another identity is refused.
+  Returns:
+    Per member: ``name``, ``arch`` (numpy arch), ``val_top1``, ``val_nfr`` (against its
+    reference members), ``reward``, ``macs``, ``spec`` and the search summary.
+  """
+  if nfr_against not in NFR_AGAINST:
+    raise ValueError(f"nfr_against: {nfr_against!r} is not one of {NFR_AGAINST}")
+  cfg.check()
+  ident = {"identity": identity or {}, "specs": [s.to_json() for s in specs],
+           "search": dict(cfg._asdict()), "seed": int(seed), "nfr_against": nfr_against,
+           "reference": None if reference is None else _arch_json(space.validate(reference))}
+  ident = json.loads(json.dumps(ident))
+  members: list[dict] = []
+  current = None
+  if state_path and os.path.exists(state_path):
+    try:
+      with open(state_path) as f:
+        saved = json.load(f)
+      diff = first_difference(saved["identity"], ident)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise SearchError(f"{state_path}: unreadable saved search ({e})") from None
+    if diff:
+      raise SearchError(f"{state_path} belongs to another search ({diff}); use another --workdir "
+                        f"or remove that file")
+    for m in saved["members"]:
+      m = dict(m)
+      m["arch"] = space.validate(m["arch"], population=False)
+      members.append(m)
+    if saved.get("current") is not None:
+      current = evolution.state_from_json(space, saved["current"])
+    log(f"resumed the search from {state_path}: {len(members)} member(s) done"
+        + (f", {specs[len(members)].name} at generation {current.generation}" if current else ""))
+
+  def save(cur):
+    if not state_path:
+      return
+    ms = [dict(m, arch=_arch_json(m["arch"])) for m in members]
+    _write_json(state_path, {"identity": ident, "members": ms,
+                             "current": None if cur is None else evolution.state_to_json(cur)})
+
+  def metrics(correct, refs):
+    top1 = evaluate.top1(correct)
+    if not refs:
+      return top1, np.zeros_like(top1)
+    ref_ok = [cache(jax.tree.map(lambda x: np.asarray(x)[None], m["arch"]))[0] for m in refs]
+    per = np.stack([evaluate.nfr(correct, r[None]) for r in ref_ok])
+    return top1, (per[-1] if nfr_against == "previous" else per.mean(0))
+
+  for i, spec in enumerate(specs):
+    if i < len(members):
+      continue
+    refs = members if nfr_against == "all" else members[-1:]
+    if i == 0 and reference is not None:
+      arch = space.validate(reference, population=False)
+      top1, _ = metrics(cache(jax.tree.map(lambda x: np.asarray(x)[None], arch)), [])
+      members.append(_record(space, spec, arch, float(top1[0]), 0.0, None, None))
+      log(f"{spec.name}: fixed reference, val top-1 {100 * top1[0]:.2f}%, "
+          f"{space.macs(arch) / 1e6:.3f} MMACs")
+      save(None)
+      continue
+    algo = ALGORITHMS[spec.algorithm]
+    prev = members[-1]["arch"] if members and spec.inclusion else None
+    constraint = Constraint(spec.macs_low, spec.macs_high, prev)
+    state = current if current is not None else algo.init(seed + 1000 * i)
+    current = None
+    log(f"{spec.name}: {spec.algorithm} search, reward {rewards.name(spec.reward)}, "
+        f"{constraint.describe()}, {cfg.evaluations} evaluations")
+    while not algo.done(state, cfg):
+      t = time.time()
+      before = cache.scored
+      cand = algo.ask(space, constraint, cfg, state)
+      if not constraint.check(space, cand).all():  # an algorithm bug, never a silent drop
+        raise SearchError(f"{spec.name}: a candidate violates {constraint.describe()}")
+      top1, nfr_ = metrics(cache(cand), refs)
+      fit = rewards.reward(top1, nfr_, spec.reward)
+      state = algo.tell(state, cand, fit, cfg)
+      save(state)
+      b = state.best_index
+      btop, bnfr = metrics(cache(jax.tree.map(lambda x: x[[b]], state.population)), refs)
+      log(f"{spec.name} generation {state.generation - 1}/{cfg.generations}: best reward "
+          f"{state.fitness[b]:.4f} (top-1 {100 * btop[0]:.2f}%, NFR {100 * bnfr[0]:.2f}%), "
+          f"{cache.scored - before} new subnets scored in {time.time() - t:.1f} s")
+    arch, fit = state.best()
+    btop, bnfr = metrics(cache(jax.tree.map(lambda x: np.asarray(x)[None], arch)), refs)
+    members.append(_record(space, spec, arch, float(btop[0]), float(bnfr[0]) if refs else 0.0,
+                           fit, state))
+    save(None)
+  return members
+
+
+def _record(space, spec: MemberSpec, arch, top1, nfr_, fit, state) -> dict:
+  arch = space.validate(jax.tree.map(np.asarray, arch), population=False)
+  return {"name": spec.name, "arch": arch, "val_top1": top1, "val_nfr": nfr_, "reward": fit,
+          "macs": int(space.macs(arch)), "spec": spec.to_json(),
+          "search": None if state is None else {
+              "algorithm": state.algorithm, "generations": state.generation - 1,
+              "evaluations": state.evaluations, "best_per_generation": list(state.history)}}

@@ -102,7 +102,7 @@ def _padded_blocks(population, block_size: int | None):
   """Split a population into blocks of exactly ``block_size`` members (the last one padded by
   repeating its first member), so one compiled program serves populations of any size.
 
-  Yields ``(start, count, block)``.
+  Yields ``(start, count, idx, block)``: ``idx`` are the members' positions in ``population``.
   """
   n = pop_size(population)
   b = n if not block_size else int(block_size)
@@ -110,7 +110,7 @@ def _padded_blocks(population, block_size: int | None):
     count = min(b, n - start)
     idx = np.arange(start, start + b)
     idx[count:] = start  # padding: repeat the block's first member
-    yield start, count, jax.tree.map(lambda x: np.asarray(x)[idx], population)
+    yield start, count, idx, jax.tree.map(lambda x: np.asarray(x)[idx], population)
 
 
 def recalibrate_population(model, variables, calib_images, population, *,
@@ -120,7 +120,7 @@ def recalibrate_population(model, variables, calib_images, population, *,
   Returns per-member ``batch_stats`` with a leading ``P`` axis (numpy arrays).
   """
   parts = []
-  for _, count, block in _padded_blocks(population, block_size):
+  for _, count, _, block in _padded_blocks(population, block_size):
     st = recalibrate_bn(model, variables, calib_images, block, chunk_size=chunk_size)
     parts.append(jax.tree.map(lambda s, c=count: np.asarray(s)[:c], st))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
@@ -151,10 +151,10 @@ def population_predictions(model, params, member_stats, population, images, *,
       x = jnp.concatenate([x, jnp.zeros((b - len(x),) + x.shape[1:], x.dtype)])
     batches.append((i, min(b, n - i), x))
   out = np.zeros((pop_size(population), n), np.int32)
-  for start, count, block in _padded_blocks(population, block_size):
-    idx = np.arange(start, start + len(jax.tree.leaves(block)[0]))
-    idx[count:] = start
-    v = {"params": params, "batch_stats": jax.tree.map(lambda s: np.asarray(s)[idx], member_stats)}
+  for start, count, idx, block in _padded_blocks(population, block_size):
+    # the block's statistics go to the device once, not once per image batch
+    v = {"params": params,
+         "batch_stats": jax.device_put(jax.tree.map(lambda s: np.asarray(s)[idx], member_stats))}
     for i, k, x in batches:
       pred = _member_predictions(model, v, x, block, chunk_size=chunk_size)
       out[start:start + count, i:i + k] = np.asarray(pred)[:count, :k]

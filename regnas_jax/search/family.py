@@ -71,8 +71,11 @@ class EvalCache:
   def __call__(self, pop) -> np.ndarray:
     pop = jax.tree.map(np.asarray, pop)
     keys = [self.key(jax.tree.map(lambda x, i=i: x[i], pop)) for i in range(pop_size(pop))]
-    new = [i for i, k in enumerate(keys) if k not in self.table]
-    new = [i for j, i in enumerate(new) if keys[i] not in {keys[m] for m in new[:j]}]
+    first = {}  # each unseen key once, at its first position
+    for i, k in enumerate(keys):
+      if k not in self.table:
+        first.setdefault(k, i)
+    new = list(first.values())
     if new:
       sub = jax.tree.map(lambda x: x[np.asarray(new)], pop)
       got = np.asarray(self.correct_fn(sub), bool)

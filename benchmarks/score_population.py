@@ -30,6 +30,7 @@ exact loop).
   python benchmarks/score_population.py --population 16 --calib 400 --eval 500 --block 8 \\
       --chunk 1 --stem small --resolution 32 --width 0.5 --exact-members 4
   python benchmarks/score_population.py --mode logits --population 64 --chunk 8 1
+  python benchmarks/score_population.py --space ofa_resnet50 --width 0.25 --population 16 ...
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import monitoring
 
-from bench_util import timed
+from bench_util import build_net, describe_depthwise, timed
 from regnas_jax import evaluate, spaces
-from regnas_jax.nn import OFAMobileNetV3, extract
+from regnas_jax.nn import extract
 from regnas_jax.nn.common import init_variables
 
 
@@ -179,8 +180,8 @@ def run_score(a, net, variables, sp, log):
       extra["agreement"][chunk] = dict(same=same, total=int(ex.size))
 
   macs = sp.macs(pop)
-  head = [f"score {n} random OFA-MBv3 subnets (w{a.width}, {a.stem} stem, {r} px, {a.classes} classes, "
-          f"{a.dtype}, depthwise {a.depthwise}); per member: BN re-calibration on {k * cb} images "
+  head = [f"score {n} random {sp.name} subnets (w{a.width}, {a.stem} stem, {r} px, {a.classes} classes, "
+          f"{a.dtype}{describe_depthwise(a)}); per member: BN re-calibration on {k * cb} images "
           f"({k} x {cb}) + predictions on {a.eval} images ({a.batch} per call); "
           f"mean {np.mean(macs) / 1e6:.1f} MMACs/image (min {macs.min() / 1e6:.1f}, "
           f"max {macs.max() / 1e6:.1f})"]
@@ -253,8 +254,8 @@ def run_logits(a, net, variables, sp, log):
   rows.append((f"exact, loop{'' if scale == 1 else f' ({n_exact} timed, x{scale:.1f})'}",
                c_ex * scale, r_ex * scale))
 
-  head = [f"population {a.population} OFA-MBv3 subnets (w{a.width}, {a.stem} stem, {a.resolution} px, "
-          f"{a.dtype}, depthwise {a.depthwise}), {a.batch} images each, supernet BN statistics; "
+  head = [f"population {a.population} {sp.name} subnets (w{a.width}, {a.stem} stem, {a.resolution} px, "
+          f"{a.dtype}{describe_depthwise(a)}), {a.batch} images each, supernet BN statistics; "
           f"mean {np.mean(macs) / 1e6:.1f} MMACs/image (min {macs.min() / 1e6:.1f}, max {macs.max() / 1e6:.1f})"]
   table = ["| method | compile (s) | run, whole population (s) | subnets/s | run time vs exact |",
            "|---|---:|---:|---:|---:|"]
@@ -267,6 +268,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--mode", choices=("score", "logits"), default="score",
                  help="score: BN re-calibration + predictions per member; logits: logits only")
+  p.add_argument("--space", choices=("ofa_mbv3", "ofa_resnet50"), default="ofa_mbv3")
   p.add_argument("--population", type=int, default=64)
   p.add_argument("--stem", choices=("small", "imagenet"), default="small")
   p.add_argument("--resolution", type=int, default=32)
@@ -299,9 +301,7 @@ def main(argv=None):
 
   log = CompileLog()
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[a.dtype]
-  sp = spaces.OFAMobileNetV3Space(width_mult=a.width, stem=a.stem, num_classes=a.classes,
-                                  resolutions=(a.resolution,))
-  net = OFAMobileNetV3(sp, depthwise_impl=a.depthwise, dtype=dtype)
+  sp, net = build_net(a, dtype)
   variables = init_variables(net, jax.random.key(0))
   head, table, notes, result, ok = (run_score if a.mode == "score" else run_logits)(
       a, net, variables, sp, log)

@@ -17,6 +17,7 @@ are against the exact-shape row measured in the same process.  Compile time is r
 
   python benchmarks/train_throughput.py                                   # CPU-sized default
   python benchmarks/train_throughput.py --stem imagenet --resolution 32 --batch 256 --loops vmap
+  python benchmarks/train_throughput.py --space ofa_resnet50 --width 0.25 --resolution 16
 """
 
 from __future__ import annotations
@@ -32,16 +33,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench_util import timed
+from bench_util import build_net, describe_depthwise, timed
 from regnas_jax import spaces, train
 from regnas_jax.defaults import train_defaults
-from regnas_jax.nn import OFAMobileNetV3, extract
+from regnas_jax.nn import extract
 from regnas_jax.nn.common import init_variables
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--space", choices=("ofa_mbv3", "ofa_resnet50"), default="ofa_mbv3")
   p.add_argument("--stem", choices=("small", "imagenet"), default="small")
   p.add_argument("--resolution", type=int, default=32)
   p.add_argument("--width", type=float, default=1.0)
@@ -55,9 +57,7 @@ def main(argv=None):
   a = p.parse_args(argv)
 
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[a.dtype]
-  sp = spaces.OFAMobileNetV3Space(width_mult=a.width, stem=a.stem, num_classes=a.classes,
-                                  resolutions=(a.resolution,))
-  net = OFAMobileNetV3(sp, depthwise_impl=a.depthwise, dtype=dtype)
+  sp, net = build_net(a, dtype)
   v = init_variables(net, jax.random.key(0))
   tc = train_defaults()
   tc.num_subnets = a.subnets
@@ -117,8 +117,8 @@ def main(argv=None):
   macs = sp.macs(jax.tree.map(np.asarray, archs))
   print(f"device: {dev.platform} ({dev.device_kind}); jax {jax.__version__}; "
         f"python {platform.python_version()}")
-  print(f"OFA-MBv3 w{a.width}, {a.stem} stem, {a.resolution} px, {a.classes} classes, {a.dtype}, "
-        f"depthwise {a.depthwise}; batch {a.batch}, {a.subnets} subnets per step (max, min, "
+  print(f"{sp.name} w{a.width}, {a.stem} stem, {a.resolution} px, {a.classes} classes, {a.dtype}"
+        f"{describe_depthwise(a)}; batch {a.batch}, {a.subnets} subnets per step (max, min, "
         f"{a.subnets - 2} random; in-place distillation); subnet MMACs/image "
         f"{', '.join(f'{m / 1e6:.1f}' for m in macs)}")
   print(f"command: python benchmarks/train_throughput.py "

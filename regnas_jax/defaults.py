@@ -10,7 +10,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       steps=300,
       batch_size=64,
       num_subnets=4,            # sandwich: max + min + (n - 2) random; uniform: n random
-      subnet_loop="auto",       # 'vmap' | 'scan' (sequential in one step) | 'auto' (scan on CPU)
+      subnet_loop="auto",       # 'vmap' | 'scan' (sequential in one step) | 'auto' (see train)
       resolutions=(),           # training resolutions (empty: all of the space's)
       optimizer="sgd",          # 'sgd' (Nesterov) | 'rmsprop'
       lr=0.1, momentum=0.9, nesterov=True, warmup_steps=20,

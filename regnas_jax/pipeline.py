@@ -50,7 +50,7 @@ def build_supernet(cfg, space):
   if opts.get("dtype") not in dtypes:
     raise ConfigError(f"config.supernet.dtype: {opts.get('dtype')!r} is not one of {tuple(dtypes)}")
   opts["dtype"] = dtypes[opts["dtype"]]
-  if opts.get("depthwise_impl") not in nets.ops.DEPTHWISE_IMPLS:
+  if "depthwise_impl" in opts and opts["depthwise_impl"] not in nets.ops.DEPTHWISE_IMPLS:
     raise ConfigError(f"config.supernet.depthwise_impl: {opts.get('depthwise_impl')!r} is not one "
                       f"of {nets.ops.DEPTHWISE_IMPLS}")
   try:
@@ -150,10 +150,7 @@ def evolution_config(cfg) -> search.EvolutionConfig:
 def supernet_fns(net):
   """(init_fn, reorder_fn) of a supernet module."""
   init_fn = lambda key: init_variables(net, key)
-  reorder_fn = None
-  if isinstance(net, nets.OFAMobileNetV3):
-    reorder_fn = lambda v, keep: nets.ofa_mbv3.reorder_channels(net, v, keep)
-  return init_fn, reorder_fn
+  return init_fn, lambda v, keep: nets.reorder_channels(net, v, keep)
 
 
 class Scorer:

@@ -263,12 +263,17 @@ def merge_batch_stats(old, new):
 SUBNET_LOOPS = ("vmap", "scan", "auto")
 
 
-def resolve_subnet_loop(loop: str) -> str:
-  """``'auto'``: ``vmap`` on accelerators, ``scan`` (one subnet after another) on CPU."""
+def resolve_subnet_loop(loop: str, model=None) -> str:
+  """``'auto'``: ``vmap`` on accelerators; on CPU the supernet's ``cpu_subnet_loop`` (default
+  ``scan``, one subnet after another).  Measured on 2 cores (docs/benchmarks.md): scan is 1.6x
+  faster than vmap for OFA-MBv3 (depthwise taps and 1x1 dots), but 3.6x *slower* for OFA-ResNet50,
+  whose 3x3 convolutions XLA:CPU runs far slower inside a loop body."""
   if loop not in SUBNET_LOOPS:
     raise TrainConfigError(f"config.train.subnet_loop: {loop!r} is not one of {SUBNET_LOOPS}")
   if loop == "auto":
-    return "scan" if jax.default_backend() == "cpu" else "vmap"
+    if jax.default_backend() != "cpu":
+      return "vmap"
+    return getattr(model, "cpu_subnet_loop", "scan")
   return loop
 
 
@@ -291,7 +296,7 @@ def subnet_grads(model, params, batch_stats, images, labels, archs, key, lc: Los
                               train=True, mutable=["batch_stats"], rngs={"dropout": k})
     return logits, upd["batch_stats"]
 
-  if resolve_subnet_loop(loop) == "vmap":
+  if resolve_subnet_loop(loop, model) == "vmap":
     def loss_fn(p):
       logits, stats = jax.vmap(lambda a, k: member(p, a, k))(archs, keys)
       losses = subnet_losses(logits, labels, lc, teacher_probs)

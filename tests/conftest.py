@@ -1,7 +1,38 @@
-"""Shared fixtures: a tiny OFA-MobileNetV3 supernet that compiles quickly on CPU."""
+"""Shared fixtures (a tiny OFA-MobileNetV3 supernet) and one XLA compilation cache per test run.
+
+The suite is dominated by XLA compiles, and many programs recur: in both pytest-xdist workers,
+in test parametrizations, and in the ``run_search.py`` subprocesses.  The controller creates a
+fresh persistent compilation cache directory for the run and exports it, so every worker and
+subprocess compiles a given program once.  Results are unaffected (the cache stores compiled
+executables keyed by the program, its options and the jax version); a run starts empty.
+"""
+
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = []
+
+
+def pytest_configure(config):
+  if os.environ.get(_CACHE_ENV) is None and not hasattr(config, "workerinput"):
+    path = tempfile.mkdtemp(prefix="regnas-jax-xla-cache-")
+    _OWN_CACHE.append(path)
+    os.environ[_CACHE_ENV] = path   # inherited by the xdist workers and by subprocesses
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  if os.environ.get(_CACHE_ENV):
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")))
+
+
+def pytest_unconfigure(config):
+  for path in _OWN_CACHE:
+    shutil.rmtree(path, ignore_errors=True)
 
 from regnas_jax.nn import OFAMobileNetV3
 from regnas_jax.nn.common import init_variables
@@ -10,8 +41,11 @@ from regnas_jax.spaces import OFAMobileNetV3Space
 
 @pytest.fixture(scope="session")
 def tiny():
-  """(space, supernet, variables, images): width 0.5, small stem, 12 px, 10 classes."""
-  sp = OFAMobileNetV3Space(width_mult=0.5, stem="small", num_classes=10, resolutions=(12,))
+  """(space, supernet, variables, images): width 0.5, small stem, 12 px, 10 classes, and two
+  blocks per stage (depth choices 1 or 2): every elastic dimension, half the compile time of
+  the full 20-block layout (which tests/test_nn_ofa_mbv3.py covers)."""
+  sp = OFAMobileNetV3Space(width_mult=0.5, stem="small", num_classes=10, resolutions=(12,),
+                           depth_choices=(1, 2))
   net = OFAMobileNetV3(sp)
   v = init_variables(net, jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (5, 12, 12, 3))

@@ -13,29 +13,12 @@ from regnas_jax import costs
 from regnas_jax.nn import OFAMobileNetV3, extract, reorder_channels
 from regnas_jax.nn.common import init_variables
 from regnas_jax.nn.ofa_mbv3 import subnet_specs
-from regnas_jax.spaces import MBV3Arch, OFAMobileNetV3Space, member, stack
+from regnas_jax.spaces import MBV3Arch, OFAMobileNetV3Space, member
+
+import helpers
+from helpers import assert_close, exact_run, floor_variances, randomize
 
 RES = 20  # odd sizes appear after stride 2 (20 -> 10 -> 5 -> 3) in the small stem
-
-
-def randomize(variables, seed):
-  """Perturb every parameter (BN affine, transform matrices, SE biases) away from its init."""
-  rng = np.random.default_rng(seed)
-  leaves, tree = jax.tree.flatten_with_path(variables["params"])
-  out = []
-  for path, x in leaves:
-    name = jax.tree_util.keystr(path)
-    noise = rng.normal(size=x.shape).astype(np.float32)
-    if "matrix" in name:
-      x = x + 0.15 * noise
-    elif "scale" in name:
-      x = 1.0 + 0.3 * noise
-    elif "bias" in name:
-      x = 0.2 * noise
-    else:
-      x = x * (1.0 + 0.1 * noise)
-    out.append(jnp.asarray(x))
-  return dict(variables, params=jax.tree.unflatten(tree, out))
 
 
 P = 22  # population size of every masked call below (one compile per setup)
@@ -48,16 +31,14 @@ def calibrated(model, variables, images):
   module, sv = extract(model, variables, model.space.max_arch())
   _, upd = module.clone(bn_momentum=0.0, depthwise_impl="xla").apply(
       sv, images, train=True, mutable=["batch_stats"])
-  stats = jax.tree_util.tree_map_with_path(
-      lambda p, x: x + 0.5 if jax.tree_util.keystr(p).endswith("['var']") else x,
-      upd["batch_stats"])
-  return dict(variables, batch_stats=stats)
+  return dict(variables, batch_stats=floor_variances(upd["batch_stats"]))
 
 
 class Env(NamedTuple):
   sp: OFAMobileNetV3Space
   net: OFAMobileNetV3
   v: dict
+  vh: dict           # v as host numpy arrays: extraction is plain slicing, no dispatch
   images: jax.Array
   masked: Callable   # (v, images, pop[P]) -> eval logits, train logits, new stats (per member)
   single: Callable   # (v, images, arch) -> eval logits
@@ -80,28 +61,12 @@ def _setup(stem, width, transform, res):
     tr, upd = net.apply(v, x, a, train=True, mutable=["batch_stats"])
     return ev, tr, upd["batch_stats"]
 
-  return Env(sp, net, v, images, jax.jit(jax.vmap(f, in_axes=(None, None, 0))),
+  return Env(sp, net, v, jax.tree.map(np.asarray, v), images, jax.jit(jax.vmap(f, in_axes=(None, None, 0))),
              jax.jit(lambda v, x, a: net.apply(v, x, a)))
 
 
 def archs_for(sp, n=P - 2, seed=0):
-  """min, max and n random archs."""
-  pop = sp.sample(jax.random.key(seed), n)
-  return stack([sp.min_arch(), sp.max_arch()] + [member(pop, i) for i in range(n)])
-
-
-def exact_run(module, v, x):
-  """Eval logits, train logits and updated statistics of an exact subnet, run op by op: every
-  subnet has other shapes, and op-by-op dispatch reuses compiled ops across subnets."""
-  ev = module.apply(v, x, train=False)
-  tr, upd = module.apply(v, x, train=True, mutable=["batch_stats"])
-  return ev, tr, upd["batch_stats"]
-
-
-def assert_close(a, b, rtol=1e-4):
-  a, b = np.asarray(a), np.asarray(b)
-  scale = max(np.abs(b).max(), 1e-6)
-  np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale)
+  return helpers.archs_for(sp, n, seed)
 
 
 @pytest.mark.parametrize("stem, width, transform", [("small", 1.0, True), ("imagenet", 1.2, False)])
@@ -114,13 +79,14 @@ def test_masked_equals_extracted(stem, width, transform):
   n = 8 if stem == "small" else 4  # min, max and random archs (each compiles its exact model)
   for i in range(n):
     a = member(pop, i)
-    module, sv = extract(env.net, env.v, a)
+    module, sv = extract(env.net, env.vh, a)
     module = module.clone(depthwise_impl="xla")  # an independent depthwise implementation
     e_ev, e_tr, e_stats = exact_run(module, sv, env.images)
     assert_close(ev[i], e_ev)
     assert_close(tr[i], e_tr)
     # the exact subnet's new statistics are slices of the supernet's, member by member
-    _, st_i = extract(env.net, {"params": env.v["params"], "batch_stats": member(stats, i)}, a)
+    _, st_i = extract(env.net, {"params": env.vh["params"],
+                                "batch_stats": jax.tree.map(np.asarray, member(stats, i))}, a)
     chex.assert_trees_all_close(st_i["batch_stats"], e_stats, rtol=1e-4, atol=1e-5)
 
 
@@ -238,11 +204,11 @@ def used_support(net, variables, arch):
   _, sv = extract(net, variables, arch)
   r = jax.tree.map(lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), jnp.float32), sv["params"])
 
-  def total(params):
+  def total(params, r):
     _, sub = extract(net, {"params": params}, arch)
     return sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(sub["params"]), jax.tree.leaves(r)))
 
-  g = jax.grad(total)(variables["params"])
+  g = jax.jit(jax.grad(total))(variables["params"], r)  # one compile beats op-by-op dispatch
   flat = jax.tree.flatten_with_path(g)[0]
   return {jax.tree_util.keystr(p): np.asarray(x) != 0 for p, x in flat
           if "matrix" not in jax.tree_util.keystr(p)}
@@ -288,7 +254,7 @@ def test_contains_implies_weight_inclusion_under_kernel_transform():
                      for k in sp.kernel_choices])
   support, verdicts = {}, []
   for big, small in inclusion_pairs(sp, 4, seed=7):
-    sb, ss = (support.setdefault(_key(a), used_support(env.net, env.v, a)) for a in (big, small))
+    sb, ss = (support.setdefault(_key(a), used_support(env.net, env.vh, a)) for a in (big, small))
     included = all(np.all(ss[k] <= sb[k]) for k in ss)
     used = sp.block_active(small)
     predicted = bool(np.all(big.depth >= small.depth) and np.all(
@@ -306,8 +272,8 @@ def test_contains_equals_literal_slicing_without_kernel_transform():
   env = setup("imagenet", 1.2, False, 32)
   verdicts = []
   for big, small in inclusion_pairs(env.sp, 10, seed=8):
-    _, pb = extract(env.net, env.v, big)
-    _, ps = extract(env.net, env.v, small)
+    _, pb = extract(env.net, env.vh, big)
+    _, ps = extract(env.net, env.vh, small)
     fb = dict((jax.tree_util.keystr(p), x) for p, x in jax.tree.flatten_with_path(pb["params"])[0])
     ok = True
     for p, x in jax.tree.flatten_with_path(ps["params"])[0]:
@@ -353,7 +319,7 @@ def test_extracted_module_is_standalone():
   """The exact subnet is an ordinary Flax module: a fresh init has the extracted shapes."""
   env = setup()
   a = member(archs_for(env.sp, 1, seed=10), 2)
-  module, sv = extract(env.net, env.v, a)
+  module, sv = extract(env.net, env.vh, a)
   fresh = jax.eval_shape(module.init, jax.random.key(3), env.images)
   chex.assert_trees_all_equal_shapes(fresh, sv)
   specs = subnet_specs(env.sp, a)

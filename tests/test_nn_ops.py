@@ -96,3 +96,24 @@ def test_activations():
   assert float(ops.hswish(jnp.zeros(()))) == 0.0
   with pytest.raises(ValueError, match="unknown 'gelu'"):
     ops.activation("gelu")
+
+
+@pytest.mark.parametrize("h, w, s", [(7, 5, 2), (8, 8, 2), (9, 4, 3), (5, 5, 1)])
+def test_avg_pool_ceil_matches_a_loop(h, w, s):
+  """PyTorch's AvgPool2d(s, s, ceil_mode=True): windows cut by the border average what they cover."""
+  x = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+  want = np.zeros((2, -(-h // s), -(-w // s), 3), np.float32)
+  for i in range(want.shape[1]):
+    for j in range(want.shape[2]):
+      want[:, i, j] = x[:, i * s:(i + 1) * s, j * s:(j + 1) * s].mean((1, 2))
+  np.testing.assert_allclose(ops.avg_pool_ceil(jnp.asarray(x), s), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("h", [7, 8])
+def test_max_pool_matches_a_loop(h):
+  x = np.random.default_rng(1).normal(size=(1, h, h, 2)).astype(np.float32)
+  p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  n = (h - 1) // 2 + 1
+  want = np.array([[p[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max((1, 2)) for j in range(n)]
+                   for i in range(n)]).transpose(2, 0, 1, 3)
+  np.testing.assert_array_equal(ops.max_pool_3x3_s2(jnp.asarray(x)), want)

@@ -1,7 +1,8 @@
 """Preemption: kill -9 at a random step or SIGTERM, restart, and end with the same parameters.
 
 Each run is a separate ``run_search.py --stop_after=train`` process on the smoke config; they
-share a persistent XLA compilation cache so that only the first one pays the compile.
+share the test run's persistent XLA compilation cache (``conftest.py``), so only the first
+process of the run pays the compile.
 """
 
 import json
@@ -22,13 +23,11 @@ SMOKE = os.path.join(ROOT, "configs", "digits_mbv3.py:smoke")
 TOTAL = 20  # steps; the smoke config checkpoints every 4 and logs every 2
 
 
-def start(workdir, cache):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+def start(workdir):
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_search.py"), "--config", SMOKE,
                            "--workdir", str(workdir), "--stop_after=train",
                            f"--config.train.steps={TOTAL}"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def logged_steps(workdir):
@@ -61,8 +60,7 @@ def final_arrays(workdir):
 
 
 def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(tmp_path):
-  cache = tmp_path / "xla-cache"
-  ref = start(tmp_path / "ref", cache)
+  ref = start(tmp_path / "ref")
   out, err = ref.communicate(timeout=600)
   assert ref.returncode == 0, err
   total = TOTAL
@@ -71,7 +69,7 @@ def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(tmp_path):
   # metrics of later steps are written).
   work = tmp_path / "run"
   kill_at = random.Random().choice([6, 8, 10, 12])
-  p = start(work, cache)
+  p = start(work)
   wait_for_step(p, work, kill_at)
   p.send_signal(signal.SIGKILL)
   p.wait()
@@ -80,7 +78,7 @@ def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(tmp_path):
   stale = max(logged_steps(work))  # lines after ck_step: dropped when the next run resumes
 
   # SIGTERM: the running step finishes, a checkpoint is saved, exit status 143.
-  p = start(work, cache)
+  p = start(work)
   wait_for_step(p, work, stale + 2)
   p.send_signal(signal.SIGTERM)
   out, err = p.communicate(timeout=300)
@@ -93,7 +91,7 @@ def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(tmp_path):
     assert p.returncode == 0, err
   assert resumed_line and f"step {ck_step}/{total}" in resumed_line[0], out
 
-  p = start(work, cache)
+  p = start(work)
   _, err = p.communicate(timeout=600)
   assert p.returncode == 0, err
   steps = logged_steps(work)

@@ -63,6 +63,32 @@ def test_smoke_config_searches_a_family_and_compares(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
+def test_resnet50_smoke_config_searches_a_family_of_four(tmp_path):
+  """The OFA-ResNet50 space through the same pipeline: train, search A1..A4 with inclusion,
+  export, by choosing its config."""
+  out = run("--config", os.path.join(ROOT, "configs/digits_resnet50.py:smoke"), "--workdir",
+            str(tmp_path))
+  assert out.returncode == 0, out.stderr
+  res = json.loads((tmp_path / "results.json").read_text())
+  from regnas_jax import export, spaces
+
+  assert res["space"]["space"] == "ofa_resnet50"
+  sp = spaces.get_space("ofa_resnet50", **{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in res["space"].items() if k != "space"})
+  fam = res["family"]["members"]
+  assert [m["name"] for m in fam] == ["A1", "A2", "A3", "A4"]
+  archs = [sp.from_json(m["arch"]) for m in fam]
+  mx = sp.macs(sp.max_arch())
+  for m, a, b in zip(fam, archs, (0.25, 0.45, 0.65, 0.9)):
+    assert 0.9 * b * mx <= m["macs"] == sp.macs(a) <= b * mx
+    assert m["params"] == sp.params(a) and 0 <= m["test_top1"] <= 1
+  assert all(sp.contains(b, a) for a, b in zip(archs, archs[1:]))
+  assert np.asarray(res["family"]["nfr_matrix_test"]).shape == (4, 4)
+  module, variables, arch, info = export.load_subnet(str(tmp_path / "subnets" / "A3"))
+  assert info["arch"] == fam[2]["arch"] and type(module).__name__ == "ResNet"
+  assert module.apply(variables, np.zeros((2, 8, 8, 3), np.float32)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config.nope=1"], "unknown config key 'nope'"),
     (["--config.space.stem=cifar"], "config.space: stem: 'cifar' is not one of"),
@@ -81,6 +107,8 @@ def test_smoke_config_searches_a_family_and_compares(tmp_path):
     (["--config.search.budget_unit=mmacs"], "A1's window [0.315, 0.350] MMACs misses the space's range"),
     (["--config.search.reference=/nonexistent.json"], "config.search.reference: cannot read"),
     (["--config.search.parent_ratio=0.01"], "config.search.parent_ratio: 0.01 x population 10"),
+    (["--config", "configs/digits_resnet50.py", "--config.train.method=progressive"],
+     "progressive shrinking needs a 'kernel' field in space ofa_resnet50"),
 ])
 def test_bad_input_one_error_line_and_nothing_written(tmp_path, args, message):
   work = tmp_path / "work"

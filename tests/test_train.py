@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from regnas_jax import nn as nets
 from regnas_jax import spaces, train
 from regnas_jax.defaults import train_defaults
 
@@ -144,3 +145,16 @@ def test_phase_at_and_step_split():
   for i, s in enumerate(starts[:-1]):
     assert train.phase_at(phases, int(s)) == (i, 0)
   assert train.phase_at(phases, 10) == (len(phases), 0)
+
+
+def test_auto_subnet_loop_follows_the_supernet_on_cpu(tiny):
+  """'auto' is vmap on accelerators; on CPU the supernet's preference (scan for MobileNetV3,
+  vmap for ResNet50, whose 3x3 convolutions XLA:CPU runs slowly inside a loop body)."""
+  _, net, _, _ = tiny
+  res = nets.OFAResNet50(spaces.OFAResNet50Space(stem="small", width_mult=0.25))
+  cpu = jax.default_backend() == "cpu"
+  assert train.resolve_subnet_loop("auto", net) == ("scan" if cpu else "vmap")
+  assert train.resolve_subnet_loop("auto", res) == "vmap"
+  assert train.resolve_subnet_loop("scan", res) == "scan"
+  with pytest.raises(train.TrainConfigError, match="config.train.subnet_loop: 'loop'"):
+    train.resolve_subnet_loop("loop", net)

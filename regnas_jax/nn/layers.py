@@ -42,11 +42,12 @@ class MaskedBatchNorm(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = None
+  scale_init: Any = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x, train: bool, mask=None, update=True):
     c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
@@ -155,3 +156,11 @@ def conv(features: int, kernel: int = 1, stride: int = 1, name: str | None = Non
   p = kernel // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
                  use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
+
+
+def batch_norm(train: bool, momentum: float, epsilon: float, dtype, name: str,
+               scale_init=nn.initializers.ones) -> nn.BatchNorm:
+  """Plain Flax BatchNorm for exact-shape subnets (same variable names as MaskedBatchNorm)."""
+  # Two-pass variance: E[x^2] - E[x]^2 loses digits when |mean| >> std (small batches).
+  return nn.BatchNorm(not train, momentum=momentum, epsilon=epsilon, dtype=dtype,
+                      use_fast_variance=False, scale_init=scale_init, name=name)

@@ -150,12 +150,6 @@ class MBConvSpec:
     return self.stride == 1 and self.in_ch == self.out_ch
 
 
-def _batchnorm(train, momentum, epsilon, dtype, name):
-  # Two-pass variance: E[x^2] - E[x]^2 loses digits when |mean| >> std (small batches).
-  return nn.BatchNorm(not train, momentum=momentum, epsilon=epsilon, dtype=dtype,
-                      use_fast_variance=False, name=name)
-
-
 class MBConv(nn.Module):
   """Plain inverted-bottleneck block (1x1 expand, k x k depthwise, optional SE, 1x1 project)."""
   spec: MBConvSpec
@@ -168,7 +162,7 @@ class MBConv(nn.Module):
   def __call__(self, x, train: bool = False):
     s = self.spec
     act = ops.activation(s.act)
-    bn = lambda name: _batchnorm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name)
+    bn = lambda name: layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name)
     h = act(bn("expand_bn")(layers.conv(s.mid_ch, 1, name="expand", dtype=self.dtype)(x)))
     h = layers.DepthwiseConv2D(s.kernel, s.stride, self.depthwise_impl, self.dtype, name="dw")(h)
     h = act(bn("dw_bn")(h))
@@ -200,7 +194,7 @@ class MobileNetV3(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    bn = lambda name: (lambda x, tr: _batchnorm(tr, self.bn_momentum, self.bn_epsilon,
+    bn = lambda name: (lambda x, tr: layers.batch_norm(tr, self.bn_momentum, self.bn_epsilon,
                                                 self.dtype, name)(x))
     x = images.astype(self.dtype)
     x = layers.conv(self.stem_ch, 3, self.stem_stride, name="stem_conv", dtype=self.dtype)(x)

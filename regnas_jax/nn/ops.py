@@ -214,3 +214,27 @@ def batch_moments(x: jax.Array, axes=(0, 1, 2)):
   mean = jnp.mean(x, axes)
   var = jnp.mean(jnp.square(x - mean), axes)
   return mean, var
+
+
+def avg_pool_ceil(x: jax.Array, stride: int) -> jax.Array:
+  """Average pool with kernel = stride over NHWC in "ceil mode" (ResNet-D shortcut).
+
+  Output side ``ceil(H / stride)``; a window cut by the border averages only the pixels it
+  covers (PyTorch's ``AvgPool2d(s, s, ceil_mode=True)``, as OFA-ResNet's shortcut uses).
+  """
+  if stride == 1:
+    return x
+  n, h, w, c = x.shape
+  ph, pw = -h % stride, -w % stride
+  ones = np.pad(np.ones((h, w), np.float32), ((0, ph), (0, pw)))
+  counts = ones.reshape((h + ph) // stride, stride, (w + pw) // stride, stride).sum((1, 3))
+  xs = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+  xs = xs.reshape(n, (h + ph) // stride, stride, (w + pw) // stride, stride, c).sum((2, 4))
+  return xs / jnp.asarray(counts, xs.dtype)[None, :, :, None]
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """3x3 max pool, stride 2, padding 1 (the ResNet stem's), NHWC; output side ceil(H / 2)."""
+  init = jnp.array(-jnp.inf, x.dtype)
+  return jax.lax.reduce_window(x, init, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                               ((0, 0), (1, 1), (1, 1), (0, 0)))

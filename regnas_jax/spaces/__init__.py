@@ -7,8 +7,9 @@ checkpoints).
 from regnas_jax.spaces.base import (Field, InvalidArchError, InvalidSpaceError, SearchSpace,
                                     make_divisible, member, pop_size, stack)
 from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
+from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
 
-SPACES = {OFAMobileNetV3Space.name: OFAMobileNetV3Space}
+SPACES = {s.name: s for s in (OFAMobileNetV3Space, OFAResNet50Space)}
 
 
 def get_space(name: str, **config) -> SearchSpace:
@@ -22,4 +23,5 @@ def get_space(name: str, **config) -> SearchSpace:
 
 
 __all__ = ["Field", "InvalidArchError", "InvalidSpaceError", "MBV3Arch", "OFAMobileNetV3Space",
+           "OFAResNet50Space", "ResNetArch",
            "SPACES", "SearchSpace", "get_space", "make_divisible", "member", "pop_size", "stack"]

@@ -75,6 +75,18 @@ class SearchSpace:
   name: str = ""
   arch_type: type = NamedTuple
 
+  def _check_common(self, stems: Mapping, default_resolutions: Mapping) -> None:
+    """Validate the fields every image space has (stem, width_mult, num_classes, resolutions)
+    and fill in the stem's default resolutions; called from a subclass's ``__post_init__``."""
+    if self.stem not in stems:
+      raise InvalidSpaceError(f"stem: {self.stem!r} is not one of {tuple(stems)}")
+    if not self.width_mult > 0:
+      raise InvalidSpaceError(f"width_mult: must be > 0, got {self.width_mult}")
+    if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
+      raise InvalidSpaceError(f"num_classes: must be a positive integer, got {self.num_classes!r}")
+    res = default_resolutions[self.stem] if self.resolutions is None else self.resolutions
+    object.__setattr__(self, "resolutions", check_choices("resolutions", res))
+
   # -- structure ---------------------------------------------------------------------------
   def fields(self) -> tuple[Field, ...]:
     raise NotImplementedError
@@ -297,3 +309,28 @@ def json_keys(obj: Mapping, allowed: Sequence[str], where: str) -> None:
   if extra:
     raise InvalidArchError(
         f"{where + '.' if where else ''}{extra[0]}: unknown key (allowed: {', '.join(allowed)})")
+
+
+# -- helpers of the spaces' array code ---------------------------------------------------------
+def readable(v):
+  """A choice value for JSON: 2.0 -> 2, 0.25 stays 0.25."""
+  return int(v) if float(v).is_integer() else float(v)
+
+
+def prep(*archs):
+  """(jax.numpy, archs) under tracing; (numpy, archs as numpy) for concrete archs, so that
+  costs of concrete archs are exact integers."""
+  try:
+    archs = jax.tree.map(np.asarray, archs)
+  except jax.errors.TracerArrayConversionError:
+    return jnp, (archs[0] if len(archs) == 1 else archs)
+  return np, (archs[0] if len(archs) == 1 else archs)
+
+
+def cost_dtype(xp):
+  return jnp.float32 if xp is jnp else np.int64
+
+
+def down(h, stride, xp):
+  """Output side of a 'same'-padded, odd-kernel conv: ceil(h / stride)."""
+  return h if stride == 1 else (h + stride - 1) // stride

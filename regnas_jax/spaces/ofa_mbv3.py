@@ -98,14 +98,7 @@ class OFAMobileNetV3Space(base.SearchSpace):
   depth_choices: tuple = (2, 3, 4)
 
   def __post_init__(self):
-    if self.stem not in STEMS:
-      raise InvalidSpaceError(f"stem: {self.stem!r} is not one of {tuple(STEMS)}")
-    if not self.width_mult > 0:
-      raise InvalidSpaceError(f"width_mult: must be > 0, got {self.width_mult}")
-    if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
-      raise InvalidSpaceError(f"num_classes: must be a positive integer, got {self.num_classes!r}")
-    res = DEFAULT_RESOLUTIONS[self.stem] if self.resolutions is None else self.resolutions
-    object.__setattr__(self, "resolutions", base.check_choices("resolutions", res))
+    self._check_common(STEMS, DEFAULT_RESOLUTIONS)
     for name in ("kernel_choices", "expand_choices", "depth_choices"):
       object.__setattr__(self, name, base.check_choices(name, getattr(self, name)))
     if any(k % 2 == 0 for k in self.kernel_choices):
@@ -163,7 +156,7 @@ class OFAMobileNetV3Space(base.SearchSpace):
   # -- arch helpers (jit/vmap friendly) -----------------------------------------------------
   def block_active(self, arch: MBV3Arch):
     """Bool ``(..., 20)``: which blocks the subnet runs (the first ``depth`` of each stage)."""
-    xp, arch = _prep(arch)
+    xp, arch = base.prep(arch)
     depth = xp.asarray(self.depth_choices)[arch.depth]                 # (..., 5)
     pos = np.arange(self.num_blocks) % self.blocks_per_stage           # (20,)
     stage = np.arange(self.num_blocks) // self.blocks_per_stage
@@ -171,13 +164,13 @@ class OFAMobileNetV3Space(base.SearchSpace):
 
   def mid_channels(self, arch: MBV3Arch):
     """Int ``(..., 20)``: middle channels of every block."""
-    xp, arch = _prep(arch)
+    xp, arch = base.prep(arch)
     table = xp.asarray(np.array([b.mid_choices for b in self.blocks]))  # (20, n_expand)
     return table[np.arange(self.num_blocks), arch.expand]
 
   def canonicalize(self, arch: MBV3Arch) -> MBV3Arch:
     """Set the kernel/expand of blocks beyond the depth to the smallest choice."""
-    xp, arch = _prep(arch)
+    xp, arch = base.prep(arch)
     act = self.block_active(arch)
     return arch._replace(kernel=xp.where(act, arch.kernel, 0).astype(arch.kernel.dtype),
                          expand=xp.where(act, arch.expand, 0).astype(arch.expand.dtype))
@@ -190,7 +183,7 @@ class OFAMobileNetV3Space(base.SearchSpace):
     nest).  Resolution plays no part: weights do not depend on it.  Works on single archs and,
     broadcast, on populations.
     """
-    xp, (big, small) = _prep(big, small)
+    xp, (big, small) = base.prep(big, small)
     used = self.block_active(small)
     return (xp.all(big.depth >= small.depth, axis=-1)
             & xp.all(~used | ((big.kernel >= small.kernel) & (big.expand >= small.expand)), axis=-1))
@@ -198,7 +191,7 @@ class OFAMobileNetV3Space(base.SearchSpace):
   def grow_to_contain(self, arch: MBV3Arch, small: MBV3Arch) -> MBV3Arch:
     """Raise ``arch`` just enough to contain ``small``: each stage at least as deep, and each
     block ``small`` uses at least its kernel and expand ratio (other blocks unchanged)."""
-    xp, (arch, small) = _prep(arch, small)
+    xp, (arch, small) = base.prep(arch, small)
     used = self.block_active(small)
     up = lambda a, b: xp.where(used, xp.maximum(a, b), a).astype(a.dtype)
     return arch._replace(depth=xp.maximum(arch.depth, small.depth).astype(arch.depth.dtype),
@@ -226,18 +219,18 @@ class OFAMobileNetV3Space(base.SearchSpace):
 
     Exact int64 for concrete archs; float32 under ``jit``/``vmap``.
     """
-    xp, arch = _prep(arch)
-    dt = _dtype(xp)
+    xp, arch = base.prep(arch)
+    dt = base.cost_dtype(xp)
     w = self.widths
     r = xp.asarray(self.resolutions)[arch.resolution].astype(dt)
-    h = _down(r, self.stem_stride, xp)
+    h = base.down(r, self.stem_stride, xp)
     total = h * h * (3 * 9 * w[0])                          # stem 3x3
     total = total + h * h * (9 * w[0] + w[0] * w[1])        # first block: dw 3x3 + project
     act = self.block_active(arch)
     mids = self.mid_channels(arch).astype(dt)
     ks = xp.asarray(self.kernel_choices, dt)[arch.kernel]
     for i, b in enumerate(self.blocks):
-      h_out = _down(h, b.stride, xp)
+      h_out = base.down(h, b.stride, xp)
       m, k = mids[..., i], ks[..., i]
       cost = h * h * b.in_ch * m + h_out * h_out * k * k * m + h_out * h_out * m * b.out_ch
       if b.se:
@@ -249,8 +242,8 @@ class OFAMobileNetV3Space(base.SearchSpace):
 
   def params(self, arch: MBV3Arch):
     """Parameters of the exact-shape subnet (conv/linear weights, biases, BN scale and bias)."""
-    xp, arch = _prep(arch)
-    dt = _dtype(xp)
+    xp, arch = base.prep(arch)
+    dt = base.cost_dtype(xp)
     w = self.widths
     total = 27 * w[0] + 2 * w[0] + 9 * w[0] + 2 * w[0] + w[0] * w[1] + 2 * w[1]
     act = self.block_active(arch)
@@ -275,7 +268,7 @@ class OFAMobileNetV3Space(base.SearchSpace):
       idx = [s * self.blocks_per_stage + j for j in range(d)]
       stages.append({"depth": d,
                      "kernel": [int(self.kernel_choices[a.kernel[i]]) for i in idx],
-                     "expand": [_num(self.expand_choices[a.expand[i]]) for i in idx]})
+                     "expand": [base.readable(self.expand_choices[a.expand[i]]) for i in idx]})
     return {"space": self.name, "resolution": int(self.resolutions[a.resolution]),
             "stages": stages}
 
@@ -306,29 +299,6 @@ class OFAMobileNetV3Space(base.SearchSpace):
   def format(self, arch: MBV3Arch) -> str:
     """One-line summary, e.g. ``r160: k3e4 k5e6 / k7e3 k3e3 k5e4 / ...`` (stages split by /)."""
     j = self.to_json(arch)
-    parts = [" ".join(f"k{k}e{_num(e)}" for k, e in zip(st["kernel"], st["expand"]))
+    parts = [" ".join(f"k{k}e{base.readable(e)}" for k, e in zip(st["kernel"], st["expand"]))
              for st in j["stages"]]
     return f"r{j['resolution']}: " + " / ".join(parts)
-
-
-def _num(v):
-  return int(v) if float(v).is_integer() else float(v)
-
-
-def _prep(*archs):
-  """(jax.numpy, archs) under tracing; (numpy, archs as numpy) for concrete archs, so that
-  costs of concrete archs are exact integers."""
-  try:
-    archs = jax.tree.map(np.asarray, archs)
-  except jax.errors.TracerArrayConversionError:
-    return jnp, (archs[0] if len(archs) == 1 else archs)
-  return np, (archs[0] if len(archs) == 1 else archs)
-
-
-def _dtype(xp):
-  return jnp.float32 if xp is jnp else np.int64
-
-
-def _down(h, stride, xp):
-  """Output side of a 'same'-padded, odd-kernel conv: ceil(h / stride)."""
-  return h if stride == 1 else (h + stride - 1) // stride

@@ -11,9 +11,11 @@ optax's ``init``/``update`` pairs::
 Randomness is a function of ``(seed, generation)``, so a state saved after any ``tell``
 (:func:`state_to_json`) resumes to exactly the same result.  :mod:`family` runs the REG-NAS
 family search on top: one constrained search per budget, each member containing the previous.
+:mod:`nsga2` is the multi-objective search (constrained, weighted NSGA-II; SCARLET-NAS), with the
+same ask/tell shape but a vector of objectives per candidate.
 """
 
-from regnas_jax.search import constraints, evolution, family, random_search, rewards
+from regnas_jax.search import constraints, evolution, family, nsga2, random_search, rewards
 from regnas_jax.search.constraints import Constraint, SearchError
 from regnas_jax.search.evolution import EvolutionConfig, SearchState
 from regnas_jax.search.rewards import PRESETS, parse_reward, reward
@@ -21,5 +23,5 @@ from regnas_jax.search.rewards import PRESETS, parse_reward, reward
 ALGORITHMS = {"evolution": evolution, "random": random_search}
 
 __all__ = ["ALGORITHMS", "Constraint", "EvolutionConfig", "PRESETS", "SearchError", "SearchState",
-           "constraints", "evolution", "family", "parse_reward", "random_search", "reward",
+           "constraints", "evolution", "family", "nsga2", "parse_reward", "random_search", "reward",
            "rewards"]

@@ -266,8 +266,9 @@ SUBNET_LOOPS = ("vmap", "scan", "auto")
 def resolve_subnet_loop(loop: str, model=None) -> str:
   """``'auto'``: ``vmap`` on accelerators; on CPU the supernet's ``cpu_subnet_loop`` (default
   ``scan``, one subnet after another).  Measured on 2 cores (docs/benchmarks.md): scan is 1.6x
-  faster than vmap for OFA-MBv3 (depthwise taps and 1x1 dots), but 3.6x *slower* for OFA-ResNet50,
-  whose 3x3 convolutions XLA:CPU runs far slower inside a loop body."""
+  faster than vmap for OFA-MBv3 (depthwise taps and 1x1 dots), but about 4x *slower* for
+  OFA-ResNet50 (5.40 vs 1.33 s per step), whose 3x3 convolutions XLA:CPU runs far slower inside
+  a loop body."""
   if loop not in SUBNET_LOOPS:
     raise TrainConfigError(f"config.train.subnet_loop: {loop!r} is not one of {SUBNET_LOOPS}")
   if loop == "auto":

@@ -29,3 +29,20 @@ def init_variables(model, key: jax.Array, resolution: int | None = None, batch: 
   arch = sp.max_arch()
   compiled = jax.jit(model.init).lower(key, images, arch).compile(compiler_options=_FAST_COMPILE)
   return compiled(key, images, arch)
+
+
+def bn_slice(tree, n: int):
+  """The first ``n`` channels of every BN leaf (``scale``/``bias`` or ``mean``/``var``)."""
+  return {k: v[..., :n] for k, v in tree.items()}
+
+
+def segment_order(importance, boundaries):
+  """Permutation sorting channels by descending importance within nested segments.
+
+  ``boundaries`` are channel counts (ascending) whose first-N sets must be kept: a channel
+  never crosses one, so every kept width keeps the same channel set (OFA's offsets by
+  ``expand_ratio_stage``).
+  """
+  idx = jnp.arange(importance.shape[0])
+  seg = sum((idx >= b).astype(jnp.int32) for b in boundaries) if boundaries else jnp.zeros_like(idx)
+  return jnp.lexsort((-importance, seg))

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from regnas_jax.nn import layers, ops
+from regnas_jax.nn.common import bn_slice, segment_order
 from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
 
 
@@ -214,9 +215,6 @@ class MobileNetV3(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Extraction and channel re-ordering
 # ----------------------------------------------------------------------------------------------
-def _bn_slice(tree, n):
-  return {k: v[..., :n] for k, v in tree.items()}
-
 
 def subnet_specs(space: OFAMobileNetV3Space, arch: MBV3Arch) -> tuple[MBConvSpec, ...]:
   """Exact block shapes of the subnet ``arch`` (concrete) selects."""
@@ -269,9 +267,9 @@ def extract(model: OFAMobileNetV3, variables, arch: MBV3Arch):
                                                            matrices)))[s.kernel]
     m = s.mid_ch
     q = {"expand": {"kernel": p["expand"]["kernel"][..., :m]},
-         "expand_bn": _bn_slice(p["expand_bn"], m),
+         "expand_bn": bn_slice(p["expand_bn"], m),
          "dw": {"kernel": kern[..., :m]},
-         "dw_bn": _bn_slice(p["dw_bn"], m),
+         "dw_bn": bn_slice(p["dw_bn"], m),
          "proj": {"kernel": p["proj"]["kernel"][:, :, :m, :]},
          "proj_bn": p["proj_bn"]}
     if s.se_ch:
@@ -280,24 +278,14 @@ def extract(model: OFAMobileNetV3, variables, arch: MBV3Arch):
                  "expand": {"kernel": se["expand"]["kernel"][:r, :m], "bias": se["expand"]["bias"][:m]}}
     new_p[s.name] = q
     if st:
-      new_s[s.name] = {"expand_bn": _bn_slice(st["expand_bn"], m),
-                       "dw_bn": _bn_slice(st["dw_bn"], m), "proj_bn": st["proj_bn"]}
+      new_s[s.name] = {"expand_bn": bn_slice(st["expand_bn"], m),
+                       "dw_bn": bn_slice(st["dw_bn"], m), "proj_bn": st["proj_bn"]}
   module = exact_module(model, a)
   out = {"params": new_p}
   if new_s:
     out["batch_stats"] = new_s
   return module, out
 
-
-def _segment_order(importance, boundaries):
-  """Permutation sorting channels by descending importance within nested segments.
-
-  ``boundaries`` are channel counts (ascending) whose first-N sets must be kept: a channel
-  never crosses one, so every kept width keeps the same channel set.
-  """
-  idx = jnp.arange(importance.shape[0])
-  seg = sum((idx >= b).astype(jnp.int32) for b in boundaries) if boundaries else jnp.zeros_like(idx)
-  return jnp.lexsort((-importance, seg))
 
 
 def reorder_channels(model: OFAMobileNetV3, variables, keep_expands: Sequence = ()):
@@ -323,7 +311,7 @@ def reorder_channels(model: OFAMobileNetV3, variables, keep_expands: Sequence = 
     p = jax.tree.map(lambda x: x, params[b.name])
     mid = max(b.mid_choices)
     bounds = sorted({b.mid_choices[i] for i in keep_idx} - {mid})
-    perm = _segment_order(jnp.abs(p["proj"]["kernel"]).sum((0, 1, 3)), bounds)
+    perm = segment_order(jnp.abs(p["proj"]["kernel"]).sum((0, 1, 3)), bounds)
     p["expand"] = {"kernel": p["expand"]["kernel"][..., perm]}
     p["expand_bn"] = jax.tree.map(lambda v: v[..., perm], p["expand_bn"])
     p["dw"] = dict(p["dw"], kernel=p["dw"]["kernel"][..., perm])
@@ -334,7 +322,7 @@ def reorder_channels(model: OFAMobileNetV3, variables, keep_expands: Sequence = 
       red = {"kernel": red["kernel"][perm, :], "bias": red["bias"]}
       exp = {"kernel": exp["kernel"][:, perm], "bias": exp["bias"][perm]}
       se_bounds = sorted({b.se_choices[i] for i in keep_idx} - {max(b.se_choices)})
-      hperm = _segment_order(jnp.abs(exp["kernel"]).sum(1), se_bounds)
+      hperm = segment_order(jnp.abs(exp["kernel"]).sum(1), se_bounds)
       red = {"kernel": red["kernel"][:, hperm], "bias": red["bias"][hperm]}
       exp = {"kernel": exp["kernel"][hperm, :], "bias": exp["bias"]}
       p["se"] = {"reduce": red, "expand": exp}

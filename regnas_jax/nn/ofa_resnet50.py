@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from regnas_jax.nn import layers, ops
+from regnas_jax.nn.common import bn_slice, segment_order
 from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
 
 STEM = ("stem_conv1", "stem_bn1", "stem_conv2", "stem_bn2", "stem_conv3", "stem_bn3")
@@ -91,7 +92,8 @@ class OFAResNet50(nn.Module):
   zero_init_residual: bool = True
 
   # train.resolve_subnet_loop: XLA:CPU runs 3x3 convolutions slowly inside a scan's loop body,
-  # so subnets of a training step are vmapped on CPU too (3.6x faster, benchmarks/train_throughput.py).
+  # so subnets of a training step are vmapped on CPU too (about 4x faster;
+  # benchmarks/train_throughput.py).
   cpu_subnet_loop = "vmap"
 
   @nn.compact
@@ -241,9 +243,6 @@ def _conv_slice(p, c_in, c_out):
   return {"kernel": p["kernel"][..., :c_in, :c_out]}
 
 
-def _bn_slice(tree, n):
-  return {k: v[..., :n] for k, v in tree.items()}
-
 
 def extract(model: OFAResNet50, variables, arch: ResNetArch):
   """Slice a supernet's variables to the exact shapes of one subnet.
@@ -263,15 +262,15 @@ def extract(model: OFAResNet50, variables, arch: ResNetArch):
   params, stats = variables["params"], variables.get("batch_stats", {})
   c0, c1 = module.stem_mid, module.stem_out
   p = {"stem_conv1": _conv_slice(params["stem_conv1"], 3, c0),
-       "stem_bn1": _bn_slice(params["stem_bn1"], c0),
+       "stem_bn1": bn_slice(params["stem_bn1"], c0),
        "stem_conv3": _conv_slice(params["stem_conv3"], c0, c1),
-       "stem_bn3": _bn_slice(params["stem_bn3"], c1)}
-  st = {k: _bn_slice(stats[k], c) for k, c in (("stem_bn1", c0), ("stem_bn3", c1)) if k in stats}
+       "stem_bn3": bn_slice(params["stem_bn3"], c1)}
+  st = {k: bn_slice(stats[k], c) for k, c in (("stem_bn1", c0), ("stem_bn3", c1)) if k in stats}
   if module.stem_middle_layer:
     p["stem_conv2"] = _conv_slice(params["stem_conv2"], c0, c0)
-    p["stem_bn2"] = _bn_slice(params["stem_bn2"], c0)
+    p["stem_bn2"] = bn_slice(params["stem_bn2"], c0)
     if "stem_bn2" in stats:
-      st["stem_bn2"] = _bn_slice(stats["stem_bn2"], c0)
+      st["stem_bn2"] = bn_slice(stats["stem_bn2"], c0)
   for s in module.blocks:
     q, qs = params[s.name], stats.get(s.name, {})
     shapes = {"conv1": (s.in_ch, s.mid_ch), "conv2": (s.mid_ch, s.mid_ch),
@@ -282,9 +281,9 @@ def extract(model: OFAResNet50, variables, arch: ResNetArch):
     for conv_name, (ci, co) in shapes.items():
       bn_name = "down_bn" if conv_name == "down" else conv_name.replace("conv", "bn")
       p[s.name][conv_name] = _conv_slice(q[conv_name], ci, co)
-      p[s.name][bn_name] = _bn_slice(q[bn_name], co)
+      p[s.name][bn_name] = bn_slice(q[bn_name], co)
       if bn_name in qs:
-        st.setdefault(s.name, {})[bn_name] = _bn_slice(qs[bn_name], co)
+        st.setdefault(s.name, {})[bn_name] = bn_slice(qs[bn_name], co)
   c_last = module.blocks[-1].out_ch
   p["classifier"] = {"kernel": params["classifier"]["kernel"][:c_last],
                      "bias": params["classifier"]["bias"]}
@@ -293,13 +292,6 @@ def extract(model: OFAResNet50, variables, arch: ResNetArch):
     out["batch_stats"] = st
   return module, out
 
-
-def _segment_order(importance, boundaries):
-  """Permutation sorting channels by descending importance within nested segments: a channel
-  never crosses one of the (ascending) first-N ``boundaries``, so each kept width keeps its set."""
-  idx = jnp.arange(importance.shape[0])
-  seg = sum((idx >= b).astype(jnp.int32) for b in boundaries) if boundaries else jnp.zeros_like(idx)
-  return jnp.lexsort((-importance, seg))
 
 
 def _permute(tree, perm, axis):
@@ -347,23 +339,27 @@ def reorder_channels(model: OFAResNet50, variables, keep_expands: Sequence = (),
       if holder is not None and name in holder:
         holder[name] = _permute(holder[name], perm, -1)
 
-  def conv(path):
+  def holder(path):
     blk, name = path
-    return p if blk is None else p[blk], name
+    return (p if blk is None else p[blk]), name
+
+  def kernel(path):
+    h, name = holder(path)
+    return h[name]["kernel"]
 
   def permute_conv(path, perm, axis):  # axis -1: outputs, -2: inputs
-    holder, name = conv(path)
-    holder[name] = {"kernel": jnp.take(holder[name]["kernel"], perm, axis=axis)}
+    h, name = holder(path)
+    h[name] = {"kernel": jnp.take(h[name]["kernel"], perm, axis=axis)}
 
   # 1. Middle channels of every block.
   for b in sp.blocks:
     mids = sorted({int(b.mid_table[w][e]) for w in wi for e in ei} - {b.max_mid})
     q = p[b.name]
-    perm = _segment_order(jnp.abs(q["conv3"]["kernel"]).sum((0, 1, 3)), mids)
+    perm = segment_order(jnp.abs(q["conv3"]["kernel"]).sum((0, 1, 3)), mids)
     permute_conv((b.name, "conv2"), perm, -1)
     permute_bn((b.name, "bn2"), perm)
     permute_conv((b.name, "conv3"), perm, -2)
-    perm = _segment_order(jnp.abs(q["conv2"]["kernel"]).sum((0, 1, 3)), mids)
+    perm = segment_order(jnp.abs(q["conv2"]["kernel"]).sum((0, 1, 3)), mids)
     permute_conv((b.name, "conv1"), perm, -1)
     permute_bn((b.name, "bn1"), perm)
     permute_conv((b.name, "conv2"), perm, -2)
@@ -388,10 +384,10 @@ def reorder_channels(model: OFAResNet50, variables, keep_expands: Sequence = (),
     readers = [(b.name, "conv1") for b in blocks[1:]] + readers_of_stage(s)
     streams.append((writers, bns, readers, sp.stage_choices[s]))
   for s_idx, (writers, bns, readers, choices) in enumerate(streams):
-    imp = sum(jnp.abs(conv(r)[0][conv(r)[1]]["kernel"]).sum((0, 1, 3)) for r in readers)
+    imp = sum(jnp.abs(kernel(r)).sum((0, 1, 3)) for r in readers)
     if s_idx == 5:  # the last stage: the classifier reads it
       imp = imp + jnp.abs(p["classifier"]["kernel"]).sum(1)
-    perm = _segment_order(imp, bounds(choices))
+    perm = segment_order(imp, bounds(choices))
     for w in writers:
       permute_conv(w, perm, -1)
     for bn_path in bns:

@@ -6,10 +6,11 @@ import ml_collections
 def train_defaults() -> ml_collections.ConfigDict:
   """Training settings shared by the configs (each overrides what differs)."""
   return ml_collections.ConfigDict(dict(
-      method="sandwich",        # 'sandwich' | 'uniform' | 'progressive' (OFA)
+      method="sandwich",        # 'sandwich' | 'uniform' | 'fair' (FairNAS) | 'progressive' (OFA)
       steps=300,
       batch_size=64,
-      num_subnets=4,            # sandwich: max + min + (n - 2) random; uniform: n random
+      num_subnets=4,            # sandwich: max + min + (n - 2) random; uniform: n random; fair:
+                                # n archs, every choice equally often per decision (FairNAS)
       subnet_loop="auto",       # 'vmap' | 'scan' (sequential in one step) | 'auto' (see train)
       resolutions=(),           # training resolutions (empty: all of the space's)
       optimizer="sgd",          # 'sgd' (Nesterov) | 'rmsprop'
@@ -58,3 +59,37 @@ def search_defaults() -> ml_collections.ConfigDict:
       resolution_mutate_prob=0.5, generations=500,
       proposal_batch=256, max_proposals=100_000,
   ))
+
+
+def nsga2_defaults() -> ml_collections.ConfigDict:
+  """Multi-objective search settings (``algorithm='nsga2'``): SCARLET-NAS's Table 1 values."""
+  return ml_collections.ConfigDict(dict(
+      algorithm="nsga2",
+      objectives=("top1", "macs"),  # any of 'top1' | 'macs' | 'params' | 'nfr' (vs. reference)
+      weights=(1.0, 1.0),           # crowding-distance weight per objective
+      reference="",                 # JSON arch file; needed by the 'nfr' objective
+      max_macs=0.0,                 # cheap constraint, checked before scoring (0: none)
+      budget_unit="fraction",       # max_macs in 'mmacs' or as a 'fraction' of the largest
+      min_top1=0.0,                 # expensive constraint: minimum validation top-1 (fraction)
+      num_models=4,                 # K models chosen equispaced along the final front
+      population_size=70, generations=100, mutation_ratio=0.8, mutate_prob=0.1,
+      # Hierarchical mutation (meanings in regnas_jax/search/nsga2.py): mutation type random /
+      # reinforced / pruning, and where reinforced mutation learns from (front M / the rest).
+      mutation="hierarchical", p_rm=0.2, p_re=0.65, p_pr=0.15, p_m=0.7, p_k_m=0.3,
+      proposal_batch=256, max_proposals=100_000,
+  ))
+
+
+SCARLET_VARIANTS = ("s1", "s2", "no_els", "smoke")
+
+
+def scarlet_variants(arg, config_name: str) -> set:
+  """The comma-separated variants of a SCARLET config (``'s2,no_els'``), checked."""
+  tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
+  bad = sorted(tokens - set(SCARLET_VARIANTS))
+  if bad:
+    raise ValueError(f"{config_name}: unknown variant {bad[0]!r} "
+                     f"(known: {', '.join(SCARLET_VARIANTS)})")
+  if {"s1", "s2"} <= tokens:
+    raise ValueError(f"{config_name}: choose one of the variants s1 and s2")
+  return tokens

@@ -19,7 +19,7 @@ import numpy as np
 
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
-from regnas_jax import evaluate, export, report, search, spaces
+from regnas_jax import evaluate, export, pareto, report, search, spaces
 from regnas_jax.search import family as family_lib
 from regnas_jax import train as train_lib
 from regnas_jax import nn as nets
@@ -108,9 +108,11 @@ def check_config(cfg) -> None:
     if not _int(v, 1):
       raise ConfigError(f"config.train.{key}: must be a positive integer, got {v!r}")
   se = cfg.search
+  if se.algorithm == "nsga2":
+    return  # checked by pareto.check_config once the space is built
   if se.algorithm not in family_lib.ALGORITHMS:
     raise ConfigError(f"config.search.algorithm: {se.algorithm!r} is not one of "
-                      f"{tuple(family_lib.ALGORITHMS)}")
+                      f"{tuple(family_lib.ALGORITHMS) + ('nsga2',)}")
   for key in ("reward", "reference_reward"):
     try:
       search.parse_reward(se[key])
@@ -319,7 +321,7 @@ def load_reference(cfg, space):
     raise ConfigError(f"config.search.reference: cannot read {path}: {e.strerror}") from None
   except ValueError as e:
     raise ConfigError(f"config.search.reference: {path} is not JSON ({e})") from None
-  if isinstance(obj, dict) and "arch" in obj and "space" not in obj:
+  if isinstance(obj, dict) and isinstance(obj.get("arch"), dict):  # results.json / subnet.json
     obj = obj["arch"]
   try:
     arch = space.from_json(obj)
@@ -354,12 +356,20 @@ def run(cfg, workdir: str, stop_after: str = "search") -> dict:
   except train_lib.TrainConfigError as e:
     raise ConfigError(str(e)) from None
   reference = load_reference(cfg, space)
-  windows = budget_windows(cfg, space)
-  lo_all, hi_all = float(space.macs(space.min_arch())), float(space.macs(space.max_arch()))
-  for i, (lo, hi) in enumerate(windows):
-    if hi < lo_all or lo > hi_all:
-      raise ConfigError(f"config.search.budgets: A{i + 1}'s window [{lo / 1e6:.3f}, {hi / 1e6:.3f}] "
-                        f"MMACs misses the space's range [{lo_all / 1e6:.3f}, {hi_all / 1e6:.3f}]")
+  multi = cfg.search.algorithm == "nsga2"
+  if multi:
+    try:
+      pareto.check_config(cfg.search, space)
+    except pareto.ParetoConfigError as e:
+      raise ConfigError(str(e)) from None
+  else:
+    windows = budget_windows(cfg, space)
+    lo_all, hi_all = float(space.macs(space.min_arch())), float(space.macs(space.max_arch()))
+    for i, (lo, hi) in enumerate(windows):
+      if hi < lo_all or lo > hi_all:
+        raise ConfigError(f"config.search.budgets: A{i + 1}'s window [{lo / 1e6:.3f}, "
+                          f"{hi / 1e6:.3f}] MMACs misses the space's range [{lo_all / 1e6:.3f}, "
+                          f"{hi_all / 1e6:.3f}]")
   dataset = load_dataset(cfg, space)
   _log(f"space {space.name}: {space.num_archs():.2e} subnets per resolution, "
        f"resolutions {space.resolutions}; data {dataset.name} ({len(dataset.train)} train / "
@@ -385,9 +395,11 @@ def run(cfg, workdir: str, stop_after: str = "search") -> dict:
        f"{100 * ends_ok[1].mean():.2f}% ({time.time() - t0:.1f} s, compile included)")
 
   cache = family_lib.EvalCache(space, lambda pop: scorer.correct(pop, "val"))
-  evo = evolution_config(cfg)
   identity = {"training_steps": tr.steps, "space": space.config(), "data": cfg.data.to_dict(),
               "score": cfg.score.to_dict(), "calib_images": cfg.train.calib_images}
+  if multi:
+    return run_pareto(cfg, workdir, space, net, tr, scorer, cache, identity, reference, ends_ok)
+  evo = evolution_config(cfg)
   search_dir = os.path.join(workdir, "search")
   reward = search.parse_reward(cfg.search.reward)
 
@@ -438,18 +450,14 @@ def run(cfg, workdir: str, stop_after: str = "search") -> dict:
                        v, metrics={k: results_fams[main_label]["members"][i][k]
                                    for k in ("val_top1", "test_top1", "macs", "params")})
   evaluated = [{"macs": int(space.macs(a)), "val_top1": t} for a, t in cache.evaluated()]
-  results = {"config": cfg.to_dict(), "space": space.config(), "jax": jax.__version__,
-             "backend": jax.default_backend(),
-             "training": {"steps": tr.steps, "seconds_this_process": round(tr.seconds, 2),
-                          "resumed_from": tr.resumed_from,
-                          "phases": [p.to_json() for p in tr.phases]},
-             "macs_note": "MACs per image (multiply-accumulates; OFA prints them as MFLOPs)",
-             "test_top1": {"max": float(ends_ok[0].mean()), "min": float(ends_ok[1].mean())},
-             "search": {"seconds": round(search_seconds, 2), "subnets_scored": cache.scored,
-                        "val_images": int(len(scorer.labels("val"))),
-                        "test_images": int(len(scorer.labels("test")))},
-             "family": results_fams[main_label], "family_label": main_label,
-             "evaluated": evaluated}
+  results = run_record(cfg, space, tr, ends_ok,
+                       "MACs per image (multiply-accumulates; OFA prints them as MFLOPs)")
+  results.update({
+      "search": {"seconds": round(search_seconds, 2), "subnets_scored": cache.scored,
+                 "val_images": int(len(scorer.labels("val"))),
+                 "test_images": int(len(scorer.labels("test")))},
+      "family": results_fams[main_label], "family_label": main_label,
+      "evaluated": evaluated})
   if cfg.search.compare:
     results["compare"] = results_fams
     results["compare_table"] = report.compare_rows(results_fams, main_label)
@@ -465,6 +473,71 @@ def run(cfg, workdir: str, stop_after: str = "search") -> dict:
   print(table)
   _log(f"wrote results.json, results.md, top1_vs_macs.png, nfr_matrix.png and "
        f"subnets/{{{','.join(m['name'] for m in main)}}} to {workdir}")
+  return results
+
+
+def run_record(cfg, space, tr, ends_ok, macs_note: str) -> dict:
+  """The part of ``results.json`` every job writes: config, versions, training, end subnets."""
+  return {"config": cfg.to_dict(), "space": space.config(), "jax": jax.__version__,
+          "backend": jax.default_backend(),
+          "training": {"steps": tr.steps, "seconds_this_process": round(tr.seconds, 2),
+                       "resumed_from": tr.resumed_from, "phases": [p.to_json() for p in tr.phases]},
+          "macs_note": macs_note,
+          "test_top1": {"max": float(ends_ok[0].mean()), "min": float(ends_ok[1].mean())}}
+
+
+def run_pareto(cfg, workdir, space, net, tr, scorer, cache, identity, reference, ends_ok) -> dict:
+  """The NSGA-II job after training: search (resumable), K models along the final front scored on
+  the test split, exported with their skips folded, reported and plotted."""
+  se = cfg.search
+  objectives = tuple(se.objectives)
+  ref_val = ref_test = None
+  if reference is not None:
+    ref_pop = jax.tree.map(lambda x: np.asarray(x)[None], reference)
+    ref_val, ref_test = cache(ref_pop)[0], scorer.correct(ref_pop, "test")[0]
+  t_search = time.time()
+  try:
+    state, fronts = pareto.search(space, cache, se, seed=cfg.seed, ref_correct=ref_val,
+                                  state_path=os.path.join(workdir, "search", "nsga2.json"),
+                                  identity=identity, log=_log)
+  except search.SearchError as e:
+    raise ConfigError(str(e)) from None
+  search_seconds = time.time() - t_search
+  _log(f"search done: {cache.scored} distinct subnets scored on {len(scorer.labels('val'))} "
+       f"val images in {search_seconds:.1f} s")
+  idx = pareto.chosen(state, objectives, int(se.num_models))
+  archs = [space.validate(spaces.member(state.population, int(i)), population=False) for i in idx]
+  pop = spaces.stack(archs)
+  val_ok, test_ok = cache(pop), scorer.correct(pop, "test")
+  rows = []
+  for k, (a, v_ok, t_ok) in enumerate(zip(archs, val_ok, test_ok)):
+    r = {"name": f"K{k + 1}", "arch": space.to_json(a), "summary": space.format(a),
+         "macs": int(space.macs(a)), "params": int(space.params(a)),
+         "val_top1": float(v_ok.mean()), "test_top1": float(t_ok.mean())}
+    if ref_val is not None:
+      r["val_nfr"] = float(evaluate.nfr(v_ok, ref_val))
+      r["test_nfr"] = float(evaluate.nfr(t_ok, ref_test))
+    rows.append(r)
+  pareto.export_models(workdir, space, net, tr.variables, scorer.stats(pop), archs, rows,
+                       cfg.supernet.to_dict())
+  evaluated = [{"macs": int(space.macs(a)), "val_top1": t} for a, t in cache.evaluated()]
+  results = run_record(cfg, space, tr, ends_ok,
+                       "MACs per image of the exported subnet (multiply-accumulates)")
+  results.update({
+      "search": {"algorithm": "nsga2", "objectives": list(objectives),
+                 "seconds": round(search_seconds, 2), "subnets_scored": cache.scored,
+                 "generations": state.generation - 1, "evaluations": state.evaluations,
+                 "val_images": int(len(scorer.labels("val"))),
+                 "test_images": int(len(scorer.labels("test")))},
+      "chosen": rows, "pareto_fronts": fronts, "evaluated": evaluated})
+  table = pareto.table(rows, objectives)
+  pareto.plot(os.path.join(workdir, "pareto.png"), evaluated, fronts, rows)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(table + "\n")
+  write_json_atomic(os.path.join(workdir, "results.json"), results)
+  print(table)
+  names = ",".join(r["name"] for r in rows)
+  _log(f"wrote results.json, results.md, pareto.png and subnets/{{{names}}} to {workdir}")
   return results
 
 

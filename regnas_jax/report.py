@@ -100,6 +100,11 @@ def plot_family(path: str, evaluated: list[dict], fams: dict) -> None:
     for m, xi, yi in zip(ms, x, y):
       if k == 0:
         ax.annotate(m["name"], (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=8)
+  save_top1_vs_macs(plt, fig, ax, path)
+
+
+def save_top1_vs_macs(plt, fig, ax, path: str) -> None:
+  """Axes labels, grid and legend of a validation Top-1 vs. MMACs plot; write it to ``path``."""
   ax.set_xlabel("MMACs per image")
   ax.set_ylabel("validation top-1 (%)")
   ax.grid(alpha=0.3)

@@ -42,8 +42,8 @@ from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
 from regnas_jax.progress import MetricsLog, Progress
 
-METHODS = ("sandwich", "uniform", "progressive")
-SAMPLERS = ("max", "uniform", "sandwich")
+METHODS = ("sandwich", "uniform", "fair", "progressive")
+SAMPLERS = ("max", "uniform", "sandwich", "fair")
 DISTILL = ("none", "inplace", "teacher")
 
 
@@ -112,7 +112,7 @@ def build_phases(tc, space) -> list[Phase]:
   if not (isinstance(tc.steps, int) and tc.steps >= 1):
     raise TrainConfigError(f"config.train.steps: must be a positive integer, got {tc.steps!r}")
   warm = int(tc.warmup_steps)
-  if tc.method in ("sandwich", "uniform"):
+  if tc.method in ("sandwich", "uniform", "fair"):
     s = int(tc.num_subnets)
     if s < (2 if tc.method == "sandwich" else 1):
       raise TrainConfigError(f"config.train.num_subnets: {tc.method} needs at least "
@@ -241,9 +241,25 @@ def sample_subnets(space, phase: Phase, key):
                         space.max_arch(allowed))
   if phase.sampler == "uniform":
     return space.sample(key, phase.num_subnets, allowed)
+  if phase.sampler == "fair":
+    return fair_sample(space, key, phase.num_subnets)
   ends = [space.max_arch(allowed), space.min_arch(allowed)]
   rand = space.sample(key, phase.num_subnets - 2, allowed)
   return jax.tree.map(lambda a, b, r: jnp.concatenate([a[None], b[None], r]), *ends, rand)
+
+
+def fair_sample(space, key, n: int):
+  """FairNAS's strict fairness (Chu et al. 2019): ``n`` archs in which every decision takes each
+  of its choices equally often -- per decision element a random permutation of its choices,
+  repeated to length ``n``.  With ``n`` = the number of choices (7 for SCARLET's S1) every choice
+  block of every layer is trained exactly once per step."""
+  out = {}
+  for k, f in zip(jax.random.split(key, len(space.fields())), space.fields()):
+    m = int(np.prod(f.shape, dtype=int))
+    perms = jax.vmap(lambda kk: jax.random.permutation(kk, f.size))(jax.random.split(k, m))
+    seq = jnp.tile(perms, (1, -(-n // f.size)))[:, :n]             # (m, n)
+    out[f.name] = seq.T.reshape((n,) + f.shape).astype(jnp.int32)
+  return space.arch_type(**out)
 
 
 def merge_batch_stats(old, new):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from regnas_jax import pipeline, train
+from regnas_jax import pareto, pipeline, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -25,6 +25,8 @@ def test_config_builds(path, variant):
   cfg = load(path, variant)
   pipeline.check_config(cfg)
   space = pipeline.build_space(cfg)
+  if cfg.search.algorithm == "nsga2":
+    pareto.check_config(cfg.search, space)
   pipeline.build_supernet(cfg, space)
   phases = train.build_phases(cfg.train, space)
   assert sum(p.steps for p in phases) == cfg.train.steps
@@ -37,3 +39,14 @@ def test_config_builds(path, variant):
 def test_there_are_digits_and_cifar10_configs():
   names = {os.path.basename(p) for p in CONFIGS}
   assert {"digits_mbv3.py", "cifar10_mbv3.py"} <= names
+
+
+@pytest.mark.parametrize("name", ["digits_scarlet.py", "cifar10_scarlet.py"])
+def test_scarlet_variants_combine(name):
+  path = os.path.join(ROOT, "configs", name)
+  cfg = load(path, "s2,no_els,smoke")
+  assert cfg.space.name == "scarlet_s2" and cfg.space.els is False
+  assert cfg.name.endswith("_s2_no_els_smoke")
+  assert pipeline.build_space(load(path, None)).name == "scarlet_s1"
+  with pytest.raises(ValueError, match="choose one of the variants s1 and s2"):
+    load(path, "s1,s2")

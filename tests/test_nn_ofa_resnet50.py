@@ -59,7 +59,7 @@ def setup(name="small"):
              jax.jit(lambda v, x, a: net.apply(v, x, a)))
 
 
-@pytest.mark.parametrize("name, n", [("small", 6), ("imagenet", 4)])
+@pytest.mark.parametrize("name, n", [("small", 5), ("imagenet", 3)])
 def test_masked_equals_extracted(name, n):
   """Min, max and random archs: eval logits (same statistics), train logits (batch
   statistics) and the running statistics a train step writes."""

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -89,6 +90,41 @@ def test_resnet50_smoke_config_searches_a_family_of_four(tmp_path):
   assert module.apply(variables, np.zeros((2, 8, 8, 3), np.float32)).shape == (2, 10)
 
 
+def test_scarlet_smoke_config_runs_nsga2_with_an_nfr_objective(tmp_path):
+  """SCARLET S1 through the same CLI: FairNAS-style training, NSGA-II on Top-1 / MACs / NFR
+  against a reference arch file under a MACs cap, fronts per generation, K models exported with
+  their skips folded, loadable alone."""
+  from regnas_jax import export, nn, spaces
+
+  sp = spaces.get_space("scarlet_s1", width_mult=0.25, stem="small", num_classes=10,
+                        resolutions=(8,))
+  ref = tmp_path / "ref.json"
+  # shaped like an exported subnet.json: {"space": config, "arch": ...}
+  arch = sp.to_json(sp.sample(jax.random.key(0)))
+  ref.write_text(json.dumps({"space": sp.config(), "arch": arch}))
+  out = run("--config", os.path.join(ROOT, "configs/digits_scarlet.py:smoke"), "--workdir",
+            str(tmp_path / "w"), "--config.search.objectives=('top1','macs','nfr')",
+            "--config.search.weights=(1.0,1.0,1.0)", f"--config.search.reference={ref}")
+  assert out.returncode == 0, out.stderr
+  res = json.loads((tmp_path / "w" / "results.json").read_text())
+  assert res["space"]["space"] == "scarlet_s1" and res["search"]["algorithm"] == "nsga2"
+  limit = 0.9 * sp.macs(sp.max_arch())
+  assert len(res["pareto_fronts"]) == res["config"]["search"]["generations"] + 1
+  for fr in res["pareto_fronts"]:
+    f = np.array([[-r["top1"], r["macs"], r["nfr"]] for r in fr])
+    le = (f[:, None] <= f[None]).all(-1) & (f[:, None] < f[None]).any(-1)
+    assert not le.any() and (f[:, 1] <= limit).all()       # non-dominated, under the cap
+  rows = res["chosen"]
+  assert [r["name"] for r in rows] == ["K1", "K2", "K3"]
+  assert all(0 <= r["test_nfr"] <= 1 and r["macs"] <= limit for r in rows)
+  assert (tmp_path / "w" / "pareto.png").stat().st_size > 0
+  module, variables, arch, info = export.load_subnet(str(tmp_path / "w" / "subnets" / "K2"))
+  assert info["arch"] == rows[1]["arch"] and type(module).__name__ == "ScarletNet"
+  assert not any("els" in str(p) for p in jax.tree_util.tree_flatten_with_path(variables)[0])
+  assert module.apply(variables, np.zeros((2, 8, 8, 3), np.float32)).shape == (2, 10)
+  assert isinstance(module, nn.ScarletNet)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config.nope=1"], "unknown config key 'nope'"),
     (["--config.space.stem=cifar"], "config.space: stem: 'cifar' is not one of"),
@@ -109,6 +145,13 @@ def test_resnet50_smoke_config_searches_a_family_of_four(tmp_path):
     (["--config.search.parent_ratio=0.01"], "config.search.parent_ratio: 0.01 x population 10"),
     (["--config", "configs/digits_resnet50.py", "--config.train.method=progressive"],
      "progressive shrinking needs a 'kernel' field in space ofa_resnet50"),
+    (["--config", "configs/digits_scarlet.py", "--config.search.objectives=('top1','latency')"],
+     "config.search.objectives: 'latency' is not one of"),
+    (["--config", "configs/digits_scarlet.py", "--config.search.objectives=('top1','nfr')"],
+     "config.search.reference: the 'nfr' objective needs a reference"),
+    (["--config", "configs/digits_scarlet.py", "--config.search.p_re=0.9"],
+     "config.search.p_rm + p_re + p_pr: must sum to 1"),
+    (["--config", "configs/digits_scarlet.py:s3"], "unknown variant 's3'"),
 ])
 def test_bad_input_one_error_line_and_nothing_written(tmp_path, args, message):
   work = tmp_path / "work"

@@ -158,3 +158,23 @@ def test_auto_subnet_loop_follows_the_supernet_on_cpu(tiny):
   assert train.resolve_subnet_loop("scan", res) == "scan"
   with pytest.raises(train.TrainConfigError, match="config.train.subnet_loop: 'loop'"):
     train.resolve_subnet_loop("loop", net)
+
+
+def test_fair_sampling_trains_every_choice_once_per_step():
+  """FairNAS's strict fairness: with as many subnets as choices, every decision takes each of
+  its choices exactly once; with fewer, no choice repeats within a decision."""
+  from regnas_jax.spaces import ScarletS1Space
+
+  sp = ScarletS1Space(width_mult=0.25, stem="small", resolutions=(8,))
+  for seed in range(3):
+    pop = jax.tree.map(np.asarray, train.fair_sample(sp, jax.random.key(seed), 7))
+    sp.validate(pop, population=True)
+    assert all(sorted(pop.op[:, j]) == list(range(7)) for j in range(19))
+    assert np.all(pop.resolution == 0)
+  few = np.asarray(train.fair_sample(sp, jax.random.key(9), 3).op)
+  assert all(len(set(few[:, j])) == 3 for j in range(19))
+  many = np.asarray(train.fair_sample(sp, jax.random.key(9), 14).op)
+  assert all(np.bincount(many[:, j], minlength=7).tolist() == [2] * 7 for j in range(19))
+  # the step changes the permutation
+  assert not np.array_equal(np.asarray(train.fair_sample(sp, jax.random.key(1), 7).op),
+                            np.asarray(train.fair_sample(sp, jax.random.key(2), 7).op))

@@ -4,14 +4,18 @@
 ``extract``, ``exact_module`` and ``reorder_channels`` dispatch on the supernet's type.
 """
 
-from regnas_jax.nn import layers, ofa_mbv3, ofa_resnet50, ops
+from regnas_jax.nn import layers, ofa_mbv3, ofa_resnet50, ops, scarlet
 from regnas_jax.nn.common import init_variables
 from regnas_jax.nn.ofa_mbv3 import MBConvSpec, MobileNetV3, OFAMobileNetV3
 from regnas_jax.nn.ofa_resnet50 import BottleneckSpec, OFAResNet50, ResNet
-from regnas_jax.spaces import OFAMobileNetV3Space, OFAResNet50Space, SearchSpace
+from regnas_jax.nn.scarlet import ScarletNet, ScarletSupernet
+from regnas_jax.spaces import (OFAMobileNetV3Space, OFAResNet50Space, ScarletS1Space,
+                               ScarletS2Space, SearchSpace)
 
-SUPERNETS = {OFAMobileNetV3Space.name: OFAMobileNetV3, OFAResNet50Space.name: OFAResNet50}
-_IMPL = {OFAMobileNetV3: ofa_mbv3, OFAResNet50: ofa_resnet50}  # module of each supernet type
+SUPERNETS = {OFAMobileNetV3Space.name: OFAMobileNetV3, OFAResNet50Space.name: OFAResNet50,
+             ScarletS1Space.name: ScarletSupernet, ScarletS2Space.name: ScarletSupernet}
+# The module implementing each supernet type.
+_IMPL = {OFAMobileNetV3: ofa_mbv3, OFAResNet50: ofa_resnet50, ScarletSupernet: scarlet}
 
 
 def build_supernet(space: SearchSpace, **options):
@@ -51,5 +55,6 @@ def reorder_channels(model, variables, keep_expands=(), **kw):
 
 
 __all__ = ["BottleneckSpec", "MBConvSpec", "MobileNetV3", "OFAMobileNetV3", "OFAResNet50",
-           "ResNet", "SUPERNETS", "build_supernet", "exact_module", "extract", "init_variables",
-           "layers", "ops", "reorder_channels", "subnet_specs"]
+           "ResNet", "SUPERNETS", "ScarletNet", "ScarletSupernet", "build_supernet",
+           "exact_module", "extract", "init_variables", "layers", "ops", "reorder_channels",
+           "subnet_specs"]

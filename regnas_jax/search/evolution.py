@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from regnas_jax.search import constraints as cons
-from regnas_jax.spaces.base import pop_size
+from regnas_jax.spaces.base import concat, take
 
 
 PRNG_IMPL = "unsafe_rbg"  # proposals only: compiles several times faster on CPU than threefry
@@ -104,13 +104,8 @@ def _key(state: SearchState) -> jax.Array:
   return jax.random.fold_in(jax.random.key(state.seed, impl=PRNG_IMPL), state.generation)
 
 
-def _take(pop, idx):
-  return jax.tree.map(lambda x: np.asarray(x)[np.asarray(idx)], pop)
-
-
-def _concat(*pops):
-  pops = [p for p in pops if p is not None and pop_size(p)]
-  return jax.tree.map(lambda *xs: np.concatenate(xs).astype(np.int32), *pops)
+# old private names, still imported by random_search
+_take, _concat = take, concat
 
 
 @functools.lru_cache(maxsize=32)
@@ -164,7 +159,7 @@ def random_candidates(space, constraint, cfg: EvolutionConfig, key, n: int):
 def parents(state: SearchState, cfg: EvolutionConfig):
   """The ``num_parents`` best architectures of the state (ties: earlier first)."""
   order = np.argsort(-np.asarray(state.fitness), kind="stable")[:cfg.num_parents]
-  return _take(state.population, order)
+  return take(state.population, order)
 
 
 def ask(space, constraint, cfg: EvolutionConfig, state: SearchState):
@@ -184,7 +179,7 @@ def ask(space, constraint, cfg: EvolutionConfig, state: SearchState):
     out.append(cons.feasible(space, constraint, lambda k, m: crossovers(k, m, par),
                              cfg.population_size - n_mut, kc, batch=cfg.proposal_batch,
                              max_proposals=cfg.max_proposals))
-  return _concat(*out)
+  return concat(*out)
 
 
 def tell(state: SearchState, candidates, fitness, cfg: EvolutionConfig) -> SearchState:
@@ -194,7 +189,7 @@ def tell(state: SearchState, candidates, fitness, cfg: EvolutionConfig) -> Searc
     pop, fit = candidates, fitness
   else:
     order = np.argsort(-np.asarray(state.fitness), kind="stable")[:cfg.num_parents]
-    pop = _concat(_take(state.population, order), candidates)
+    pop = concat(take(state.population, order), candidates)
     fit = np.concatenate([np.asarray(state.fitness)[order], fitness])
   best = float(np.max(fit))
   return state._replace(generation=state.generation + 1, population=jax.tree.map(np.asarray, pop),

@@ -8,8 +8,10 @@ from regnas_jax.spaces.base import (Field, InvalidArchError, InvalidSpaceError, 
                                     make_divisible, member, pop_size, stack)
 from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
 from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
+from regnas_jax.spaces.scarlet import ScarletArch, ScarletS1Space, ScarletS2Space
 
-SPACES = {s.name: s for s in (OFAMobileNetV3Space, OFAResNet50Space)}
+SPACES = {s.name: s for s in (OFAMobileNetV3Space, OFAResNet50Space, ScarletS1Space,
+                              ScarletS2Space)}
 
 
 def get_space(name: str, **config) -> SearchSpace:
@@ -23,5 +25,5 @@ def get_space(name: str, **config) -> SearchSpace:
 
 
 __all__ = ["Field", "InvalidArchError", "InvalidSpaceError", "MBV3Arch", "OFAMobileNetV3Space",
-           "OFAResNet50Space", "ResNetArch",
+           "OFAResNet50Space", "ResNetArch", "ScarletArch", "ScarletS1Space", "ScarletS2Space",
            "SPACES", "SearchSpace", "get_space", "make_divisible", "member", "pop_size", "stack"]

@@ -277,6 +277,20 @@ def pop_size(pop: Arch) -> int:
   return int(np.shape(jax.tree.leaves(pop)[0])[0])
 
 
+def take(pop: Arch, idx) -> Arch:
+  """Members ``idx`` (int ``(K,)``) of a population as numpy arrays with leading axis ``K``."""
+  return jax.tree.map(lambda x: np.asarray(x)[np.asarray(idx)], pop)
+
+
+def concat(*pops: Arch) -> Arch:
+  """Populations one after another as int32 numpy arrays; ``None`` and empty ones are skipped
+  (a search's proposal batches often keep nothing)."""
+  pops = [p for p in pops if p is not None and pop_size(p)]
+  if not pops:
+    raise ValueError("concat: no non-empty population given")
+  return jax.tree.map(lambda *xs: np.concatenate(xs).astype(np.int32), *pops)
+
+
 # -- JSON helpers shared by the spaces ------------------------------------------------------
 def json_get(obj: Mapping, key: str, where: str) -> Any:
   if not isinstance(obj, Mapping):

@@ -1,0 +1,351 @@
+"""SCARLET S1/S2: the masked supernet with skips and ELS, the exact subnet, extraction + folding.
+
+One shared block per layer holds the largest bottleneck (expand ``round(c_in * 6)``, 7x7
+depthwise, SE on the expanded channels); a subnet is selected by data, as in the OFA supernets:
+
+* expand ratio -> first-N mask over the expanded channels (after BN) and over the SE hidden units;
+* kernel size  -> index into the centre-cropped (optionally OFA-transformed) kernels;
+* SE on/off    -> ``where(se, gated, ungated)``;
+* skip         -> ``where(skip, skip_path(x), block(x))``; the block's BN statistics are not
+  updated when the layer is skipped.
+
+The skip path is a subsample by the layer's stride followed by either the **ELS** (equivariant
+learnable stabilizer: a bias-free 1x1 conv ``c_in -> c_out``, no BN, no activation, initialised
+to the zero-padded identity so that it starts as a plain skip) or a plain zero-pad of the
+channels (``space.els=False``).
+
+*Design note.*  SCARLET's supernet has a separate block per choice (7 or 13 parallel blocks per
+layer, trained FairNAS-style).  Here the choices of a layer share one block by nesting, as in OFA
+and TuNAS's operation collapsing: a layer costs one block in the compiled program and under
+``vmap`` (instead of 7-13), which keeps the CPU default and population scoring cheap.  The ELS
+and its folding do not depend on this choice.
+
+**Folding on export** (the seed's proof, Eq. 1-4): a run of skips applies ``x -> x P`` with
+``P = M_1 M_2 ...`` (each ``M`` an ELS kernel or a zero-pad identity) after subsampling.  The
+exported subnet has plain skips (subsample only, channel count unchanged) and the next layer's
+first convolution gets the kernel ``P W`` -- the next bottleneck's expand conv, or the head conv.
+Where that bottleneck is residual, its shortcut also needs ``x P``: it becomes a 1x1 conv with
+kernel ``P`` (or a zero-pad / identity without ELS).  The exported logits equal the supernet's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regnas_jax.nn import layers, ops
+from regnas_jax.nn.common import bn_slice
+from regnas_jax.spaces.scarlet import ScarletArch, ScarletS1Space
+
+
+def _els_init(key, shape, dtype=jnp.float32):
+  del key
+  return jnp.eye(shape[2], shape[3], dtype=dtype)[None, None]
+
+
+def _pad_channels(x, c: int):
+  return x if x.shape[-1] == c else jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, c - x.shape[-1]),))
+
+
+def _subsample(x, stride: int):
+  """A stride-``s`` 1x1 conv reads pixels ``0, s, 2s, ...`` (no padding is ever needed)."""
+  return x if stride == 1 else x[:, ::stride, ::stride]
+
+
+def _stem(x, bn, train, w, stem_stride, impl, dtype):
+  """Stem conv + BN + ReLU6, then the fixed separable conv (3x3 depthwise, 1x1 project)."""
+  x = layers.conv(w[0], 3, stem_stride, name="stem_conv", dtype=dtype)(x)
+  x = jax.nn.relu6(bn("stem_bn")(x, train))
+  x = layers.DepthwiseConv2D(3, 1, impl, dtype, name="sep_dw")(x)
+  x = jax.nn.relu6(bn("sep_dw_bn")(x, train))
+  return bn("sep_proj_bn")(layers.conv(w[1], 1, name="sep_proj", dtype=dtype)(x), train)
+
+
+def _head(x, bn, train, head_ch, num_classes, dropout_rate, dtype):
+  x = layers.conv(head_ch, 1, name="head_conv", dtype=dtype)(x)
+  x = jax.nn.relu6(bn("head_bn")(x, train))
+  x = jnp.mean(x, axis=(1, 2))
+  if dropout_rate > 0:
+    x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+  return nn.Dense(num_classes, dtype=dtype, name="classifier")(x).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The masked supernet
+# ----------------------------------------------------------------------------------------------
+class ChoiceLayer(nn.Module):
+  """One searchable layer: the largest bottleneck and the skip path (see module docstring)."""
+  layout: Any                 # spaces.scarlet.LayerLayout
+  kernel_sizes: Sequence[int]
+  has_se: bool
+  els: bool
+  depthwise_impl: str = "auto"
+  kernel_transform: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, skip, kernel_index, mid_mask, se_mask, se_on, train: bool):
+    b = self.layout
+    run = ~skip
+    bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
+                                             name=name)
+    h = layers.conv(max(b.mid_choices), 1, name="expand", dtype=self.dtype)(x)
+    h = ops.hswish(bn("expand_bn")(h, train, mid_mask, run))
+    h = layers.ElasticDepthwiseConv2D(self.kernel_sizes, b.stride, self.depthwise_impl,
+                                      self.kernel_transform, self.dtype, name="dw")(h, kernel_index)
+    h = ops.hswish(bn("dw_bn")(h, train, mid_mask, run))
+    if self.has_se:
+      h = jnp.where(se_on, layers.SqueezeExcite(max(b.se_choices), self.dtype, name="se")(
+          h, se_mask), h)
+    h = bn("proj_bn")(layers.conv(b.out_ch, 1, name="proj", dtype=self.dtype)(h), train, None, run)
+    block = x + h if b.residual else h
+    s = _subsample(x, b.stride)
+    if self.els:
+      k = self.param("els", _els_init, (1, 1, b.in_ch, b.out_ch), jnp.float32)
+      s = jnp.einsum("nhwc,cd->nhwd", s, k[0, 0].astype(s.dtype))
+    else:
+      s = _pad_channels(s, b.out_ch)
+    return jnp.where(skip, s, block)
+
+
+class ScarletSupernet(nn.Module):
+  """The SCARLET S1/S2 supernet: one parameter tree, subnets chosen by ``arch`` data.
+
+  ``model.apply(variables, images, arch, train=False)`` -> ``(N, num_classes)`` logits for
+  ``images (N, R, R, 3)`` and a :class:`ScarletArch` of int arrays; train mode needs
+  ``mutable=['batch_stats']``.  ``jax.vmap`` over ``arch`` scores a population.
+
+  Attributes:
+    space: an S1 or S2 space (its ``els`` decides the skip path).
+    depthwise_impl: ``'auto'`` | ``'xla'`` | ``'shift'`` (see :func:`ops.depthwise_conv`).
+    kernel_transform: OFA's learned kernel transform matrices for the smaller kernels.
+    bn_momentum, bn_epsilon, dropout_rate, dtype: as for the other supernets.
+  """
+  space: ScarletS1Space
+  depthwise_impl: str = "auto"
+  kernel_transform: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, arch: ScarletArch, train: bool = False):
+    sp = self.space
+    bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
+                                             name=name)
+    x = _stem(images.astype(self.dtype), bn, train, sp.widths, sp.stem_stride,
+              self.depthwise_impl, self.dtype)
+    skip, e, k, se = sp.decode(arch)
+    for i, b in enumerate(sp.layers):
+      mid = jnp.asarray(b.mid_choices)[e[i]]
+      se_h = jnp.asarray(b.se_choices)[e[i]]
+      x = ChoiceLayer(b, sp.kernel_choices, sp.has_se, sp.els, self.depthwise_impl,
+                      self.kernel_transform, self.bn_momentum, self.bn_epsilon, self.dtype,
+                      name=b.name)(
+          x, skip[i] > 0, k[i], jnp.arange(max(b.mid_choices)) < mid,
+          jnp.arange(max(b.se_choices)) < se_h, se[i] > 0, train)
+    return _head(x, bn, train, sp.widths[2], sp.num_classes, self.dropout_rate, self.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# The exact-shape subnet
+# ----------------------------------------------------------------------------------------------
+SHORTCUTS = ("none", "identity", "pad", "conv")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """Exact shape of one layer of an exported subnet.
+
+  ``kind`` is ``'mb'`` or ``'skip'`` (a plain subsample by ``stride``; channels unchanged).
+  ``shortcut`` of a bottleneck: ``'none'``, ``'identity'``, ``'pad'`` (zero-pad the input to
+  ``out_ch``) or ``'conv'`` (a 1x1 conv holding a folded ELS map).
+  """
+  name: str
+  kind: str
+  in_ch: int
+  out_ch: int
+  stride: int
+  mid_ch: int = 0
+  kernel: int = 0
+  se_ch: int = 0
+  shortcut: str = "none"
+
+
+class Bottleneck(nn.Module):
+  """Plain inverted bottleneck of an exported subnet (parameter names as in the supernet)."""
+  spec: LayerSpec
+  depthwise_impl: str = "auto"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    s = self.spec
+    bn = lambda name: layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name)
+    h = ops.hswish(bn("expand_bn")(layers.conv(s.mid_ch, 1, name="expand", dtype=self.dtype)(x)))
+    h = layers.DepthwiseConv2D(s.kernel, s.stride, self.depthwise_impl, self.dtype, name="dw")(h)
+    h = ops.hswish(bn("dw_bn")(h))
+    if s.se_ch:
+      h = layers.SqueezeExcite(s.se_ch, self.dtype, name="se")(h)
+    h = bn("proj_bn")(layers.conv(s.out_ch, 1, name="proj", dtype=self.dtype)(h))
+    if s.shortcut == "identity":
+      return x + h
+    if s.shortcut == "pad":
+      return _pad_channels(x, s.out_ch) + h
+    if s.shortcut == "conv":
+      return layers.conv(s.out_ch, 1, name="shortcut", dtype=self.dtype)(x) + h
+    return h
+
+
+class ScarletNet(nn.Module):
+  """A standalone SCARLET-style network with exact shapes (what :func:`extract` returns).
+
+  ``model.apply(variables, images, train=False)``; train mode needs ``mutable=['batch_stats']``.
+  """
+  stem_ch: int
+  stem_stride: int
+  sep_ch: int
+  layers: tuple[LayerSpec, ...]
+  head_ch: int
+  num_classes: int
+  depthwise_impl: str = "auto"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    bn = lambda name: (lambda x, tr: layers.batch_norm(tr, self.bn_momentum, self.bn_epsilon,
+                                                       self.dtype, name)(x))
+    x = _stem(images.astype(self.dtype), bn, train, (self.stem_ch, self.sep_ch),
+              self.stem_stride, self.depthwise_impl, self.dtype)
+    for s in self.layers:
+      if s.kind == "skip":
+        x = _subsample(x, s.stride)
+      else:
+        x = Bottleneck(s, self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
+                       name=s.name)(x, train)
+    return _head(x, bn, train, self.head_ch, self.num_classes, self.dropout_rate, self.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction with ELS folding
+# ----------------------------------------------------------------------------------------------
+def subnet_specs(space: ScarletS1Space, arch: ScarletArch) -> tuple[LayerSpec, ...]:
+  """Exact layer shapes of the exported subnet ``arch`` (concrete) selects."""
+  a = space.validate(arch, population=False)
+  skip, e, k, se = space.decode(a)
+  out, real, pending = [], space.widths[1], False
+  for i, b in enumerate(space.layers):
+    if skip[i]:
+      out.append(LayerSpec(b.name, "skip", real, real, b.stride))
+      pending = True
+      continue
+    shortcut = "none"
+    if b.residual:
+      shortcut = ("conv" if space.els and pending else
+                  "identity" if real == b.out_ch else "pad")
+    out.append(LayerSpec(b.name, "mb", real, b.out_ch, b.stride, int(b.mid_choices[e[i]]),
+                         int(space.kernel_choices[k[i]]),
+                         int(b.se_choices[e[i]]) if se[i] else 0, shortcut))
+    real, pending = b.out_ch, False
+  return tuple(out)
+
+
+def exact_module(model: ScarletSupernet, arch: ScarletArch) -> ScarletNet:
+  """The standalone exact-shape module of one subnet (no variables; see :func:`extract`)."""
+  sp = model.space
+  return ScarletNet(sp.widths[0], sp.stem_stride, sp.widths[1], subnet_specs(sp, arch),
+                    sp.widths[2], sp.num_classes, model.depthwise_impl, model.bn_momentum,
+                    model.bn_epsilon, model.dropout_rate, model.dtype)
+
+
+def _fold(pending, kernel):
+  """``P W`` for a 1x1 kernel ``W (1, 1, c, d)``; ``pending`` is ``P (c_real, c)`` or ``None``."""
+  if pending is None:
+    return kernel
+  w = jnp.matmul(pending, kernel[0, 0], precision=jax.lax.Precision.HIGHEST)
+  return w[None, None]
+
+
+def extract(model: ScarletSupernet, variables, arch: ScarletArch):
+  """Slice a supernet's variables to one subnet's exact shapes and fold its skips' maps.
+
+  Args:
+    model: the supernet module.
+    variables: ``{'params', 'batch_stats'}`` of the supernet (statistics may be the ones
+      re-calibrated for this subnet).
+    arch: one concrete architecture.
+  Returns:
+    ``(ScarletNet, variables)``: plain skips, every ELS (or zero-pad) map folded into the next
+    convolution (module docstring); the same logits as the supernet for this arch.
+  """
+  sp = model.space
+  a = sp.validate(arch, population=False)
+  specs = subnet_specs(sp, a)
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  fixed = ("stem_conv", "stem_bn", "sep_dw", "sep_dw_bn", "sep_proj", "sep_proj_bn", "head_bn",
+           "classifier")
+  new_p = {n: params[n] for n in fixed}
+  new_s = {n: stats[n] for n in fixed if n in stats}
+  pending = None  # (c_real, c_stream) map of the skips since the last bottleneck
+  for s, b in zip(specs, sp.layers):
+    p = params[b.name]
+    if s.kind == "skip":
+      m = (jnp.asarray(p["els"][0, 0]) if sp.els else
+           jnp.eye(b.in_ch, b.out_ch, dtype=jnp.float32))
+      pending = m if pending is None else jnp.matmul(pending, m,
+                                                     precision=jax.lax.Precision.HIGHEST)
+      continue
+    mid = s.mid_ch
+    dw = p["dw"]
+    matrices = {n: v for n, v in dw.items() if n != "kernel"} if model.kernel_transform else None
+    kern = dict(zip(sp.kernel_choices, ops.elastic_kernels(dw["kernel"], sp.kernel_choices,
+                                                           matrices)))[s.kernel]
+    q = {"expand": {"kernel": _fold(pending, p["expand"]["kernel"][..., :mid])},
+         "expand_bn": bn_slice(p["expand_bn"], mid),
+         "dw": {"kernel": kern[..., :mid]},
+         "dw_bn": bn_slice(p["dw_bn"], mid),
+         "proj": {"kernel": p["proj"]["kernel"][:, :, :mid, :]},
+         "proj_bn": p["proj_bn"]}
+    if s.se_ch:
+      se, r = p["se"], s.se_ch
+      q["se"] = {"reduce": {"kernel": se["reduce"]["kernel"][:mid, :r],
+                            "bias": se["reduce"]["bias"][:r]},
+                 "expand": {"kernel": se["expand"]["kernel"][:r, :mid],
+                            "bias": se["expand"]["bias"][:mid]}}
+    if s.shortcut == "conv":
+      q["shortcut"] = {"kernel": pending[None, None]}
+    new_p[b.name] = q
+    if b.name in stats:
+      st = stats[b.name]
+      new_s[b.name] = {"expand_bn": bn_slice(st["expand_bn"], mid),
+                       "dw_bn": bn_slice(st["dw_bn"], mid), "proj_bn": st["proj_bn"]}
+    pending = None
+  new_p["head_conv"] = {"kernel": _fold(pending, params["head_conv"]["kernel"])}
+  out = {"params": new_p}
+  if new_s:
+    out["batch_stats"] = new_s
+  return exact_module(model, a), out
+
+
+def reorder_channels(model, variables, keep_expands=(), **kw):
+  """Not available for the SCARLET spaces (no progressive shrinking phases use it)."""
+  raise NotImplementedError("channel re-ordering is implemented for the OFA supernets only")
+
+
+def els_maps(variables) -> dict:
+  """Per layer name, the ELS kernel ``(c_in, c_out)`` of a supernet's variables (numpy)."""
+  return {name: np.asarray(p["els"][0, 0]) for name, p in variables["params"].items()
+          if isinstance(p, dict) and "els" in p}

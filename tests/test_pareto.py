@@ -1,0 +1,120 @@
+"""The NSGA-II job on a search space: objectives, constraints, per-generation fronts, resume after a
+kill, config errors.  Accuracy comes from a synthetic per-sample correctness that depends on the
+architecture (no supernet), so the search itself is what is tested."""
+
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from regnas_jax import pareto
+from regnas_jax.defaults import nsga2_defaults
+from regnas_jax.search import nsga2
+from regnas_jax.search.family import EvalCache
+from regnas_jax.spaces import ScarletArch, ScarletS1Space
+
+SP = ScarletS1Space(width_mult=0.25, stem="small", num_classes=10, resolutions=(8,))
+N = 400  # synthetic "validation samples"
+
+
+def synthetic_correct(pop):
+  """Bool (P, N): sample j is right when a fixed, arch-dependent score exceeds its difficulty;
+  bigger blocks score higher, so Top-1 and MACs trade off."""
+  op = np.asarray(pop.op)
+  gain = np.where(op == 0, 0.0, 1.0 + 0.15 * op)                       # (P, 19)
+  score = (gain * np.linspace(1.0, 0.5, op.shape[1])).sum(1) / 25.0     # (P,)
+  difficulty = np.random.default_rng(0).random(N)
+  return score[:, None] > difficulty[None, :]
+
+
+def config(**kw):
+  se = nsga2_defaults()
+  se.update(dict(population_size=12, generations=5, proposal_batch=32, num_models=3))
+  se.update(kw)
+  return se
+
+
+class Killed(Exception):
+  pass
+
+
+def run(tmp_path, se, kill_after=None, ref_correct=None):
+  cache = EvalCache(SP, synthetic_correct)
+  logs = []
+
+  def log(msg):
+    logs.append(msg)
+    if kill_after is not None and msg.startswith(f"NSGA-II generation {kill_after}/"):
+      raise Killed
+
+  state, fronts = pareto.search(SP, cache, se, seed=3, ref_correct=ref_correct,
+                                state_path=str(tmp_path / "search" / "nsga2.json"),
+                                identity={"test": 1}, log=log)
+  return state, fronts, logs, cache
+
+
+def test_constraints_fronts_and_equispaced_choice(tmp_path):
+  limit = 0.6
+  se = config(max_macs=limit, min_top1=0.3)
+  state, fronts, _, cache = run(tmp_path, se)
+  mx = SP.macs(SP.max_arch())
+  macs = [SP.macs(a) for a, _ in cache.evaluated()]
+  assert max(macs) <= limit * mx                                # cheap: nothing above was scored
+  top1 = synthetic_correct(state.population).mean(1)
+  assert top1.min() >= 0.3 and np.allclose(-state.objectives[:, 0], top1)   # expensive
+  assert len(fronts) == se.generations + 1
+  for fr in fronts:                                             # each recorded front is one
+    f = np.array([[-r["top1"], r["macs"]] for r in fr])
+    assert (nsga2.non_dominated_sort(f) == 0).all()
+  idx = pareto.chosen(state, tuple(se.objectives), 3)
+  m = state.objectives[idx, 1]
+  assert len(idx) == 3 and np.all(np.diff(m) > 0)
+  # the search improves on its random start
+  best = lambda fr: max(r["top1"] for r in fr)
+  assert best(fronts[-1]) >= best(fronts[0])
+
+
+def test_resume_after_a_kill_gives_the_same_search(tmp_path):
+  ref = synthetic_correct(ScarletArch(np.zeros((1,), np.int32), np.full((1, 19), 2, np.int32)))
+  se = config(objectives=("top1", "macs", "nfr"), weights=(1.0, 1.0, 0.5), reference="ref.json")
+  full, fronts_full, _, _ = run(tmp_path / "a", se, ref_correct=ref[0])
+  with pytest.raises(Killed):
+    run(tmp_path / "b", se, kill_after=2, ref_correct=ref[0])
+  saved = json.loads((tmp_path / "b" / "search" / "nsga2.json").read_text())
+  assert saved["state"]["generation"] == 3
+  again, fronts_again, logs, _ = run(tmp_path / "b", se, ref_correct=ref[0])
+  assert any("resumed the NSGA-II search" in m for m in logs)
+  np.testing.assert_array_equal(again.objectives, full.objectives)
+  np.testing.assert_array_equal(again.population.op, full.population.op)
+  assert fronts_again == fronts_full
+  # NFR is a real column: against the reference's correct set
+  nfr = (ref[0][None] & ~synthetic_correct(full.population)).mean(1)
+  np.testing.assert_allclose(full.objectives[:, 2], nfr)
+  # another configuration refuses the saved state
+  with pytest.raises(Exception, match="belongs to another search"):
+    run(tmp_path / "b", config(objectives=("top1", "params")))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(objectives=("top1",)), "need at least two distinct objectives"),
+    (dict(objectives=("top1", "latency")), "'latency' is not one of"),
+    (dict(objectives=("top1", "nfr")), "config.search.reference: the 'nfr' objective needs"),
+    (dict(weights=(1.0,)), "weights: 1 given for 2 objectives"),
+    (dict(max_macs=1.5), "config.search.max_macs: a fraction"),
+    (dict(max_macs=1e-9), "below the smallest subnet"),
+    (dict(min_top1=2.0), "config.search.min_top1"),
+    (dict(num_models=0), "config.search.num_models"),
+    (dict(p_rm=0.5), "p_rm + p_re + p_pr: must sum to 1"),
+])
+def test_config_errors_name_the_key(kw, msg):
+  se = config(**kw)
+  with pytest.raises(pareto.ParetoConfigError, match=msg.replace("+", r"\+")):
+    pareto.check_config(se, SP)
+
+
+def test_defaults_are_table_1():
+  se = nsga2_defaults()
+  assert (se.population_size, se.mutation_ratio, se.p_rm, se.p_re, se.p_pr, se.p_m, se.p_k_m) == (
+      70, 0.8, 0.2, 0.65, 0.15, 0.7, 0.3)
+  assert isinstance(se, ml_collections.ConfigDict)

@@ -13,12 +13,16 @@ Objectives are columns computed per candidate, all minimised internally:
 Constraints as in SCARLET's Algorithm 1: ``max_macs`` is checked before a candidate is scored,
 ``min_top1`` after.  The state (population, objectives, per-generation fronts) is written to
 ``search/nsga2.json`` after every generation and a restarted run resumes from it.
+
+``python -m regnas_jax.pareto RUN_DIR [RUN_DIR ...]`` compares finished runs (e.g. supernets
+trained with and without ELS): end subnets, the spread of subnet accuracies, the final fronts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -238,3 +242,77 @@ def plot(path: str, evaluated: list[dict], fronts: list[list[dict]], rows: list[
     ax.annotate(r["name"], (r["macs"] / 1e6, 100 * r["val_top1"]), textcoords="offset points",
                 xytext=(4, 5), fontsize=8)
   report.save_top1_vs_macs(plt, fig, ax, path)
+
+
+# -- comparing runs (e.g. a supernet trained with and without ELS) -------------------------------
+def front_area(front: list[dict], macs_max: float) -> float:
+  """Area under the first front's staircase in (MACs / macs_max, validation Top-1): the mean over
+  MACs budgets in [0, macs_max] of the best Top-1 the front offers within the budget (0 where it
+  offers none).  One number per run: larger is better."""
+  pts = sorted((r["macs"] / macs_max, r["top1"]) for r in front)
+  area, best = 0.0, 0.0
+  for (x, y), nxt in zip(pts, pts[1:] + [(1.0, None)]):
+    best = max(best, y)
+    area += best * max(0.0, min(nxt[0], 1.0) - x)
+  return area
+
+
+def summarize(results: dict) -> dict:
+  """Figures of one run's ``results.json`` that compare supernets: end subnets' test Top-1, the
+  spread of validation Top-1 over every scored subnet, the final front (its area with MACs as a
+  fraction of the space's largest subnet) and the chosen models."""
+  top = np.array([e["val_top1"] for e in results["evaluated"]], np.float64)
+  cfg = dict(results["space"])
+  space = spaces.get_space(cfg.pop("space"), **{k: tuple(v) if isinstance(v, list) else v
+                                               for k, v in cfg.items()})
+  macs_max = float(space.macs(space.max_arch()))  # the same scale for runs on one space
+  front = results["pareto_fronts"][-1]
+  return {"max_test_top1": results["test_top1"]["max"],
+          "min_test_top1": results["test_top1"]["min"],
+          "scored": len(top), "val_top1_mean": float(top.mean()), "val_top1_std": float(top.std()),
+          "val_top1_p10": float(np.percentile(top, 10)),
+          "val_top1_p90": float(np.percentile(top, 90)),
+          "front_size": len(front), "front_area": front_area(front, macs_max),
+          "chosen_test_top1": [r["test_top1"] for r in results["chosen"]]}
+
+
+def compare_table(named: dict[str, dict]) -> str:
+  """Markdown table of :func:`summarize` for several runs (name -> results.json dict)."""
+  lines = ["| run | max / min subnet test top-1 | scored | val top-1 mean ± std | p10 - p90 | "
+           "front size | front area | chosen test top-1 |", "|---|---|---|---|---|---|---|---|"]
+  for name, res in named.items():
+    s = summarize(res)
+    lines.append(
+        f"| {name} | {100 * s['max_test_top1']:.2f} / {100 * s['min_test_top1']:.2f}% | "
+        f"{s['scored']} | {100 * s['val_top1_mean']:.2f} ± {100 * s['val_top1_std']:.2f}% | "
+        f"{100 * s['val_top1_p10']:.2f} - {100 * s['val_top1_p90']:.2f}% | {s['front_size']} | "
+        f"{s['front_area']:.4f} | "
+        f"{' / '.join(f'{100 * t:.2f}' for t in s['chosen_test_top1'])}% |")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+  """``python -m regnas_jax.pareto RUN_DIR [RUN_DIR ...]``: compare NSGA-II runs."""
+  if not argv:
+    print("usage: python -m regnas_jax.pareto RUN_DIR [RUN_DIR ...]  (NSGA-II work dirs)",
+          file=sys.stderr)
+    return 2
+  named = {}
+  for d in argv:
+    path = os.path.join(d, "results.json")
+    try:
+      with open(path) as f:
+        res = json.load(f)
+    except (OSError, ValueError) as e:
+      print(f"error: {path}: cannot read ({e})", file=sys.stderr)
+      return 2
+    if res.get("search", {}).get("algorithm") != "nsga2":
+      print(f"error: {path}: not the results of an NSGA-II run", file=sys.stderr)
+      return 2
+    named[d] = res
+  print(compare_table(named))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -262,6 +262,8 @@ def warm_up(cfg, net, space, dataset) -> threading.Thread:
           evaluate.population_predictions(net, v["params"], st, pop,
                                           jax.device_put(np.zeros((size, r, r, 3), np.float32)),
                                           batch_size=cfg.score.batch_size, **kw)
+      if cfg.search.algorithm == "nsga2":
+        return  # NSGA-II proposes on the host (no proposal programs to warm)
       evo = evolution_config(cfg)
       sample, mutants, crossovers = search.evolution._proposers(
           space, evo.mutate_prob, evo.resolution_mutate_prob)

@@ -118,3 +118,25 @@ def test_defaults_are_table_1():
   assert (se.population_size, se.mutation_ratio, se.p_rm, se.p_re, se.p_pr, se.p_m, se.p_k_m) == (
       70, 0.8, 0.2, 0.65, 0.15, 0.7, 0.3)
   assert isinstance(se, ml_collections.ConfigDict)
+
+
+def test_front_area_and_run_comparison(tmp_path, capsys):
+  front = [{"macs": 50.0, "top1": 0.6}, {"macs": 20.0, "top1": 0.4}]
+  # budgets 0-20: nothing, 20-50: 0.4, 50-100: 0.6 (fractions of 100)
+  assert pareto.front_area(front, 100.0) == pytest.approx(0.3 * 0.4 + 0.5 * 0.6)
+  res = {"search": {"algorithm": "nsga2"}, "test_top1": {"max": 0.9, "min": 0.2},
+         "space": SP.config(),
+         "evaluated": [{"macs": m, "val_top1": t} for m, t in ((20, 0.4), (50, 0.6), (100, 0.5))],
+         "pareto_fronts": [front], "chosen": [{"test_top1": 0.41}, {"test_top1": 0.58}]}
+  s = pareto.summarize(res)
+  assert s["val_top1_mean"] == pytest.approx(0.5) and s["front_size"] == 2
+  assert s["front_area"] == pytest.approx(pareto.front_area(front, SP.macs(SP.max_arch())))
+  assert s["val_top1_std"] == pytest.approx(np.std([0.4, 0.6, 0.5]))
+  for name in ("els", "plain"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "results.json").write_text(json.dumps(res))
+  assert pareto.main([str(tmp_path / "els"), str(tmp_path / "plain")]) == 0
+  out = capsys.readouterr().out
+  assert out.count("| 90.00 / 20.00% | 3 | 50.00 ± 8.16% |") == 2 and "41.00 / 58.00%" in out
+  assert pareto.main([str(tmp_path / "missing")]) == 2
+  assert "cannot read" in capsys.readouterr().err

@@ -1,0 +1,132 @@
+"""TuNAS's policy pieces: REINFORCE on a bandit, active-decision log-prob/entropy, rewards,
+learning-rate and warmup schedules."""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from regnas_jax.search import tunas
+from regnas_jax.spaces import base
+
+
+class Toy(NamedTuple):
+  x: jax.Array  # (6,) 4 choices each
+  y: jax.Array  # (2,) 3 choices each; only active where x[0] != 0 ("layer not skipped")
+
+
+@dataclasses.dataclass(frozen=True)
+class ToySpace(base.SearchSpace):
+  name = "toy"
+  arch_type = Toy
+
+  def fields(self):
+    return (base.Field("x", (6,), (0, 1, 2, 3)), base.Field("y", (2,), (0, 1, 2)))
+
+  def active_decisions(self, arch):
+    return {"x": jnp.ones(6, bool), "y": jnp.broadcast_to(jnp.asarray(arch.x)[0] != 0, (2,))}
+
+
+SP = ToySpace()
+BEST = Toy(np.array([3, 1, 2, 0, 1, 3], np.int32), np.array([2, 0], np.int32))
+
+
+def bandit_reward(arch, key):
+  """Share of decisions at their best arm (y counts only when active), plus noise."""
+  hits = jnp.sum(arch.x == BEST.x) + jnp.where(arch.x[0] != 0, jnp.sum(arch.y == BEST.y), 0)
+  return hits / 8.0 + 0.05 * jax.random.normal(key)
+
+
+def test_reinforce_converges_to_the_best_arm_of_every_decision():
+  total = 600
+  cfg = tunas.ControllerConfig(learning_rate=0.05)
+
+  def step(state, key):
+    k1, k2 = jax.random.split(key)
+    arch = tunas.sample(SP, state.logits, k1)
+    state, m = tunas.update(SP, state, arch, bandit_reward(arch, k2), total, cfg)
+    return state, m["lr"]
+
+  state, lrs = jax.jit(lambda s, k: jax.lax.scan(step, s, jax.random.split(k, total)))(
+      tunas.init(SP, cfg), jax.random.key(0))
+  best = tunas.argmax_arch(SP, state.logits)
+  np.testing.assert_array_equal(best.x, BEST.x)
+  np.testing.assert_array_equal(best.y, BEST.y)
+  assert np.all(np.asarray(lrs[:total // 4]) == 0) and np.asarray(lrs[-1]) > 0.4   # 10x at the end
+  probs = jax.nn.softmax(state.logits["x"], -1)
+  assert float(probs[np.arange(6), BEST.x].min()) > 0.5
+
+
+def test_no_policy_change_during_the_delay_but_the_baseline_learns():
+  cfg = tunas.ControllerConfig()
+  state = tunas.init(SP, cfg)
+  arch = tunas.sample(SP, state.logits, jax.random.key(1))
+  for r in (1.0, 0.0, 1.0):
+    state, m = tunas.update(SP, state, arch, r, 100, cfg)
+    assert m["lr"] == 0
+  assert all(np.all(np.asarray(v) == 0) for v in state.logits.values())
+  m = cfg.baseline_momentum  # zero-debiased EMA of 1, 0, 1
+  num = (1 - m) * (m * m * 1 + m * 0 + 1)
+  assert float(tunas.baseline(state)) == pytest.approx(num / (1 - m ** 3), rel=1e-5)
+
+
+def test_log_prob_and_entropy_ignore_inactive_decisions():
+  rng = np.random.default_rng(0)
+  logits = {"x": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
+            "y": jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)}
+  other = dict(logits, y=logits["y"] + jnp.asarray(rng.normal(size=(2, 3)), jnp.float32))
+
+  def by_hand(lg, arch, active_y):
+    lp = {k: np.asarray(jax.nn.log_softmax(v, -1)) for k, v in lg.items()}
+    val = sum(lp["x"][i, arch.x[i]] for i in range(6))
+    ent = sum(-(np.exp(lp["x"][i]) * lp["x"][i]).sum() for i in range(6))
+    if active_y:
+      val += sum(lp["y"][i, arch.y[i]] for i in range(2))
+      ent += sum(-(np.exp(lp["y"][i]) * lp["y"][i]).sum() for i in range(2))
+    return val, ent
+
+  skipped = Toy(np.array([0, 1, 2, 3, 0, 1], np.int32), np.array([1, 2], np.int32))
+  used = skipped._replace(x=np.array([2, 1, 2, 3, 0, 1], np.int32))
+  for arch, active in ((skipped, False), (used, True)):
+    lp, ent = by_hand(logits, arch, active)
+    assert float(tunas.log_prob(SP, logits, arch)) == pytest.approx(lp, rel=1e-5)
+    assert float(tunas.entropy(SP, logits, arch)) == pytest.approx(ent, rel=1e-5)
+  # changing the logits of inactive decisions changes nothing; of active ones, something
+  assert float(tunas.log_prob(SP, other, skipped)) == pytest.approx(
+      float(tunas.log_prob(SP, logits, skipped)))
+  assert float(tunas.log_prob(SP, other, used)) != pytest.approx(
+      float(tunas.log_prob(SP, logits, used)))
+
+
+@pytest.mark.parametrize("kind, q, t, t0, beta, want", [
+    ("abs", 0.7, 90.0, 84.0, -0.1, 0.7 - 0.1 * abs(90 / 84 - 1)),
+    ("abs", 0.7, 70.0, 84.0, -0.1, 0.7 - 0.1 * abs(70 / 84 - 1)),
+    ("soft", 0.7, 90.0, 84.0, -0.07, 0.7 * (90 / 84) ** -0.07),
+    ("soft", 0.7, 70.0, 84.0, -0.07, 0.7 * (70 / 84) ** -0.07),   # faster: rewarded
+    ("hard", 0.7, 90.0, 84.0, -0.07, 0.7 * (90 / 84) ** -0.07),
+    ("hard", 0.7, 70.0, 84.0, -0.07, 0.7),                          # faster: no bonus
+])
+def test_rewards_against_hand_computed_values(kind, q, t, t0, beta, want):
+  assert float(tunas.reward(kind, q, t, t0, beta)) == pytest.approx(want, rel=1e-6)
+
+
+def test_reward_and_config_errors():
+  with pytest.raises(ValueError, match="reward: 'mnas' is not one of"):
+    tunas.reward("mnas", 0.5, 1.0, 1.0)
+  with pytest.raises(ValueError, match="delay_fraction"):
+    tunas.ControllerConfig(delay_fraction=1.0).check()
+
+
+def test_schedules():
+  cfg = tunas.ControllerConfig(learning_rate=0.01)
+  lr = np.asarray(jax.vmap(lambda s: tunas.rl_learning_rate(s, 1000, cfg))(jnp.arange(1001)))
+  assert np.all(lr[:250] == 0)
+  assert lr[250] == pytest.approx(0.01) and lr[1000] == pytest.approx(0.1, rel=1e-5)
+  assert lr[625] == pytest.approx(0.01 * 10 ** 0.5, rel=1e-5) and np.all(np.diff(lr[250:]) > 0)
+  p = np.asarray(tunas.warmup_probability(jnp.arange(1001), 1000, 0.25))
+  assert p[0] == 1 and p[125] == pytest.approx(0.5) and np.all(p[250:] == 0)
+  assert np.all(np.diff(p[:251]) < 0)
+  assert np.all(np.asarray(tunas.warmup_probability(jnp.arange(5), 1000, 0.0)) == 0)

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import numpy as np
@@ -33,7 +33,7 @@ from regnas_jax import evaluate, export, report, spaces
 from regnas_jax import nn as nets
 from regnas_jax.checkpoint import first_difference
 from regnas_jax.search import SearchError, nsga2
-from regnas_jax.search.family import EvalCache
+from regnas_jax.search.family import EvalCache, write_json
 
 OBJECTIVES = ("top1", "macs", "params", "nfr")
 SIGNS = {"top1": -1.0, "macs": 1.0, "params": 1.0, "nfr": 1.0}
@@ -168,7 +168,7 @@ def search(space, cache: EvalCache, se, *, seed: int, ref_correct=None, state_pa
     feasible = evaluate.top1(correct) >= float(se.min_top1)
     state = nsga2.tell(state, cand, minimised, cfg, feasible)
     fronts.append(front_record(space, state, objectives, lambda m: m * signs))
-    _write_json(state_path, {"identity": ident, "state": nsga2.state_to_json(state),
+    write_json(state_path, {"identity": ident, "state": nsga2.state_to_json(state),
                              "fronts": fronts})
     best = (f", best val top-1 {100 * -state.objectives[:, top_col].min():.2f}%"
             if top_col is not None else "")
@@ -183,14 +183,6 @@ def chosen(state: nsga2.NSGA2State, objectives, k: int) -> np.ndarray:
   objective, else by the second objective)."""
   axis = objectives.index("macs") if "macs" in objectives else 1
   return nsga2.equispaced(state.objectives, k, axis)
-
-
-def _write_json(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f)
-  os.replace(tmp, path)
 
 
 def export_models(workdir: str, space, net, variables, stats, archs, rows, supernet_options):

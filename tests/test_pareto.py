@@ -70,9 +70,6 @@ def test_constraints_fronts_and_equispaced_choice(tmp_path):
   idx = pareto.chosen(state, tuple(se.objectives), 3)
   m = state.objectives[idx, 1]
   assert len(idx) == 3 and np.all(np.diff(m) > 0)
-  # the search improves on its random start
-  best = lambda fr: max(r["top1"] for r in fr)
-  assert best(fronts[-1]) >= best(fronts[0])
 
 
 def test_resume_after_a_kill_gives_the_same_search(tmp_path):

@@ -36,7 +36,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.common import bn_slice
@@ -344,8 +343,3 @@ def reorder_channels(model, variables, keep_expands=(), **kw):
   """Not available for the SCARLET spaces (no progressive shrinking phases use it)."""
   raise NotImplementedError("channel re-ordering is implemented for the OFA supernets only")
 
-
-def els_maps(variables) -> dict:
-  """Per layer name, the ELS kernel ``(c_in, c_out)`` of a supernet's variables (numpy)."""
-  return {name: np.asarray(p["els"][0, 0]) for name, p in variables["params"].items()
-          if isinstance(p, dict) and "els" in p}

@@ -105,7 +105,6 @@ def _key(state: SearchState) -> jax.Array:
 
 
 # old private names, still imported by random_search
-_take, _concat = take, concat
 
 
 @functools.lru_cache(maxsize=32)

@@ -90,7 +90,8 @@ class EvalCache:
     return [(self.archs[k], float(self.table[k].mean())) for k in self.archs]
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
+  """Write compact JSON via a temporary file and a rename (a crash never leaves half a file)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -156,7 +157,7 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
     if not state_path:
       return
     ms = [dict(m, arch=_arch_json(m["arch"])) for m in members]
-    _write_json(state_path, {"identity": ident, "members": ms,
+    write_json(state_path, {"identity": ident, "members": ms,
                              "current": None if cur is None else evolution.state_to_json(cur)})
 
   def metrics(correct, refs):

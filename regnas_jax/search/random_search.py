@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from regnas_jax.search.evolution import (EvolutionConfig, SearchState, _concat, _key, _take,
-                                         done, random_candidates)
+from regnas_jax.search.evolution import (EvolutionConfig, SearchState, _key, done,
+                                         random_candidates)
+from regnas_jax.spaces.base import concat, take
 
 __all__ = ["ask", "done", "init", "tell"]
 
@@ -26,7 +27,7 @@ def tell(state: SearchState, candidates, fitness, cfg: EvolutionConfig) -> Searc
     pop, fit = candidates, fitness
   else:
     i = state.best_index
-    pop = _concat(_take(state.population, [i]), candidates)
+    pop = concat(take(state.population, [i]), candidates)
     fit = np.concatenate([np.asarray(state.fitness)[[i]], fitness])
   return state._replace(generation=state.generation + 1, population=pop, fitness=fit,
                         history=state.history + (float(np.max(fit)),),

@@ -80,6 +80,48 @@ def nsga2_defaults() -> ml_collections.ConfigDict:
   ))
 
 
+def tunas_defaults() -> ml_collections.ConfigDict:
+  """TuNAS search settings (``algorithm='tunas'``); values from TuNAS's released code where they
+  carry over (see regnas_jax/search/tunas.py), the step count lives in ``config.train.steps``."""
+  return ml_collections.ConfigDict(dict(
+      algorithm="tunas",
+      reward="abs",               # 'abs' Q + beta |T/T0 - 1| | 'soft' Q (T/T0)^beta | 'hard'
+      beta=-0.1,                  # cost exponent / penalty (TuNAS: -0.1)
+      cost="macs",                # 'macs' (analytic) | 'latency' (linear model fitted on this machine)
+      target=0.5,                 # T0 in target_unit
+      target_unit="fraction",     # 'fraction' of the largest subnet's MACs | 'mmacs' | 'ms' (latency)
+      rl_learning_rate=0.0048,    # Adam (b1 = 0); TuNAS: 0.0003 per 256 images at batch 4096
+      rl_delay_fraction=0.25,     # policy frozen for the first 25% (the baseline still learns)
+      rl_increase=10.0,           # RL learning rate grows exponentially to 10x by the end
+      baseline_momentum=0.95, entropy_weight=0.0,
+      warmup_fraction=0.25,       # filter / op warmup probability 1 -> 0 over this share
+      filter_warmup=True, op_warmup=True,
+      val_batch_size=256,         # Q: accuracy on one validation batch per step
+      random_samples=4,           # random-search baseline: archs inside the cost window
+      random_window=0.05,         # the window: target * [1 - w, 1 + w]
+      random_tries=200_000,       # uniform draws at most
+      retrain_steps=0,            # >0: also train each final arch from scratch for this many steps
+      latency_samples=40, latency_repeats=10, latency_batch_size=1,
+  ))
+
+
+TUNAS_VARIANTS = ("enlarged", "v3", "latency", "smoke")
+TUNAS_SPACES = {"": "proxylessnas", "enlarged": "proxylessnas_enlarged", "v3": "mobilenet_v3_like"}
+
+
+def tunas_variants(arg, config_name: str) -> tuple[set, str]:
+  """The comma-separated variants of a TuNAS config, checked, and the space they choose."""
+  tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
+  bad = sorted(tokens - set(TUNAS_VARIANTS))
+  if bad:
+    raise ValueError(f"{config_name}: unknown variant {bad[0]!r} "
+                     f"(known: {', '.join(TUNAS_VARIANTS)})")
+  if {"enlarged", "v3"} <= tokens:
+    raise ValueError(f"{config_name}: choose one of the variants enlarged and v3")
+  return tokens, TUNAS_SPACES["enlarged" if "enlarged" in tokens else "v3" if "v3" in tokens
+                              else ""]
+
+
 SCARLET_VARIANTS = ("s1", "s2", "no_els", "smoke")
 
 

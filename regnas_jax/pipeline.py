@@ -108,11 +108,11 @@ def check_config(cfg) -> None:
     if not _int(v, 1):
       raise ConfigError(f"config.train.{key}: must be a positive integer, got {v!r}")
   se = cfg.search
-  if se.algorithm == "nsga2":
-    return  # checked by pareto.check_config once the space is built
+  if se.algorithm in ("nsga2", "tunas"):
+    return  # checked by pareto.check_config / tunas_job.check_config once the space is built
   if se.algorithm not in family_lib.ALGORITHMS:
     raise ConfigError(f"config.search.algorithm: {se.algorithm!r} is not one of "
-                      f"{tuple(family_lib.ALGORITHMS) + ('nsga2',)}")
+                      f"{tuple(family_lib.ALGORITHMS) + ('nsga2', 'tunas')}")
   for key in ("reward", "reference_reward"):
     try:
       search.parse_reward(se[key])
@@ -353,6 +353,15 @@ def run(cfg, workdir: str, stop_after: str = "search") -> dict:
   check_config(cfg)
   space = build_space(cfg)
   net = build_supernet(cfg, space)
+  if cfg.search.algorithm == "tunas":  # weights and policy trained together: its own loop
+    from regnas_jax import tunas_job
+    tunas_job.check_config(cfg, space, ConfigError)
+    dataset = load_dataset(cfg, space)
+    _log(f"space {space.name}: {space.num_archs():.2e} subnets per resolution, resolutions "
+         f"{space.resolutions}; data {dataset.name} ({len(dataset.train)} train / "
+         f"{len(dataset.val)} val / {len(dataset.test)} test); backend {jax.default_backend()}")
+    return tunas_job.run(cfg, workdir, stop_after, space=space, net=net, dataset=dataset,
+                         scorer_cls=Scorer, error=ConfigError, log=_log)
   try:
     train_lib.build_phases(cfg.train, space)
   except train_lib.TrainConfigError as e:
@@ -479,13 +488,17 @@ def run(cfg, workdir: str, stop_after: str = "search") -> dict:
 
 
 def run_record(cfg, space, tr, ends_ok, macs_note: str) -> dict:
-  """The part of ``results.json`` every job writes: config, versions, training, end subnets."""
-  return {"config": cfg.to_dict(), "space": space.config(), "jax": jax.__version__,
-          "backend": jax.default_backend(),
-          "training": {"steps": tr.steps, "seconds_this_process": round(tr.seconds, 2),
-                       "resumed_from": tr.resumed_from, "phases": [p.to_json() for p in tr.phases]},
-          "macs_note": macs_note,
-          "test_top1": {"max": float(ends_ok[0].mean()), "min": float(ends_ok[1].mean())}}
+  """The part of ``results.json`` every job writes: config, versions, training and end subnets
+  (left out when ``tr`` / ``ends_ok`` are None)."""
+  out = {"config": cfg.to_dict(), "space": space.config(), "jax": jax.__version__,
+         "backend": jax.default_backend(), "macs_note": macs_note}
+  if tr is not None:
+    out["training"] = {"steps": tr.steps, "seconds_this_process": round(tr.seconds, 2),
+                       "resumed_from": tr.resumed_from,
+                       "phases": [p.to_json() for p in tr.phases]}
+  if ends_ok is not None:
+    out["test_top1"] = {"max": float(ends_ok[0].mean()), "min": float(ends_ok[1].mean())}
+  return out
 
 
 def run_pareto(cfg, workdir, space, net, tr, scorer, cache, identity, reference, ends_ok) -> dict:

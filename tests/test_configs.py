@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from regnas_jax import pareto, pipeline, train
+from regnas_jax import pareto, pipeline, train, tunas_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -28,8 +28,11 @@ def test_config_builds(path, variant):
   if cfg.search.algorithm == "nsga2":
     pareto.check_config(cfg.search, space)
   pipeline.build_supernet(cfg, space)
-  phases = train.build_phases(cfg.train, space)
-  assert sum(p.steps for p in phases) == cfg.train.steps
+  if cfg.search.algorithm == "tunas":   # its own loop: weights and policy together
+    tunas_job.check_config(cfg, space, pipeline.ConfigError)
+  else:
+    phases = train.build_phases(cfg.train, space)
+    assert sum(p.steps for p in phases) == cfg.train.steps
   if variant == "smoke":
     assert cfg.train.steps <= 20 and cfg.name.endswith("_smoke")
   with pytest.raises(ValueError, match="unknown variant"):
@@ -39,6 +42,18 @@ def test_config_builds(path, variant):
 def test_there_are_digits_and_cifar10_configs():
   names = {os.path.basename(p) for p in CONFIGS}
   assert {"digits_mbv3.py", "cifar10_mbv3.py"} <= names
+
+
+@pytest.mark.parametrize("name", ["digits_tunas.py", "cifar10_tunas.py"])
+def test_tunas_variants_combine(name):
+  path = os.path.join(ROOT, "configs", name)
+  cfg = load(path, "v3,latency,smoke")
+  assert cfg.space.name == "mobilenet_v3_like" and cfg.search.cost == "latency"
+  assert cfg.name.endswith("_mobilenet_v3_like_latency_smoke")
+  assert pipeline.build_space(load(path, None)).name == "proxylessnas"
+  assert pipeline.build_space(load(path, "enlarged")).name == "proxylessnas_enlarged"
+  with pytest.raises(ValueError, match="choose one of the variants enlarged and v3"):
+    load(path, "enlarged,v3")
 
 
 @pytest.mark.parametrize("name", ["digits_scarlet.py", "cifar10_scarlet.py"])

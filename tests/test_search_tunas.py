@@ -130,3 +130,32 @@ def test_schedules():
   assert p[0] == 1 and p[125] == pytest.approx(0.5) and np.all(p[250:] == 0)
   assert np.all(np.diff(p[:251]) < 0)
   assert np.all(np.asarray(tunas.warmup_probability(jnp.arange(5), 1000, 0.0)) == 0)
+
+
+def test_invalid_choices_are_never_sampled_and_never_learned():
+  """A space's choice_mask (duplicate widths in ProxylessNAS-Enlarged at quarter width): the
+  policy gives those choices zero probability, their logits get zero gradient, entropies stay
+  finite and count only the valid choices."""
+  from regnas_jax.spaces import get_space
+  sp = get_space("proxylessnas_enlarged", width_mult=0.25, stem="small", num_classes=10,
+                 resolutions=(8,))
+  cfg = tunas.ControllerConfig(learning_rate=0.5, delay_fraction=0.0)
+  st = tunas.init(sp, cfg)
+  mask = sp.choice_mask()["filters"]
+  archs = jax.vmap(lambda k: tunas.sample(sp, st.logits, k))(jax.random.split(jax.random.key(0),
+                                                                               2000))
+  f = np.asarray(archs.filters)
+  assert mask[np.arange(mask.shape[0]), f].all()
+  for g in range(mask.shape[0]):   # uniform over the valid ones
+    counts = np.bincount(f[:, g], minlength=mask.shape[1])[mask[g]]
+    assert np.all(np.abs(counts - 2000 / len(counts)) < 5 * np.sqrt(2000 / len(counts)))
+  h = float(tunas.policy_entropy(sp, st.logits))
+  want = sum(np.log(m.sum()) for m in mask) + sum(
+      np.prod(fl.shape, dtype=int) * np.log(fl.size) for fl in sp.fields() if fl.name != "filters")
+  assert abs(h - want) < 1e-3
+  a = jax.tree.map(lambda x: x[0], archs)
+  for r in (1.0, -1.0, 2.0):
+    st, _ = tunas.update(sp, st, a, r, 100, cfg)
+  lg = np.asarray(st.logits["filters"])
+  assert np.all(lg[~mask] == tunas.INVALID_LOGIT) and np.all(np.isfinite(lg))
+  assert np.abs(lg[mask]).max() > 0   # valid logits moved

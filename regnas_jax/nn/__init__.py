@@ -4,18 +4,23 @@
 ``extract``, ``exact_module`` and ``reorder_channels`` dispatch on the supernet's type.
 """
 
-from regnas_jax.nn import layers, ofa_mbv3, ofa_resnet50, ops, scarlet
+from regnas_jax.nn import layers, ofa_mbv3, ofa_resnet50, ops, scarlet, tunas
 from regnas_jax.nn.common import init_variables
 from regnas_jax.nn.ofa_mbv3 import MBConvSpec, MobileNetV3, OFAMobileNetV3
 from regnas_jax.nn.ofa_resnet50 import BottleneckSpec, OFAResNet50, ResNet
 from regnas_jax.nn.scarlet import ScarletNet, ScarletSupernet
-from regnas_jax.spaces import (OFAMobileNetV3Space, OFAResNet50Space, ScarletS1Space,
+from regnas_jax.nn.tunas import TunasNet, TunasSupernet
+from regnas_jax.spaces import (MobileNetV3LikeSpace, OFAMobileNetV3Space, OFAResNet50Space,
+                               ProxylessNASEnlargedSpace, ProxylessNASSpace, ScarletS1Space,
                                ScarletS2Space, SearchSpace)
 
 SUPERNETS = {OFAMobileNetV3Space.name: OFAMobileNetV3, OFAResNet50Space.name: OFAResNet50,
-             ScarletS1Space.name: ScarletSupernet, ScarletS2Space.name: ScarletSupernet}
+             ScarletS1Space.name: ScarletSupernet, ScarletS2Space.name: ScarletSupernet,
+             ProxylessNASSpace.name: TunasSupernet, ProxylessNASEnlargedSpace.name: TunasSupernet,
+             MobileNetV3LikeSpace.name: TunasSupernet}
 # The module implementing each supernet type.
-_IMPL = {OFAMobileNetV3: ofa_mbv3, OFAResNet50: ofa_resnet50, ScarletSupernet: scarlet}
+_IMPL = {OFAMobileNetV3: ofa_mbv3, OFAResNet50: ofa_resnet50, ScarletSupernet: scarlet,
+         TunasSupernet: tunas}
 
 
 def build_supernet(space: SearchSpace, **options):
@@ -55,6 +60,6 @@ def reorder_channels(model, variables, keep_expands=(), **kw):
 
 
 __all__ = ["BottleneckSpec", "MBConvSpec", "MobileNetV3", "OFAMobileNetV3", "OFAResNet50",
-           "ResNet", "SUPERNETS", "ScarletNet", "ScarletSupernet", "build_supernet",
+           "ResNet", "SUPERNETS", "ScarletNet", "ScarletSupernet", "TunasNet", "TunasSupernet", "build_supernet",
            "exact_module", "extract", "init_variables", "layers", "ops", "reorder_channels",
            "subnet_specs"]

@@ -119,9 +119,11 @@ class SqueezeExcite(nn.Module):
 
   ``hidden_mask`` (bool ``(hidden,)``) zeroes unused hidden units of an elastic SE; input
   channels that are masked to zero pool to zero and so never reach the hidden units.
+  ``gate='sigmoid'`` uses a plain sigmoid (TuNAS's MobileNetV3-Like space).
   """
   hidden: int
   dtype: Any = None
+  gate: str = "hsigmoid"
 
   @nn.compact
   def __call__(self, x, hidden_mask=None):
@@ -129,7 +131,8 @@ class SqueezeExcite(nn.Module):
     s = jax.nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="reduce")(s))
     if hidden_mask is not None:
       s = s * hidden_mask
-    s = ops.hsigmoid(nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s))
+    s = nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s)
+    s = jax.nn.sigmoid(s) if self.gate == "sigmoid" else ops.hsigmoid(s)
     return x * s[:, None, None, :].astype(x.dtype)
 
 

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 REWARDS = ("abs", "soft", "hard")
@@ -66,9 +67,48 @@ class ControllerState(NamedTuple):
 
 
 # -- policy ----------------------------------------------------------------------------------
+INVALID_LOGIT = -1e9  # finite: exp() is exactly 0 and 0 * logit stays 0 in the entropy
+
+
 def init_logits(space) -> dict:
-  """Zero logits for every decision element of ``space`` (a uniform policy)."""
-  return {f.name: jnp.zeros(f.shape + (f.size,), jnp.float32) for f in space.fields()}
+  """Zero logits for every decision element of ``space`` (a uniform policy).
+
+  A space with ``choice_mask()`` (bool ``shape + (k,)`` per field) gets ``INVALID_LOGIT`` on
+  the invalid choices: they are never sampled and their gradient is exactly zero.
+  """
+  masks = space.choice_mask() if hasattr(space, "choice_mask") else {}
+  out = {}
+  for f in space.fields():
+    z = jnp.zeros(f.shape + (f.size,), jnp.float32)
+    out[f.name] = jnp.where(jnp.asarray(masks[f.name]), z, INVALID_LOGIT) if f.name in masks else z
+  return out
+
+
+def policy_entropy(space, logits: dict, temperature: float = 1.0) -> jax.Array:
+  """Entropy of the whole policy (every decision element, active or not), in nats."""
+  total = jnp.float32(0.0)
+  for f in space.fields():
+    lp = jax.nn.log_softmax(logits[f.name] / temperature, -1)
+    total = total - (jnp.exp(lp) * lp).sum()
+  return total
+
+
+def probabilities(space, logits: dict, temperature: float = 1.0) -> dict:
+  """Readable policy: per field, per element, ``{choice: probability}`` (concrete logits)."""
+  out = {}
+  for f in space.fields():
+    p = np.asarray(jax.nn.softmax(jnp.asarray(logits[f.name]) / temperature, -1))
+    flat = p.reshape(-1, f.size)
+    rows = [{str(base_readable(c)): round(float(x), 4) for c, x in zip(f.choices, r) if x > 0}
+            for r in flat]
+    out[f.name] = rows[0] if not f.shape else rows
+  return out
+
+
+def base_readable(v):
+  if isinstance(v, (bool, np.bool_)):
+    return str(bool(v)).lower()
+  return int(v) if float(v).is_integer() else float(v)
 
 
 def _active(space, arch) -> dict:

@@ -9,9 +9,12 @@ from regnas_jax.spaces.base import (Field, InvalidArchError, InvalidSpaceError, 
 from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
 from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
 from regnas_jax.spaces.scarlet import ScarletArch, ScarletS1Space, ScarletS2Space
+from regnas_jax.spaces.tunas import (MobileNetV3LikeSpace, ProxylessNASEnlargedSpace,
+                                     ProxylessNASSpace, TunasArch)
 
 SPACES = {s.name: s for s in (OFAMobileNetV3Space, OFAResNet50Space, ScarletS1Space,
-                              ScarletS2Space)}
+                              ScarletS2Space, ProxylessNASSpace, ProxylessNASEnlargedSpace,
+                              MobileNetV3LikeSpace)}
 
 
 def get_space(name: str, **config) -> SearchSpace:
@@ -24,6 +27,7 @@ def get_space(name: str, **config) -> SearchSpace:
     raise InvalidSpaceError(f"space {name!r}: {e}") from None
 
 
-__all__ = ["Field", "InvalidArchError", "InvalidSpaceError", "MBV3Arch", "OFAMobileNetV3Space",
-           "OFAResNet50Space", "ResNetArch", "ScarletArch", "ScarletS1Space", "ScarletS2Space",
-           "SPACES", "SearchSpace", "get_space", "make_divisible", "member", "pop_size", "stack"]
+__all__ = ["Field", "InvalidArchError", "InvalidSpaceError", "MBV3Arch", "MobileNetV3LikeSpace",
+           "OFAMobileNetV3Space", "OFAResNet50Space", "ProxylessNASEnlargedSpace",
+           "ProxylessNASSpace", "ResNetArch", "ScarletArch", "ScarletS1Space", "ScarletS2Space",
+           "SPACES", "TunasArch", "SearchSpace", "get_space", "make_divisible", "member", "pop_size", "stack"]

@@ -1,0 +1,381 @@
+"""TuNAS's weight-sharing supernet for its three spaces, the exact subnet and extraction.
+
+Weight sharing as TuNAS does it (``tunas/rematlib/mobile_model_v3.py``), written as masks over
+one parameter tree so that a subnet is *data* (one compiled program serves every subnet and
+``jax.vmap`` over archs scores a population):
+
+* **widths** -- every tensor holds its group's largest width; a subnet's width is a first-N
+  channel mask applied after BN (a group's mask is shared by every layer that writes it, so
+  residual sums stay aligned);
+* **operation collapsing** -- per IBN layer one expand conv, one project conv, BN and SE weights
+  shared by all expansions and kernel sizes; the expansion is a first-N mask over the expanded
+  channels (``scale(c_in * e)`` of the *active* input width);
+* **kernel sizes** -- one depthwise kernel *per size* (TuNAS does not nest them); a choice is a
+  mixture ``sum_i w_i pad(K_i)`` with one-hot weights, run as one depthwise conv of the largest
+  size (zero-padded kernels give exactly the small convs' outputs).  The same for the stem's
+  kernel choice;
+* **zero / optional layers** -- a gate on a residual branch (``x + g * branch(x)``); a gated-off
+  layer does not update its BN statistics.
+
+**Op warmup** (TuNAS: with probability p run all ops of a choice and average them) is the
+optional ``average`` argument: a bool per op decision (``stem_kernel``, ``sep_kernel``,
+``sep_on``, ``on``, ``kernel``, ``se``) that replaces that decision's one-hot weights by uniform
+ones -- averaged kernels (the mean of depthwise convs is the depthwise conv of the mean kernel),
+half-gated optional layers, half SE.  **Filter warmup** (all filters) needs no supernet support:
+it is the arch with the largest widths and expansions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from regnas_jax.nn import layers, ops
+from regnas_jax.nn.common import bn_slice
+from regnas_jax.spaces.tunas import TunasArch, _TunasSpace, scale_filters
+
+OP_DECISIONS = ("stem_kernel", "sep_kernel", "sep_on", "on", "kernel", "se")
+
+
+def _weights(index, n: int, average=None):
+  """One-hot ``(..., n)`` weights of ``index``; uniform where ``average`` holds."""
+  w = jax.nn.one_hot(index, n, dtype=jnp.float32)
+  if average is None:
+    return w
+  return jnp.where(jnp.asarray(average)[..., None], jnp.full_like(w, 1.0 / n), w)
+
+
+def _first(n_max: int, n):
+  return jnp.arange(n_max) < n
+
+
+def _scale(v):
+  """``scale_filters`` of traced values (already multiplied)."""
+  return jnp.maximum(8.0, jnp.floor(v / 8.0 + 0.5) * 8.0)
+
+
+class MixedConv(nn.Module):
+  """A conv with one kernel per size (``kernel_{k}``: ``(k, k, C_in, C_out)``, or
+  ``(k, k, 1, C)`` when ``depthwise``), run as one conv of the largest size with the
+  ``weights``-mixture of the zero-padded kernels."""
+  kernel_sizes: Sequence[int]
+  features: int = 0            # output channels of a full conv (ignored when depthwise)
+  strides: int = 1
+  depthwise: bool = False
+  impl: str = "auto"
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, weights):
+    big = max(self.kernel_sizes)
+    c = x.shape[-1]
+    shape = (lambda k: (k, k, 1, c)) if self.depthwise else (lambda k: (k, k, c, self.features))
+    ks = [self.param(f"kernel_{k}", layers.conv_init, shape(k), jnp.float32)
+          for k in self.kernel_sizes]
+    w = sum(weights[i] * ops.pad_kernel(k, big) for i, k in enumerate(ks))
+    dt = self.dtype or x.dtype
+    if self.depthwise:
+      return ops.depthwise_conv(x.astype(dt), w.astype(dt), self.strides, self.impl)
+    p = big // 2
+    return lax.conv_general_dilated(x.astype(dt), w.astype(dt), (self.strides,) * 2,
+                                    ((p, p), (p, p)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class IBNLayer(nn.Module):
+  """One inverted-bottleneck layer of the supernet (largest shapes, subnet chosen by data)."""
+  layout: Any               # spaces.tunas.LayerLayout
+  in_max: int
+  out_max: int
+  mid_max: int
+  se_max: int
+  kernel_sizes: Sequence[int]
+  has_se: bool
+  depthwise_impl: str = "auto"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, gate, k_w, mid_mask, se_mask, se_w, out_mask, train: bool):
+    b = self.layout
+    act = ops.activation(b.act)
+    run = gate > 0
+    bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
+                                             name=name)
+    h = layers.conv(self.mid_max, 1, name="expand", dtype=self.dtype)(x)
+    h = act(bn("expand_bn")(h, train, mid_mask, run))
+    h = MixedConv(self.kernel_sizes, strides=b.stride, depthwise=True, impl=self.depthwise_impl,
+                  dtype=self.dtype, name="dw")(h, k_w)
+    h = act(bn("dw_bn")(h, train, mid_mask, run))
+    if self.has_se:
+      g = layers.SqueezeExcite(self.se_max, self.dtype, "sigmoid", name="se")(h, se_mask)
+      h = se_w[0] * h + se_w[1] * g
+    h = layers.conv(self.out_max, 1, name="proj", dtype=self.dtype)(h)
+    h = bn("proj_bn")(h, train, out_mask, run)
+    if b.optional >= 0:
+      return x + gate.astype(h.dtype) * h
+    return h
+
+
+class TunasSupernet(nn.Module):
+  """The supernet of a TuNAS space: one parameter tree, subnets chosen by ``arch`` data.
+
+  ``model.apply(variables, images, arch, train=False, average=None)`` -> ``(N, num_classes)``
+  logits for ``images (N, R, R, 3)`` and a :class:`TunasArch`; train mode needs
+  ``mutable=['batch_stats']``.  ``average``: op warmup flags (module doc).
+
+  Attributes:
+    space: a ProxylessNAS, ProxylessNAS-Enlarged or MobileNetV3-Like space.
+    depthwise_impl: ``'auto'`` | ``'xla'`` | ``'shift'`` (see :func:`ops.depthwise_conv`).
+    bn_momentum, bn_epsilon, dropout_rate, dtype: as for the other supernets.
+  """
+  space: _TunasSpace
+  depthwise_impl: str = "auto"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, arch: TunasArch, train: bool = False, average=None):
+    sp = self.space
+    av = (lambda name: None) if average is None else (lambda name: average[name])
+    bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
+                                             name=name)
+    wmax = sp.max_widths
+    width = sp.widths(arch)
+    gmask = lambda g: _first(wmax[g], width[g])
+    ks = sp.kernel_choices
+    first_act = ops.activation("h_swish" if sp.v3 else "relu")
+
+    x = images.astype(self.dtype)
+    x = MixedConv(sp.stem_kernels, wmax[0], sp.stem_stride, dtype=self.dtype, name="stem_conv")(
+        x, _weights(arch.stem_kernel, len(sp.stem_kernels), av("stem_kernel")))
+    x = first_act(bn("stem_bn")(x, train, gmask(0)))
+
+    sep_w = _weights(arch.sep_on, len(sp.sep_choices), av("sep_on"))
+    sep_gate = sep_w[-1] if sp.v3 else jnp.float32(1.0)
+    h = MixedConv(ks, depthwise=True, impl=self.depthwise_impl, dtype=self.dtype, name="sep_dw")(
+        x, _weights(arch.sep_kernel, len(ks), av("sep_kernel")))
+    h = jax.nn.relu(bn("sep_dw_bn")(h, train, gmask(0), sep_gate > 0))
+    h = layers.conv(wmax[sp.sep_group], 1, name="sep_proj", dtype=self.dtype)(h)
+    h = bn("sep_proj_bn")(h, train, gmask(sp.sep_group), sep_gate > 0)
+    x = x + sep_gate.astype(h.dtype) * h if sp.v3 else h
+
+    on_w = _weights(arch.on, 2, av("on"))[..., 1]
+    k_w = _weights(arch.kernel, len(ks), av("kernel"))
+    se_w = _weights(arch.se, len(sp.se_choices), av("se"))
+    exp = jnp.asarray(sp.expand_choices, jnp.float32)
+    for b in sp.layers:
+      in_max, out_max = wmax[b.in_group], wmax[b.out_group]
+      mid_max = scale_filters(in_max, max(sp.expand_choices))
+      se_max = scale_filters(mid_max, 0.25)
+      mid = _scale(width[b.in_group] * exp[arch.expand[b.index]])
+      gate = on_w[b.optional] if b.optional >= 0 else jnp.float32(1.0)
+      x = IBNLayer(b, in_max, out_max, mid_max, se_max, ks, sp.v3, self.depthwise_impl,
+                   self.bn_momentum, self.bn_epsilon, self.dtype, name=b.name)(
+          x, gate, k_w[b.index], _first(mid_max, mid), _first(se_max, _scale(mid * 0.25)),
+          se_w[b.index], gmask(b.out_group), train)
+
+    hg = sp.head_groups
+    x = layers.conv(wmax[hg[0]], 1, name="head_conv", dtype=self.dtype)(x)
+    x = first_act(bn("head_bn")(x, train, gmask(hg[0])))
+    x = jnp.mean(x, axis=(1, 2))
+    if sp.v3:
+      x = nn.Dense(wmax[hg[1]], dtype=self.dtype, name="head_dense")(x)
+      x = ops.hswish(x * gmask(hg[1]))
+    if self.dropout_rate > 0:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(sp.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The exact-shape subnet
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """Exact shape of one running IBN layer of a subnet (zero layers are left out)."""
+  name: str
+  in_ch: int
+  out_ch: int
+  mid_ch: int
+  kernel: int
+  stride: int
+  se_ch: int
+  act: str
+  residual: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+  """Exact shape of a whole subnet."""
+  stem_kernel: int
+  stem_stride: int
+  stem_ch: int
+  stem_act: str
+  sep_kernel: int          # 0: no sepconv (an off optional one)
+  sep_ch: int
+  sep_residual: bool
+  layers: tuple
+  head_ch: int
+  head2_ch: int            # 0: no second head conv (ProxylessNAS)
+
+
+class IBN(nn.Module):
+  """Plain inverted bottleneck (parameter names as in the supernet)."""
+  spec: LayerSpec
+  depthwise_impl: str = "auto"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    s = self.spec
+    act = ops.activation(s.act)
+    bn = lambda name: layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name)
+    h = act(bn("expand_bn")(layers.conv(s.mid_ch, 1, name="expand", dtype=self.dtype)(x)))
+    h = layers.DepthwiseConv2D(s.kernel, s.stride, self.depthwise_impl, self.dtype, name="dw")(h)
+    h = act(bn("dw_bn")(h))
+    if s.se_ch:
+      h = layers.SqueezeExcite(s.se_ch, self.dtype, "sigmoid", name="se")(h)
+    h = bn("proj_bn")(layers.conv(s.out_ch, 1, name="proj", dtype=self.dtype)(h))
+    return x + h if s.residual else h
+
+
+class TunasNet(nn.Module):
+  """A standalone network of a TuNAS space with exact shapes (what :func:`extract` returns).
+
+  ``model.apply(variables, images, train=False)``; train mode needs ``mutable=['batch_stats']``.
+  """
+  spec: NetSpec
+  num_classes: int
+  depthwise_impl: str = "auto"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    s = self.spec
+    bn = lambda name: layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name)
+    act = ops.activation(s.stem_act)
+    x = layers.conv(s.stem_ch, s.stem_kernel, s.stem_stride, name="stem_conv",
+                    dtype=self.dtype)(images.astype(self.dtype))
+    x = act(bn("stem_bn")(x))
+    if s.sep_kernel:
+      h = layers.DepthwiseConv2D(s.sep_kernel, 1, self.depthwise_impl, self.dtype,
+                                 name="sep_dw")(x)
+      h = jax.nn.relu(bn("sep_dw_bn")(h))
+      h = bn("sep_proj_bn")(layers.conv(s.sep_ch, 1, name="sep_proj", dtype=self.dtype)(h))
+      x = x + h if s.sep_residual else h
+    for ls in s.layers:
+      x = IBN(ls, self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
+              name=ls.name)(x, train)
+    x = layers.conv(s.head_ch, 1, name="head_conv", dtype=self.dtype)(x)
+    x = act(bn("head_bn")(x))
+    x = jnp.mean(x, axis=(1, 2))
+    if s.head2_ch:
+      x = ops.hswish(nn.Dense(s.head2_ch, dtype=self.dtype, name="head_dense")(x))
+    if self.dropout_rate > 0:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+
+
+def subnet_specs(space: _TunasSpace, arch: TunasArch) -> NetSpec:
+  """Exact shapes of the subnet ``arch`` (concrete) selects."""
+  a = space.validate(arch, population=False)
+  w = [int(x) for x in space.widths(a)]
+  on = space.layer_on(a)
+  out = []
+  for b in space.layers:
+    if not on[b.index]:
+      continue
+    mid = scale_filters(w[b.in_group], space.expand_choices[a.expand[b.index]])
+    out.append(LayerSpec(b.name, w[b.in_group], w[b.out_group], mid,
+                         space.kernel_choices[a.kernel[b.index]], b.stride,
+                         scale_filters(mid, 0.25) if a.se[b.index] else 0, b.act, b.optional >= 0))
+  hg = space.head_groups
+  sep = bool(space.sep_active(a))
+  return NetSpec(space.stem_kernels[a.stem_kernel], space.stem_stride, w[0],
+                 "h_swish" if space.v3 else "relu",
+                 space.kernel_choices[a.sep_kernel] if sep else 0, w[space.sep_group], space.v3,
+                 tuple(out), w[hg[0]], w[hg[1]] if space.v3 else 0)
+
+
+def exact_module(model: TunasSupernet, arch: TunasArch) -> TunasNet:
+  """The standalone exact-shape module of one subnet (no variables; see :func:`extract`)."""
+  return TunasNet(subnet_specs(model.space, arch), model.space.num_classes, model.depthwise_impl,
+                  model.bn_momentum, model.bn_epsilon, model.dropout_rate, model.dtype)
+
+
+def extract(model: TunasSupernet, variables, arch: TunasArch):
+  """Slice a supernet's variables to one subnet's exact shapes.
+
+  Returns ``(TunasNet, variables)`` computing the same logits as the supernet for ``arch``.
+  """
+  sp = model.space
+  spec = subnet_specs(sp, arch)
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  c0 = spec.stem_ch
+  p = {"stem_conv": {"kernel": params["stem_conv"][f"kernel_{spec.stem_kernel}"][..., :c0]},
+       "stem_bn": bn_slice(params["stem_bn"], c0)}
+  st = {"stem_bn": bn_slice(stats["stem_bn"], c0)} if stats else {}
+  if spec.sep_kernel:
+    p["sep_dw"] = {"kernel": params["sep_dw"][f"kernel_{spec.sep_kernel}"][..., :c0]}
+    p["sep_dw_bn"] = bn_slice(params["sep_dw_bn"], c0)
+    p["sep_proj"] = {"kernel": params["sep_proj"]["kernel"][:, :, :c0, :spec.sep_ch]}
+    p["sep_proj_bn"] = bn_slice(params["sep_proj_bn"], spec.sep_ch)
+    if stats:
+      st["sep_dw_bn"] = bn_slice(stats["sep_dw_bn"], c0)
+      st["sep_proj_bn"] = bn_slice(stats["sep_proj_bn"], spec.sep_ch)
+  for ls in spec.layers:
+    q = params[ls.name]
+    cin, mid, cout = ls.in_ch, ls.mid_ch, ls.out_ch
+    lp = {"expand": {"kernel": q["expand"]["kernel"][:, :, :cin, :mid]},
+          "expand_bn": bn_slice(q["expand_bn"], mid),
+          "dw": {"kernel": q["dw"][f"kernel_{ls.kernel}"][..., :mid]},
+          "dw_bn": bn_slice(q["dw_bn"], mid),
+          "proj": {"kernel": q["proj"]["kernel"][:, :, :mid, :cout]},
+          "proj_bn": bn_slice(q["proj_bn"], cout)}
+    if ls.se_ch:
+      se, r = q["se"], ls.se_ch
+      lp["se"] = {"reduce": {"kernel": se["reduce"]["kernel"][:mid, :r],
+                             "bias": se["reduce"]["bias"][:r]},
+                  "expand": {"kernel": se["expand"]["kernel"][:r, :mid],
+                             "bias": se["expand"]["bias"][:mid]}}
+    p[ls.name] = lp
+    if stats:
+      s = stats[ls.name]
+      st[ls.name] = {"expand_bn": bn_slice(s["expand_bn"], mid), "dw_bn": bn_slice(s["dw_bn"], mid),
+                     "proj_bn": bn_slice(s["proj_bn"], cout)}
+  c_last = spec.layers[-1].out_ch if spec.layers else None
+  if c_last is None:  # every layer has a mandatory first IBN; kept for safety
+    raise ValueError("a subnet without IBN layers")
+  p["head_conv"] = {"kernel": params["head_conv"]["kernel"][:, :, :c_last, :spec.head_ch]}
+  p["head_bn"] = bn_slice(params["head_bn"], spec.head_ch)
+  if stats:
+    st["head_bn"] = bn_slice(stats["head_bn"], spec.head_ch)
+  c = spec.head_ch
+  if spec.head2_ch:
+    d = params["head_dense"]
+    p["head_dense"] = {"kernel": d["kernel"][:c, :spec.head2_ch], "bias": d["bias"][:spec.head2_ch]}
+    c = spec.head2_ch
+  p["classifier"] = {"kernel": params["classifier"]["kernel"][:c],
+                     "bias": params["classifier"]["bias"]}
+  out = {"params": p}
+  if st:
+    out["batch_stats"] = st
+  return exact_module(model, arch), out
+
+
+def reorder_channels(model, variables, keep_expands=(), **kw):
+  """Not available for the TuNAS spaces (TuNAS trains without progressive shrinking)."""
+  raise NotImplementedError("channel re-ordering is implemented for the OFA supernets only")

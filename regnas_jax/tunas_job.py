@@ -41,11 +41,15 @@ from regnas_jax import export, latency, spaces
 from regnas_jax import nn as nets
 from regnas_jax import train as train_lib
 from regnas_jax.nn.common import init_variables
+from regnas_jax.pipeline import run_record, write_json_atomic  # (pipeline imports us lazily)
 from regnas_jax.progress import MetricsLog, Progress
 from regnas_jax.search import tunas
 
 COSTS = ("macs", "latency")
 TARGET_UNITS = ("fraction", "mmacs", "ms")
+
+
+_STEPS: dict = {}   # compiled search steps by configuration (see run)
 
 
 class SearchState(NamedTuple):
@@ -163,7 +167,7 @@ def build_cost(cfg, net, space, workdir: str, log):
   model = latency.fit(space, archs, np.asarray(rec["ms"]), holdout=0.25, seed=cfg.seed,
                       ridge=1e-3)
   rec["fit"] = {k: v for k, v in model.to_json().items() if k not in ("weights", "bias")}
-  write_json(path, rec)
+  write_json_atomic(path, rec)
   log(f"latency model: held-out RMSE {model.test_rmse:.3f} ms, R^2 {model.test_r2:.3f}, "
       f"MAPE {100 * model.test_mape:.1f}% (train RMSE {model.train_rmse:.3f} ms)")
   predict = lambda a: model.predict(space, a)
@@ -330,13 +334,6 @@ def plot_trajectory(path: str, records: list[dict], target: float, unit: str) ->
   plt.close(fig)
 
 
-def write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=lambda x: np.asarray(x).tolist())
-  os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------
 # The job
 # ----------------------------------------------------------------------------------------------
@@ -393,6 +390,9 @@ def run(cfg, workdir: str, stop_after: str, *, space, net, dataset, scorer_cls, 
       traj.truncate_after(int(state.step))
   except ckpt_lib.CheckpointError as e:
     raise error(str(e)) from None
+  # Fresh and restored states as the same kind of array (uncommitted, on the default device):
+  # jit's cache key includes it, so a resumed search in the same process compiles nothing.
+  state = jax.device_put(jax.tree.map(np.asarray, state))
 
   r = max(space.resolutions)
   lc = train_lib.LossConfig(dataset.num_classes, float(tc.label_smoothing), "none", 0.0, True)
@@ -400,8 +400,15 @@ def run(cfg, workdir: str, stop_after: str, *, space, net, dataset, scorer_cls, 
                           pad=tc.augment.pad, flip=tc.augment.flip)
   val_aug = functools.partial(data_lib.preprocess, mean=dataset.mean, std=dataset.std,
                               resolution=r)
-  step_fn = make_search_step(net, space, tx, cost_fn, target, total, cfg, lc,
-                             lambda x, k: aug(x, key=k), val_aug)
+  # One compiled step per configuration and process: a search resumed in the same process (or
+  # run again, e.g. from a notebook) reuses it instead of compiling again.
+  cache_key = json.dumps([ident, target, cost_info, [np.asarray(dataset.mean).tolist(),
+                                                      np.asarray(dataset.std).tolist()]],
+                         sort_keys=True, default=str)
+  if cache_key not in _STEPS:
+    _STEPS[cache_key] = make_search_step(net, space, tx, cost_fn, target, total, cfg, lc,
+                                         lambda x, k: aug(x, key=k), val_aug)
+  step_fn = _STEPS[cache_key]
   n_train = len(dataset.train)
   start = int(state.step)
   t0 = time.time()
@@ -485,7 +492,6 @@ def run(cfg, workdir: str, stop_after: str, *, space, net, dataset, scorer_cls, 
       "random_drawn": drawn,
       "random_mean_test_top1": float(np.mean([x["test_top1"] for x in rnd])) if rnd else None,
       "random_best_test_top1": float(np.max([x["test_top1"] for x in rnd])) if rnd else None}
-  from regnas_jax.pipeline import run_record   # pipeline imports this module lazily
   results = run_record(cfg, space, None, None,
                        "MACs per image (multiply-accumulates; OFA prints them as MFLOPs)")
   results.update({"tunas": summary, "models": rows, "cost_model": cost_info,
@@ -495,7 +501,7 @@ def run(cfg, workdir: str, stop_after: str, *, space, net, dataset, scorer_cls, 
   table = results_table(rows, summary, bool(se.retrain_steps))
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table + "\n")
-  write_json(os.path.join(workdir, "results.json"), results)
+  write_json_atomic(os.path.join(workdir, "results.json"), results)
   print(table)
   log(f"wrote results.json, results.md, trajectory.jsonl, trajectory.png and subnets/tunas to "
       f"{workdir}")

@@ -12,6 +12,16 @@ def close(a, b):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5)
 
 
+# The tests below share shapes where they can (3 members, 7 images, 2 calibration batches of 4)
+# so that they share compiled programs: every population function compiles per shape.
+def images(n, seed):
+  return jax.random.normal(jax.random.key(seed), (n, 12, 12, 3))
+
+
+def calibration(seed, scale=1.0, shift=0.0):
+  return jax.random.normal(jax.random.key(seed), (2, 4, 12, 12, 3)) * scale + shift
+
+
 def test_chunked_equals_vmapped_equals_one_by_one(tiny):
   sp, net, v, x = tiny
   pop = sp.sample(jax.random.key(2), 5)
@@ -23,7 +33,8 @@ def test_chunked_equals_vmapped_equals_one_by_one(tiny):
 
 
 def test_member_stats_and_correctness(tiny):
-  sp, net, v, x = tiny
+  sp, net, v, _ = tiny
+  x = images(7, 1)
   pop = sp.sample(jax.random.key(3), 3)
   stats = jax.tree.map(lambda s: jnp.stack([s, s * 2.0, s + 1.0]), v["batch_stats"])
   vs = {"params": v["params"], "batch_stats": stats}
@@ -33,22 +44,22 @@ def test_member_stats_and_correctness(tiny):
     close(per[i], one({"params": v["params"], "batch_stats": member(stats, i)}, member(pop, i)))
   labels = np.asarray(jnp.argmax(per[1], -1))
   correct = evaluate.population_correct(net, vs, x, labels, pop, member_stats=True)
-  assert correct.shape == (3, 5) and correct[1].all()
+  assert correct.shape == (3, 7) and correct[1].all()
 
 
 def test_bn_recalibration_equals_exact_average_on_extracted_subnets(tiny):
   """Per-member re-calibration == averaging flax BatchNorm batch statistics of the extracted
-  exact-shape model over the calibration batches; vmapped == chunked."""
+  exact-shape model over the calibration batches; vmapped == chunked (in padded blocks)."""
   from regnas_jax.nn import ofa_mbv3
 
   sp, net, v, _ = tiny
-  calib = jax.random.normal(jax.random.key(7), (3, 4, 12, 12, 3)) * 1.5 + 0.3
+  calib = calibration(7, 1.5, 0.3)
   pop = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), sp.min_arch(),
-                     sp.sample(jax.random.key(8), 1))
+                     sp.sample(jax.random.key(8), 2))   # the min arch and random ones
   stats = evaluate.recalibrate_bn(net, v, calib, pop)
-  chunked = evaluate.recalibrate_bn(net, v, calib, pop, chunk_size=1)
+  chunked = evaluate.recalibrate_population(net, v, calib, pop, block_size=2, chunk_size=1)
   jax.tree.map(close, stats, chunked)
-  x = jax.random.normal(jax.random.key(9), (6, 12, 12, 3))
+  x = images(7, 9)
   logits = evaluate.population_logits(net, {"params": v["params"], "batch_stats": stats}, x, pop,
                                       member_stats=True)
   for i in range(2):
@@ -67,8 +78,8 @@ def test_scoring_in_member_blocks_and_image_batches_equals_one_call(tiny):
   """Populations run in padded member blocks and images in padded batches give exactly the
   one-call results (re-calibrated statistics, predictions, correctness)."""
   sp, net, v, _ = tiny
-  calib = jax.random.normal(jax.random.key(4), (2, 4, 12, 12, 3))
-  x = np.asarray(jax.random.normal(jax.random.key(5), (7, 12, 12, 3)))
+  calib = calibration(4)
+  x = np.asarray(images(7, 5))
   pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(6), 3))
   full = evaluate.recalibrate_bn(net, v, calib, pop)
   blocked = evaluate.recalibrate_population(net, v, calib, pop, block_size=2, chunk_size=1)

@@ -1,15 +1,29 @@
-"""The command line: the smoke config end to end, and one-line errors on bad input."""
+"""The command line on the offline default (OFA-MobileNetV3 on digits): the smoke config end to
+end, preemption (kill -9 and SIGTERM) with resumption to the uninterrupted result, and one-line
+errors on bad input.  ``test_run_search_spaces.py`` runs the other spaces' smoke configs.
+
+The smoke run is shared (a module fixture): its checkpoints are the uninterrupted reference of
+the preemption test.  Every ``run_search.py`` process shares the test run's persistent XLA
+compilation cache (``conftest.py``), so the training step compiles once in this file.
+"""
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
+from regnas_jax.checkpoint import Checkpointer
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "configs", "digits_mbv3.py:smoke")
+TOTAL = 12  # steps of the smoke config; it checkpoints every 4 and logs every 2
 
 
 def run(*args, cwd=ROOT):
@@ -17,13 +31,19 @@ def run(*args, cwd=ROOT):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_smoke_config_searches_a_family_and_compares(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """``(workdir, CompletedProcess)`` of one uninterrupted smoke run with the comparison variants."""
+  work = tmp_path_factory.mktemp("smoke")
+  return work, run("--config", SMOKE, "--workdir", str(work), "--config.search.compare=True")
+
+
+def test_smoke_config_searches_a_family_and_compares(smoke_run):
   """Train, search the family (and the comparison variants), write every output."""
-  out = run("--config", os.path.join(ROOT, "configs/digits_mbv3.py:smoke"), "--workdir", str(tmp_path),
-            "--config.search.compare=True")
+  work, out = smoke_run
   assert out.returncode == 0, out.stderr
-  res = json.loads((tmp_path / "results.json").read_text())
-  assert res["training"]["steps"] == 12 and res["training"]["resumed_from"] is None
+  res = json.loads((work / "results.json").read_text())
+  assert res["training"]["steps"] == TOTAL and res["training"]["resumed_from"] is None
   assert set(res["test_top1"]) == {"max", "min"} and "test top-1: max subnet" in out.stdout
   fam = res["family"]["members"]
   assert [m["name"] for m in fam] == ["A1", "A2", "A3"] and res["family_label"] == "R2+inclusion"
@@ -46,83 +66,120 @@ def test_smoke_config_searches_a_family_and_compares(tmp_path):
   assert res["search"]["subnets_scored"] == len(res["evaluated"]) > 3
   for name in ("results.md", "top1_vs_macs.png", "nfr_matrix.png", "search/reference.json",
                "search/R0.json"):
-    assert (tmp_path / name).is_file(), name
-  module, variables, arch, info = export.load_subnet(str(tmp_path / "subnets" / "A2"))
+    assert (work / name).is_file(), name
+  module, variables, arch, info = export.load_subnet(str(work / "subnets" / "A2"))
   assert info["arch"] == fam[1]["arch"] and info["metrics"]["test_top1"] == fam[1]["test_top1"]
   assert module.apply(variables, np.zeros((2, 8, 8, 3), np.float32)).shape == (2, 10)
-  metrics = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [m["step"] for m in metrics] == list(range(2, 13, 2))
+  metrics = [json.loads(ln) for ln in (work / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in metrics] == list(range(2, TOTAL + 1, 2))
 
   # Same work dir, other space: refused with one line; the checkpoints stay as they were.
-  before = sorted(os.listdir(tmp_path / "checkpoints"))
-  out = run("--config", os.path.join(ROOT, "configs/digits_mbv3.py:smoke"), "--workdir",
-            str(tmp_path), "--config.space.width_mult=0.5")
+  before = sorted(os.listdir(work / "checkpoints"))
+  out = run("--config", SMOKE, "--workdir", str(work), "--config.space.width_mult=0.5")
   assert out.returncode == 2
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and "belongs to another run (space.width_mult: saved 0.25, now 0.5)" \
       in lines[0], out.stderr
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+  assert sorted(os.listdir(work / "checkpoints")) == before
 
 
-def test_resnet50_smoke_config_searches_a_family_of_four(tmp_path):
-  """The OFA-ResNet50 space through the same pipeline: train, search A1..A4 with inclusion,
-  export, by choosing its config."""
-  out = run("--config", os.path.join(ROOT, "configs/digits_resnet50.py:smoke"), "--workdir",
-            str(tmp_path))
+# -- preemption: kill -9 at a random step or SIGTERM, restart, end with the same parameters ------
+def start(workdir):
+  """A ``run_search.py --stop_after=train`` process; its stdout and stderr go to files next to
+  the work dir (``proc.out``, ``proc.err``), polled while it runs."""
+  logs = os.path.dirname(workdir)
+  n = len([f for f in os.listdir(logs) if f.startswith("stdout")])
+  out = open(os.path.join(logs, f"stdout{n}.txt"), "w")
+  err = open(os.path.join(logs, f"stderr{n}.txt"), "w")
+  p = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_search.py"), "--config", SMOKE,
+                        "--workdir", str(workdir), "--stop_after=train"], stdout=out, stderr=err,
+                       text=True)
+  p.out, p.err = out.name, err.name
+  out.close()
+  err.close()
+  return p
+
+
+def read(path):
+  with open(path) as f:
+    return f.read()
+
+
+def logged_steps(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  out = []
+  for ln in open(path):
+    try:
+      out.append(json.loads(ln)["step"])
+    except (json.JSONDecodeError, KeyError):
+      pass
+  return out
+
+
+def wait_for(proc, done, timeout=400):
+  t = time.time()
+  while not done():
+    assert proc.poll() is None, read(proc.err)
+    assert time.time() - t < timeout, "training made no progress"
+    time.sleep(0.05)
+
+
+def final_arrays(workdir):
+  ck = Checkpointer(os.path.join(workdir, "checkpoints"), {})
+  try:
+    return ck.latest_step(), ck.restore_arrays()
+  finally:
+    ck.close()
+
+
+def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(smoke_run, tmp_path):
+  ref, out = smoke_run   # the uninterrupted run: same config, seed and steps
   assert out.returncode == 0, out.stderr
-  res = json.loads((tmp_path / "results.json").read_text())
-  from regnas_jax import export, spaces
 
-  assert res["space"]["space"] == "ofa_resnet50"
-  sp = spaces.get_space("ofa_resnet50", **{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in res["space"].items() if k != "space"})
-  fam = res["family"]["members"]
-  assert [m["name"] for m in fam] == ["A1", "A2", "A3", "A4"]
-  archs = [sp.from_json(m["arch"]) for m in fam]
-  mx = sp.macs(sp.max_arch())
-  for m, a, b in zip(fam, archs, (0.25, 0.45, 0.65, 0.9)):
-    assert 0.9 * b * mx <= m["macs"] == sp.macs(a) <= b * mx
-    assert m["params"] == sp.params(a) and 0 <= m["test_top1"] <= 1
-  assert all(sp.contains(b, a) for a, b in zip(archs, archs[1:]))
-  assert np.asarray(res["family"]["nfr_matrix_test"]).shape == (4, 4)
-  module, variables, arch, info = export.load_subnet(str(tmp_path / "subnets" / "A3"))
-  assert info["arch"] == fam[2]["arch"] and type(module).__name__ == "ResNet"
-  assert module.apply(variables, np.zeros((2, 8, 8, 3), np.float32)).shape == (2, 10)
+  # kill -9 at a random logged step after the first checkpoint (saved every 4 steps, before the
+  # metrics of later steps are written).
+  work = tmp_path / "run"
+  kill_at = random.Random().choice([6, 8, 10])
+  p = start(work)
+  wait_for(p, lambda: max(logged_steps(work), default=0) >= kill_at)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  ck_step, _ = final_arrays(work)
+  assert ck_step is not None and ck_step < TOTAL
+  assert max(logged_steps(work)) > ck_step   # stale lines: dropped when the next run resumes
 
+  # SIGTERM while the resumed run's first step runs (it traces and loads the compiled step for
+  # seconds): that step finishes, a checkpoint is saved off the 4-step schedule, exit status 143.
+  p = start(work)
+  wait_for(p, lambda: "training " in read(p.out))
+  time.sleep(1.0)   # the handler is installed right after that line
+  p.send_signal(signal.SIGTERM)
+  p.wait(timeout=300)
+  stdout, stderr = read(p.out), read(p.err)
+  assert p.returncode == 143, stderr
+  assert "stopped by SIGTERM after step" in stderr
+  resumed_line = [ln for ln in stdout.splitlines() if "resumed from" in ln]
+  assert resumed_line and f"step {ck_step}/{TOTAL}" in resumed_line[0], stdout
+  term_step, _ = final_arrays(work)
+  assert ck_step < term_step < TOTAL
 
-def test_scarlet_smoke_config_runs_nsga2_with_an_nfr_objective(tmp_path):
-  """SCARLET S1 through the same CLI: FairNAS-style training, NSGA-II on Top-1 / MACs / NFR
-  against a reference arch file under a MACs cap, fronts per generation, K models exported with
-  their skips folded, loadable alone."""
-  from regnas_jax import export, nn, spaces
+  p = start(work)
+  p.wait(timeout=600)
+  assert p.returncode == 0, read(p.err)
+  assert f"step {term_step}/{TOTAL}" in read(p.out)
+  steps = logged_steps(work)
+  assert steps == sorted(set(steps)) and steps[-1] == TOTAL
 
-  sp = spaces.get_space("scarlet_s1", width_mult=0.25, stem="small", num_classes=10,
-                        resolutions=(8,))
-  ref = tmp_path / "ref.json"
-  # shaped like an exported subnet.json: {"space": config, "arch": ...}
-  arch = sp.to_json(sp.sample(jax.random.key(0)))
-  ref.write_text(json.dumps({"space": sp.config(), "arch": arch}))
-  out = run("--config", os.path.join(ROOT, "configs/digits_scarlet.py:smoke"), "--workdir",
-            str(tmp_path / "w"), "--config.search.objectives=('top1','macs','nfr')",
-            "--config.search.weights=(1.0,1.0,1.0)", f"--config.search.reference={ref}")
-  assert out.returncode == 0, out.stderr
-  res = json.loads((tmp_path / "w" / "results.json").read_text())
-  assert res["space"]["space"] == "scarlet_s1" and res["search"]["algorithm"] == "nsga2"
-  limit = 0.9 * sp.macs(sp.max_arch())
-  assert len(res["pareto_fronts"]) == res["config"]["search"]["generations"] + 1
-  for fr in res["pareto_fronts"]:
-    f = np.array([[-r["top1"], r["macs"], r["nfr"]] for r in fr])
-    le = (f[:, None] <= f[None]).all(-1) & (f[:, None] < f[None]).any(-1)
-    assert not le.any() and (f[:, 1] <= limit).all()       # non-dominated, under the cap
-  rows = res["chosen"]
-  assert [r["name"] for r in rows] == ["K1", "K2", "K3"]
-  assert all(0 <= r["test_nfr"] <= 1 and r["macs"] <= limit for r in rows)
-  assert (tmp_path / "w" / "pareto.png").stat().st_size > 0
-  module, variables, arch, info = export.load_subnet(str(tmp_path / "w" / "subnets" / "K2"))
-  assert info["arch"] == rows[1]["arch"] and type(module).__name__ == "ScarletNet"
-  assert not any("els" in str(p) for p in jax.tree_util.tree_flatten_with_path(variables)[0])
-  assert module.apply(variables, np.zeros((2, 8, 8, 3), np.float32)).shape == (2, 10)
-  assert isinstance(module, nn.ScarletNet)
+  s_ref, a_ref = final_arrays(ref)
+  s_run, a_run = final_arrays(work)
+  assert s_ref == s_run == TOTAL
+  leaves_ref = jax.tree_util.tree_leaves_with_path(a_ref)
+  leaves_run = jax.tree.leaves(a_run)
+  assert len(leaves_ref) == len(leaves_run) > 50
+  for (path, x), y in zip(leaves_ref, leaves_run):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,5 +1,7 @@
 """Supernet training: the multi-subnet step against one-by-one gradients, schedules, samplers."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,25 +12,28 @@ from regnas_jax import spaces, train
 from regnas_jax.defaults import train_defaults
 
 
-def _ref_loss(logits, labels, smoothing, soft=None, kd_ratio=1.0, with_labels=True):
-  """Plain-jnp losses written independently of train.subnet_losses."""
+def _ref_loss(logits, labels, smoothing, soft, kd_weight, label_weight):
+  """Plain-jnp losses written independently of train.subnet_losses:
+  ``kd_weight * KD(soft) + label_weight * CE(smoothed labels)``."""
   c = logits.shape[-1]
   y = jax.nn.one_hot(labels, c) * (1 - smoothing) + smoothing / c
   logp = logits - jax.scipy.special.logsumexp(logits, -1, keepdims=True)
   ce = -jnp.mean(jnp.sum(y * logp, -1))
-  if soft is None:
-    return ce
   kd = -jnp.mean(jnp.sum(soft * logp, -1))
-  return kd_ratio * kd + (ce if with_labels else 0.0)
+  return kd_weight * kd + label_weight * ce
 
 
-def _member_fn(net, v, x):
-  @jax.jit
-  def f(params, arch):
-    out, upd = net.apply({"params": params, "batch_stats": v["batch_stats"]}, x, arch,
-                         train=True, mutable=["batch_stats"])
-    return out, upd["batch_stats"]
-  return f
+@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.value_and_grad, argnums=1, has_aux=True)
+def _ref_member(net, params, batch_stats, x, arch, labels, smoothing, soft, kd_weight,
+                label_weight):
+  """One subnet run alone in train mode: ``(loss, (logits, new batch_stats)), d loss / d params``.
+
+  The loss weights are arguments, so every reference below (teacher, student, distillation
+  with labels, any label smoothing) is this one compiled program."""
+  out, upd = net.apply({"params": params, "batch_stats": batch_stats}, x, arch, train=True,
+                       mutable=["batch_stats"])
+  return _ref_loss(out, labels, smoothing, soft, kd_weight, label_weight), (out, upd["batch_stats"])
 
 
 def _tree_close(a, b, rtol=2e-4, atol=2e-6):
@@ -51,19 +56,20 @@ def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
       lambda p: train.subnet_grads(net, p, v["batch_stats"], x, labels, archs,
                                    jax.random.key(0), lc, loop=loop))(v["params"])
 
-  f = _member_fn(net, v, x)
-  teacher_logits, _ = f(v["params"], spaces.member(archs, 0))
-  soft = jax.nn.softmax(teacher_logits)
-  teacher_loss = jax.jit(jax.value_and_grad(lambda p, a: _ref_loss(f(p, a)[0], labels, 0.1)))
-  student_loss = jax.jit(jax.value_and_grad(
-      lambda p, a: _ref_loss(f(p, a)[0], labels, 0.1, soft, 1.0, with_labels=False)))
-  ref, ref_losses = None, []
+  # member 0 (the teacher) learns from the labels alone; its logits are the students' targets,
+  # which learn from them alone (kd_ratio 1, no label loss)
+  uniform = jnp.full((5, 10), 0.1)
+  ref, ref_losses, soft = None, [], None
   for i in range(3):
     a = spaces.member(archs, i)
-    loss, g = (teacher_loss if i == 0 else student_loss)(v["params"], a)
+    weights = (uniform, 0.0, 1.0) if i == 0 else (soft, 1.0, 0.0)
+    (loss, (out, st)), g = _ref_member(net, v["params"], v["batch_stats"], x, a, labels, 0.1,
+                                       *weights)
+    if i == 0:
+      soft = jax.nn.softmax(out)
     ref = g if ref is None else jax.tree.map(jnp.add, ref, g)
     ref_losses.append(loss)
-    _tree_close(jax.tree.map(lambda s: s[i], stats), f(v["params"], a)[1])
+    _tree_close(jax.tree.map(lambda s: s[i], stats), st)
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   _tree_close(grads, ref)
 
@@ -77,12 +83,14 @@ def test_teacher_distillation_with_labels_matches_reference(tiny):
   grads, (losses, _, _) = jax.jit(lambda p: train.subnet_grads(
       net, p, v["batch_stats"], x, labels, archs, jax.random.key(0), lc, teacher,
       loop="vmap"))(v["params"])
-  f = _member_fn(net, v, x)
-  total = jax.jit(jax.value_and_grad(lambda p: sum(
-      _ref_loss(f(p, spaces.member(archs, i))[0], labels, 0.0, teacher, 0.5) for i in range(2))))
-  ref_total, ref_grads = total(v["params"])
-  _tree_close(grads, ref_grads)
-  np.testing.assert_allclose(losses.sum(), ref_total, rtol=1e-5)
+  ref, ref_losses = None, []
+  for i in range(2):   # every member: 0.5 * KD(teacher) + CE(labels)
+    (loss, _), g = _ref_member(net, v["params"], v["batch_stats"], x, spaces.member(archs, i),
+                               labels, 0.0, teacher, 0.5, 1.0)
+    ref = g if ref is None else jax.tree.map(jnp.add, ref, g)
+    ref_losses.append(loss)
+  _tree_close(grads, ref)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
 
 
 def test_progressive_shrinking_phases_follow_ofa_order():

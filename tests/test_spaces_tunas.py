@@ -39,7 +39,7 @@ def test_num_archs_counts_distinct_networks():
   assert v.num_archs() == 2 * 4 * 36 ** 5 * 37 ** 15 * 4 ** 2 * 6 * 7 ** 5
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES[1:])   # the spaces with searched widths
 def test_sampling_mutation_and_extremes_use_valid_choices_only(name):
   sp = get_space(name, width_mult=0.25, stem="small", num_classes=10, resolutions=(8, 12))
   masks = sp.choice_mask()
@@ -60,7 +60,7 @@ def test_sampling_mutation_and_extremes_use_valid_choices_only(name):
                                                               pop)
   sp.validate(mut)
   dup = np.flatnonzero(~masks["filters"][0])   # multipliers rounding to an earlier width
-  assert len(dup) == (0 if name == "proxylessnas" else 6)   # 8 px everywhere at quarter width
+  assert len(dup) == 6   # quarter width: every multiplier of the 16-group gives 8
   if len(dup):
     filters = np.asarray(sp.max_arch().filters).copy()
     filters[0] = dup[0]

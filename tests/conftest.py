@@ -34,6 +34,24 @@ def pytest_unconfigure(config):
   for path in _OWN_CACHE:
     shutil.rmtree(path, ignore_errors=True)
 
+
+# Rough cost of a test file in seconds (one worker, 2-core CPU, a fresh compilation cache).  With
+# ``--dist loadfile --no-loadscope-reorder`` (setup.cfg) the workers take whole files in the
+# collection order that ``pytest_collection_modifyitems`` sets below: longest first, so that the
+# short files fill the gaps at the end instead of a long file starting last and running alone.
+# A file not listed counts as FILE_COST_DEFAULT; list every file that takes longer.
+FILE_COSTS = {
+    "test_nn_ofa_mbv3.py": 420, "test_nn_ofa_resnet50.py": 330, "test_run_search.py": 290,
+    "test_run_search_spaces.py": 240, "test_nn_scarlet.py": 200, "test_nn_tunas.py": 200,
+    "test_evaluate.py": 130, "test_train.py": 130, "test_readme.py": 65,
+    "test_spaces_ofa_mbv3.py": 50, "test_export.py": 45, "test_spaces_ofa_resnet50.py": 40,
+}
+FILE_COST_DEFAULT = 30
+
+
+def pytest_collection_modifyitems(session, config, items):
+  items.sort(key=lambda item: -FILE_COSTS.get(item.path.name, FILE_COST_DEFAULT))  # stable
+
 from regnas_jax.nn import OFAMobileNetV3
 from regnas_jax.nn.common import init_variables
 from regnas_jax.spaces import OFAMobileNetV3Space

@@ -10,10 +10,13 @@ from regnas_jax.nn import ofa_mbv3
 
 
 def test_saved_subnet_round_trip_equals_masked_supernet(tiny, tmp_path):
-  sp, net, v, x = tiny
-  arch = jax.tree.map(lambda a: np.asarray(a)[0], sp.sample(jax.random.key(3), 1))
+  sp, net, v, _ = tiny
+  # Shapes as in test_evaluate.py (3 members, 2 calibration batches of 4, 7 images): the same
+  # compiled scoring programs.  Member 0 is exported.
+  pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(3), 3))
+  arch = jax.tree.map(lambda a: a[0], pop)
   calib = jax.random.normal(jax.random.key(4), (2, 4, 12, 12, 3))
-  pop = jax.tree.map(lambda a: np.asarray(a)[None], arch)
+  x = jax.random.normal(jax.random.key(5), (7, 12, 12, 3))
   stats = evaluate.recalibrate_bn(net, v, calib, pop)
   masked = evaluate.population_logits(net, {"params": v["params"], "batch_stats": stats}, x, pop,
                                       member_stats=True)[0]

@@ -15,13 +15,15 @@ import pytest
 from regnas_jax.search import SearchError, nsga2
 from regnas_jax.spaces import base
 
+import helpers
+
 
 class Box(NamedTuple):
   x: jax.Array  # (n,) level indices
 
 
 @dataclasses.dataclass(frozen=True)
-class IntBox(base.SearchSpace):
+class IntBox(helpers.ToySpaceBase):
   """Decision vectors on a grid: x_i = level_i / (levels - 1) in [0, 1] (ZDT's box)."""
   name = "int_box"
   arch_type = Box
@@ -44,7 +46,7 @@ class Net(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class SkipNet(base.SearchSpace):
+class SkipNet(helpers.ToySpaceBase):
   """Two stages of three layers; the first layer of a stage may not be skipped."""
   name = "skip_net"
   arch_type = Net

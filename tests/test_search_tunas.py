@@ -12,6 +12,8 @@ import pytest
 from regnas_jax.search import tunas
 from regnas_jax.spaces import base
 
+import helpers
+
 
 class Toy(NamedTuple):
   x: jax.Array  # (6,) 4 choices each
@@ -19,7 +21,7 @@ class Toy(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class ToySpace(base.SearchSpace):
+class ToySpace(helpers.ToySpaceBase):
   name = "toy"
   arch_type = Toy
 

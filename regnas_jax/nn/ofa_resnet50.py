@@ -96,6 +96,30 @@ class OFAResNet50(nn.Module):
   # benchmarks/train_throughput.py).
   cpu_subnet_loop = "vmap"
 
+  # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
+  can_reorder = True
+  op_average = False
+
+  @nn.nowrap
+  def exact_module(self, arch):
+    """The standalone exact-shape module of one subnet (no variables)."""
+    return exact_module(self, arch)
+
+  @nn.nowrap
+  def extract(self, variables, arch):
+    """``(exact_module, exact_variables)`` of one subnet (see :func:`extract`)."""
+    return extract(self, variables, arch)
+
+  @nn.nowrap
+  def subnet_specs(self, arch):
+    """Exact shapes of one subnet."""
+    return subnet_specs(self.space, arch)
+
+  @nn.nowrap
+  def reorder_channels(self, variables, keep_expands=(), **kw):
+    """Function-preserving channel sorting by importance (see :func:`reorder_channels`)."""
+    return reorder_channels(self, variables, keep_expands, **kw)
+
   @nn.compact
   def __call__(self, images, arch: ResNetArch, train: bool = False):
     sp = self.space

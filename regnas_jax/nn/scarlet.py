@@ -135,6 +135,30 @@ class ScarletSupernet(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
+  # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
+  can_reorder = False
+  op_average = False
+
+  @nn.nowrap
+  def exact_module(self, arch):
+    """The standalone exact-shape module of one subnet (no variables)."""
+    return exact_module(self, arch)
+
+  @nn.nowrap
+  def extract(self, variables, arch):
+    """``(exact_module, exact_variables)`` of one subnet (see :func:`extract`)."""
+    return extract(self, variables, arch)
+
+  @nn.nowrap
+  def subnet_specs(self, arch):
+    """Exact shapes of one subnet."""
+    return subnet_specs(self.space, arch)
+
+  @nn.nowrap
+  def reorder_channels(self, variables, keep_expands=(), **kw):
+    """Function-preserving channel sorting by importance (see :func:`reorder_channels`)."""
+    return reorder_channels(self, variables, keep_expands, **kw)
+
   @nn.compact
   def __call__(self, images, arch: ScarletArch, train: bool = False):
     sp = self.space

@@ -37,7 +37,7 @@ from jax import lax
 
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.common import bn_slice
-from regnas_jax.spaces.tunas import TunasArch, _TunasSpace, scale_filters
+from regnas_jax.spaces.tunas import TunasArch, TunasSpace, scale_filters
 
 OP_DECISIONS = ("stem_kernel", "sep_kernel", "sep_on", "on", "kernel", "se")
 
@@ -135,12 +135,36 @@ class TunasSupernet(nn.Module):
     depthwise_impl: ``'auto'`` | ``'xla'`` | ``'shift'`` (see :func:`ops.depthwise_conv`).
     bn_momentum, bn_epsilon, dropout_rate, dtype: as for the other supernets.
   """
-  space: _TunasSpace
+  space: TunasSpace
   depthwise_impl: str = "auto"
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+
+  # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
+  can_reorder = False
+  op_average = True
+
+  @nn.nowrap
+  def exact_module(self, arch):
+    """The standalone exact-shape module of one subnet (no variables)."""
+    return exact_module(self, arch)
+
+  @nn.nowrap
+  def extract(self, variables, arch):
+    """``(exact_module, exact_variables)`` of one subnet (see :func:`extract`)."""
+    return extract(self, variables, arch)
+
+  @nn.nowrap
+  def subnet_specs(self, arch):
+    """Exact shapes of one subnet."""
+    return subnet_specs(self.space, arch)
+
+  @nn.nowrap
+  def reorder_channels(self, variables, keep_expands=(), **kw):
+    """Function-preserving channel sorting by importance (see :func:`reorder_channels`)."""
+    return reorder_channels(self, variables, keep_expands, **kw)
 
   @nn.compact
   def __call__(self, images, arch: TunasArch, train: bool = False, average=None):
@@ -289,7 +313,7 @@ class TunasNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
 
 
-def subnet_specs(space: _TunasSpace, arch: TunasArch) -> NetSpec:
+def subnet_specs(space: TunasSpace, arch: TunasArch) -> NetSpec:
   """Exact shapes of the subnet ``arch`` (concrete) selects."""
   a = space.validate(arch, population=False)
   w = [int(x) for x in space.widths(a)]

@@ -1,30 +1,29 @@
-"""What every search space shares: choice fields, sampling, validation, JSON errors.
+"""The search-space contract: what every space provides, and the machinery they share.
 
 An architecture is a ``NamedTuple`` of small int32 arrays holding *choice indices* (not values);
 each field has a fixed shape per space and its choices are sorted ascending, so "larger choice"
 is simply "larger index".  A population is the same tuple with one leading axis.  Everything on
 arrays here is written with ``jax.numpy`` and works under ``jit``/``vmap``; validation and JSON
 work on concrete values only.
+
+:class:`SearchSpace` is the contract every job and search algorithm relies on (its abstract
+methods are what a new space must write); :class:`PolicySpace` and :class:`SkipSpace` are the
+optional extras that TuNAS's policy and SCARLET's hierarchical mutation use when a space has them.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regnas_jax.errors import InvalidArchError, InvalidSpaceError
+
 Arch = Any  # a space's NamedTuple of int arrays
-
-
-class InvalidArchError(ValueError):
-  """An architecture (arrays or JSON) that does not belong to its search space."""
-
-
-class InvalidSpaceError(ValueError):
-  """A search-space configuration that cannot be built."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +62,34 @@ def check_choices(name: str, values: Sequence[Any], *, positive: bool = True) ->
   return values
 
 
-class SearchSpace:
-  """Base class of the search spaces.
+class SearchSpace(abc.ABC):
+  """The search-space contract.
 
-  A subclass is a frozen dataclass (its fields are the space's configuration) that sets
-  ``name`` and ``arch_type`` and implements ``fields``, ``contains``, ``mutate``, ``macs``,
-  ``params``, ``to_json``, ``from_json`` and ``canonicalize``.  Generic sampling, crossover,
-  min/max and validation live here.
+  A space is a frozen dataclass whose fields are its configuration (``width_mult``,
+  ``resolutions``, ...; :meth:`config` records them in checkpoints and results).  It sets two
+  class attributes and writes the abstract methods below; sampling, crossover, min/max,
+  validation and population JSON come from this class and work for any field layout.
+
+  What a new space must provide (each is called by a job or a search algorithm):
+
+  * ``name`` (class attribute): the registry name, stored in JSON and checkpoints;
+    ``arch_type``: the ``NamedTuple`` of its architectures.
+  * :meth:`fields` -- the decisions: name, per-arch shape and readable choice values (ascending:
+    a larger index is a larger choice).
+  * :meth:`contains` / :meth:`grow_to_contain` -- REG-NAS's weight-inclusion order and its
+    repair (the family search needs both).
+  * :meth:`mutate` -- the space's mutation (evolution, NSGA-II's ``'space'`` mutation).
+  * :meth:`macs` / :meth:`params` -- analytic costs of the exact subnet (exact integers for
+    concrete archs, float32 under ``jit``); the contract tests compare them with the costs
+    counted off the exact module's program.
+  * :meth:`to_json` / :meth:`from_json` -- a readable form that round-trips, with
+    :class:`InvalidArchError` messages naming the offending entry; :meth:`format` -- a one-line
+    summary for tables; :meth:`num_archs` -- distinct networks per resolution, for the logs.
+  * :meth:`canonicalize` only when some decisions can be unused (a skipped block's kernel): the
+    search caches scores by the canonical form.
+
+  Every space also needs a supernet registered for it (``regnas_jax.nn.supernet``) and a
+  ``resolutions`` and ``num_classes`` field (the jobs read them).
   """
 
   name: str = ""
@@ -88,8 +108,9 @@ class SearchSpace:
     object.__setattr__(self, "resolutions", check_choices("resolutions", res))
 
   # -- structure ---------------------------------------------------------------------------
+  @abc.abstractmethod
   def fields(self) -> tuple[Field, ...]:
-    raise NotImplementedError
+    """The decisions of an architecture, in the order of ``arch_type``'s fields."""
 
   def field(self, name: str) -> Field:
     for f in self.fields():
@@ -159,27 +180,38 @@ class SearchSpace:
     return type(a)(*[jnp.where(jax.random.bernoulli(k, 0.5, x.shape), x, y)
                      for k, x, y in zip(keys, a, b)])
 
-  def mutate(self, key: jax.Array, arch: Arch, prob: float = 0.1, **kw) -> Arch:
-    raise NotImplementedError
+  @abc.abstractmethod
+  def mutate(self, key: jax.Array, arch: Arch, prob: float = 0.1,
+             resolution_prob: float | None = None) -> Arch:
+    """One mutant of a single ``arch`` (jit/vmap friendly): each decision re-sampled with
+    ``prob`` (the resolution with ``resolution_prob``, default ``prob``)."""
 
+  @abc.abstractmethod
   def contains(self, big: Arch, small: Arch) -> jax.Array:
-    raise NotImplementedError
+    """REG-NAS weight inclusion: bool, whether ``big`` holds every weight ``small`` uses
+    (broadcasts over populations; works on concrete and traced archs)."""
 
+  @abc.abstractmethod
   def grow_to_contain(self, arch: Arch, small: Arch) -> Arch:
     """The nearest architecture to ``arch`` that contains ``small`` (REG-NAS repair): every
     choice ``small`` relies on is raised to at least ``small``'s, nothing else changes."""
-    raise NotImplementedError
 
   def canonicalize(self, arch: Arch) -> Arch:
     """Same network, unused decisions set to a fixed value (default: nothing unused)."""
     return arch
 
   # -- costs ---------------------------------------------------------------------------------
+  @abc.abstractmethod
   def macs(self, arch: Arch):
-    raise NotImplementedError
+    """Multiply-accumulates of one image through the exact subnet (conv and linear layers)."""
 
+  @abc.abstractmethod
   def params(self, arch: Arch):
-    raise NotImplementedError
+    """Parameters of the exact subnet."""
+
+  @abc.abstractmethod
+  def num_archs(self) -> int:
+    """Number of distinct networks per resolution."""
 
   # -- concrete-value helpers ------------------------------------------------------------------
   def validate(self, arch: Arch, *, population: bool | None = None) -> Arch:
@@ -233,11 +265,17 @@ class SearchSpace:
       out[f.name] = x.astype(np.int32)
     return self.arch_type(**out)
 
+  @abc.abstractmethod
   def to_json(self, arch: Arch) -> dict:
-    raise NotImplementedError
+    """Readable JSON form of one concrete architecture (``{"space": name, ...}``)."""
 
+  @abc.abstractmethod
   def from_json(self, obj: Mapping) -> Arch:
-    raise NotImplementedError
+    """Parse :meth:`to_json` output; :class:`InvalidArchError` names the bad entry."""
+
+  @abc.abstractmethod
+  def format(self, arch: Arch) -> str:
+    """One-line summary of one concrete architecture (tables, logs)."""
 
   def population_to_json(self, pop: Arch) -> list[dict]:
     pop = self.validate(pop, population=True)
@@ -261,6 +299,35 @@ class SearchSpace:
       v = getattr(self, f.name)
       d[f.name] = list(v) if isinstance(v, tuple) else v
     return d
+
+
+@runtime_checkable
+class PolicySpace(Protocol):
+  """Extras a space offers to TuNAS's policy (``search/tunas.py``) and job (``jobs/tunas.py``).
+
+  * ``choice_mask()`` -- per field a bool ``shape + (k,)``: which choices are valid (e.g. two
+    width multipliers that round to one width: only the first is valid), so the policy never
+    spreads probability over copies of one network;
+  * ``active_decisions(arch)`` -- per field a bool of the field's shape: which decisions shape
+    the network (a skipped layer's kernel does not), for the hierarchical log-probability;
+  * ``warmup_fields`` -- the fields filter warmup widens to their largest choice.
+  """
+
+  warmup_fields: tuple
+
+  def choice_mask(self) -> dict: ...
+  def active_decisions(self, arch: Arch) -> dict: ...
+
+
+@runtime_checkable
+class SkipSpace(Protocol):
+  """Extras of a space with a "skip" choice (SCARLET's hierarchical mutation prunes to it):
+  ``skip_field`` (a field name), ``skip_index`` (the skip's choice index in it) and
+  ``skip_allowed`` (bool of that field's shape: where a skip may go)."""
+
+  skip_field: str
+  skip_index: int
+  skip_allowed: Any
 
 
 def stack(archs: Sequence[Arch]) -> Arch:

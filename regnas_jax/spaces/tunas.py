@@ -100,7 +100,7 @@ class LayerLayout:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TunasSpace(base.SearchSpace):
+class TunasSpace(base.SearchSpace):
   """Shared machinery; the three spaces below set the layout class attributes.
 
   Args:
@@ -110,6 +110,7 @@ class _TunasSpace(base.SearchSpace):
     resolutions: input sizes the search may choose (default 224 / 32 by stem).
   """
   arch_type = TunasArch
+  warmup_fields = ("filters", "expand")   # widened by TuNAS's filter warmup
   # layout (plain class attributes, not config fields; set by each space)
   base_widths = ()
   block_depths = ()
@@ -514,7 +515,7 @@ def _scale(xp, v, dt):
 
 
 @dataclasses.dataclass(frozen=True)
-class ProxylessNASSpace(_TunasSpace):
+class ProxylessNASSpace(TunasSpace):
   """TuNAS's ProxylessNAS space: 21 IBN layers, expansion {3, 6} x kernel {3, 5, 7}, 16 of the
   layers may be zero (module doc)."""
   name = "proxylessnas"
@@ -536,7 +537,7 @@ class ProxylessNASEnlargedSpace(ProxylessNASSpace):
 
 
 @dataclasses.dataclass(frozen=True)
-class MobileNetV3LikeSpace(_TunasSpace):
+class MobileNetV3LikeSpace(TunasSpace):
   """TuNAS's MobileNetV3-Like space (module doc)."""
   name = "mobilenet_v3_like"
   base_widths = (16, 16, 32, 64, 128, 256, 512, 1024)

@@ -58,18 +58,20 @@ def parse(argv):
 
 def main(argv) -> int:
   cfg, workdir, stop_after = parse(argv)
-  from regnas_jax import pipeline  # after parsing: importing JAX takes a while
-
-  from regnas_jax import train
+  from regnas_jax import jobs, stopping  # after parsing: importing JAX takes a while
+  from regnas_jax.errors import RegnasError
 
   try:
-    pipeline.run(cfg, workdir, stop_after)
-  except pipeline.ConfigError as e:
+    jobs.run(cfg, workdir, stop_after)
+  except RegnasError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except train.Preempted as e:
-    print(f"stopped: {e}", file=sys.stderr)
-    return 143  # 128 + SIGTERM, as a shell reports a process ended by it
+  except OSError as e:  # the file system's faults (read-only, disk full, ...): one line too
+    where = f" {e.filename}" if e.filename else ""
+    print(f"error: cannot use{where}: {e.strerror or e}", file=sys.stderr)
+    return 2
+  except stopping.Preempted as e:
+    stopping.exit_now(str(e))  # no interpreter teardown: background compiles may run
   return 0
 
 

@@ -26,6 +26,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       ps_lr_scale=(1.0, 0.5, 0.25, 0.25),
       augment=ml_collections.ConfigDict(dict(pad=2, flip=False)),
       checkpoint_every=100, max_to_keep=2, log_every=10, progress_every=50,
+      max_nonfinite_steps=0,    # steps with a non-finite loss tolerated before training stops
       # BN re-calibration before scoring (OFA: 2,000 training images in batches of 200).
       calib_images=2000, calib_batch_size=200,
   ))

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from regnas_jax import pareto, pipeline, train, tunas_job
+from regnas_jax import jobs, training
+from regnas_jax.jobs import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -23,15 +24,12 @@ def load(path, variant):
 @pytest.mark.parametrize("variant", [None, "smoke"])
 def test_config_builds(path, variant):
   cfg = load(path, variant)
-  pipeline.check_config(cfg)
-  space = pipeline.build_space(cfg)
-  if cfg.search.algorithm == "nsga2":
-    pareto.check_config(cfg.search, space)
-  pipeline.build_supernet(cfg, space)
-  if cfg.search.algorithm == "tunas":   # its own loop: weights and policy together
-    tunas_job.check_config(cfg, space, pipeline.ConfigError)
-  else:
-    phases = train.build_phases(cfg.train, space)
+  build.check_common(cfg)
+  space = build.build_space(cfg)
+  build.build_supernet(cfg, space)
+  jobs.get_job(cfg.search.algorithm).check(cfg, space)
+  if cfg.search.algorithm != "tunas":   # TuNAS: its own loop, weights and policy together
+    phases = training.build_phases(cfg.train, space)
     assert sum(p.steps for p in phases) == cfg.train.steps
   if variant == "smoke":
     assert cfg.train.steps <= 20 and cfg.name.endswith("_smoke")
@@ -50,8 +48,8 @@ def test_tunas_variants_combine(name):
   cfg = load(path, "v3,latency,smoke")
   assert cfg.space.name == "mobilenet_v3_like" and cfg.search.cost == "latency"
   assert cfg.name.endswith("_mobilenet_v3_like_latency_smoke")
-  assert pipeline.build_space(load(path, None)).name == "proxylessnas"
-  assert pipeline.build_space(load(path, "enlarged")).name == "proxylessnas_enlarged"
+  assert build.build_space(load(path, None)).name == "proxylessnas"
+  assert build.build_space(load(path, "enlarged")).name == "proxylessnas_enlarged"
   with pytest.raises(ValueError, match="choose one of the variants enlarged and v3"):
     load(path, "enlarged,v3")
 
@@ -62,6 +60,6 @@ def test_scarlet_variants_combine(name):
   cfg = load(path, "s2,no_els,smoke")
   assert cfg.space.name == "scarlet_s2" and cfg.space.els is False
   assert cfg.name.endswith("_s2_no_els_smoke")
-  assert pipeline.build_space(load(path, None)).name == "scarlet_s1"
+  assert build.build_space(load(path, None)).name == "scarlet_s1"
   with pytest.raises(ValueError, match="choose one of the variants s1 and s2"):
     load(path, "s1,s2")

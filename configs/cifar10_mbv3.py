@@ -1,7 +1,7 @@
 """OFA-MobileNetV3 (full width 1.0, small-image stem) on CIFAR-10 from the packed JPEG file.
 
-  python run_search.py --config configs/cifar10_mbv3.py --config.data.path=/data/cifar10_jpeg.npz
-  python run_search.py --config configs/cifar10_mbv3.py:smoke --config.data.path=...  # minutes, CPU
+  regnas-search --config cifar10_mbv3 --config.data.path=/data/cifar10_jpeg.npz
+  regnas-search --config cifar10_mbv3:smoke --config.data.path=...  # minutes, CPU
 
 The data file is the packed JPEG format described in ``regnas_jax/data.py`` (never looked up at a
 fixed place: give its path).  A tfds-prepared CIFAR-10 works too:
@@ -14,7 +14,8 @@ px as in the space's small-image default); the smoke variant runs a few steps on
 
 import ml_collections
 
-from regnas_jax.defaults import score_defaults, search_defaults, train_defaults
+from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, search_defaults,
+                                 supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,19 +25,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.space = ml_collections.ConfigDict(dict(
       name="ofa_mbv3", width_mult=1.0, stem="small", num_classes=10, resolutions=(24, 28, 32),
       kernel_choices=(3, 5, 7), expand_choices=(3, 4, 6), depth_choices=(2, 3, 4)))
-  c.supernet = ml_collections.ConfigDict(dict(
-      depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.1))
-  c.data = ml_collections.ConfigDict(dict(
-      name="cifar10", path="", tfds_name="", tfds_dir="", image_size=32, val_size=5000,
-      split_seed=0, cache_dir=""))
-  c.train = train_defaults()
+  c.supernet = supernet_defaults(
+      depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.1)
+  c.data = data_defaults("cifar10")
+  c.train = train_defaults("cifar10")
   # ~90 epochs of the 45,000 training images at batch 256.
   c.train.update(dict(steps=16000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=3e-5,
                       checkpoint_every=1000, log_every=50, progress_every=200))
-  c.train.augment.pad = 4
-  c.train.augment.flip = True
-  c.score = score_defaults()
-  c.score.update(dict(block_size=16, chunk_size=None))  # accelerators: vmap a block at once
+  c.score = score_defaults("cifar10")
   # A family of three under 30%, 55% and 85% of the largest subnet's MACs at 32 px, OFA's
   # evolution settings except 50 generations (each candidate is scored on 5,000 images).
   c.search = search_defaults()
@@ -44,13 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "smoke":
     c.name = "cifar10_mbv3_smoke"
     c.space.resolutions = (32,)
-    c.data.val_size = 500
-    c.train.update(dict(steps=4, batch_size=16, num_subnets=3, warmup_steps=1,
-                        checkpoint_every=2, log_every=1, progress_every=1, calib_images=64,
-                        calib_batch_size=32))
-    c.score.update(dict(block_size=2, chunk_size=1))
+    apply_smoke(c, "cifar10")   # a few steps; scoring on 256 test and validation images
+    c.train.num_subnets = 3
     c.search.update(dict(population_size=4, generations=1))
-    c.score.max_images = 256  # of the test and validation splits (0: all)
   elif arg:
     raise ValueError(f"cifar10_mbv3: unknown variant {arg!r} (known: smoke)")
   return c

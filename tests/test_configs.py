@@ -7,10 +7,12 @@ import os
 import pytest
 
 from regnas_jax import jobs, training
+from regnas_jax.defaults import DATASETS, data_defaults, score_defaults, train_defaults
 from regnas_jax.jobs import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
 
 
 def load(path, variant):
@@ -63,3 +65,24 @@ def test_scarlet_variants_combine(name):
   assert build.build_space(load(path, None)).name == "scarlet_s1"
   with pytest.raises(ValueError, match="choose one of the variants s1 and s2"):
     load(path, "s1,s2")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_configs_take_the_shared_sections_of_their_dataset(path):
+  """The data section is the shared one of the config's dataset (the smoke variant with the
+  dataset's smoke settings), and so are the augmentation and the values the config leaves."""
+  for variant in (None, "smoke"):
+    cfg = load(path, variant)
+    dataset = os.path.basename(path).split("_")[0]
+    assert dataset in DATASETS and cfg.data.name == dataset
+    shared = DATASETS[dataset]
+    expected = data_defaults(dataset)
+    if variant:
+      expected.update(shared["smoke"].get("data", {}))
+    assert cfg.data.to_dict() == expected.to_dict()
+    assert cfg.train.augment.to_dict() == train_defaults(dataset).augment.to_dict()
+    base = score_defaults(dataset).to_dict()
+    if variant:
+      base.update(shared["smoke"].get("score", {}))
+    own = {k for k in base if cfg.score[k] != base[k]}
+    assert own <= {"block_size"}, own   # only cifar10_tunas sets its own block size

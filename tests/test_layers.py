@@ -24,7 +24,7 @@ RANKS = {
     "evaluate": 3, "training": 3, "search": 3, "export": 3, "io": 3,
     "report": 4, "convert": 4,
     "jobs": 5,
-    "cli": 6, "configs": 6, "experiments": 6,
+    "cli": 6, "configs": 6, "experiments": 7,
 }
 
 

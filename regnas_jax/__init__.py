@@ -8,6 +8,7 @@ Layers (each imports only those below it in this list):
   data      datasets (digits, CIFAR-10 packed JPEG, tfds) and the on-device batch pipeline
   evaluate  BN re-calibration and scoring of populations with one compiled call
   checkpoint, progress   orbax checkpoints with clear errors; progress bars, JSON-lines logs
+  io        PyTorch checkpoints without torch; OFA's released supernets in and out (convert.py)
   train     supernet training: vmapped multi-subnet steps, sandwich rule, progressive shrinking
   pipeline  the job behind run_search.py
 """

@@ -182,7 +182,8 @@ def test_every_tensor_used_and_every_variable_filled(case):
   with pytest.raises(DataError, match=f"no tensor {key} for batch_stats/.* \\(1 missing\\)"):
     ofa.convert_state_dict(gone, case.net, where)
   with pytest.raises(DataError, match=r"tensor extra.weight \(3,\) has no place in the supernet"):
-    ofa.convert_state_dict(dict(state, **{"extra.weight": np.zeros(3, np.float32)}), case.net, where)
+    ofa.convert_state_dict(dict(state, **{"extra.weight": np.zeros(3, np.float32)}), case.net,
+                           where)
   # Older checkpoints' names (OFA's load_state_dict renames them) convert to the same variables.
   old = {k.replace("blocks.1.conv.", "blocks.1.mobile_inverted_conv.").replace(".bn.bn.", ".bn."):
          v for k, v in state.items()}

@@ -38,7 +38,8 @@ def test_paper_setting(name):
   assert (cfg.train.steps, cfg.supernet.init_from, cfg.data.tfds_name) == (0, "", "imagenet2012")
   assert cfg.data.val_size == 10000 and cfg.seed == 0       # OFA's holdout, the paper's seed 000
   se = cfg.search
-  assert (se.reference_reward, se.reward, se.inclusion, se.budget_unit) == ("R0", "R2", True, "mmacs")
+  assert (se.reference_reward, se.reward, se.inclusion, se.budget_unit) == (
+      "R0", "R2", True, "mmacs")
   assert tuple(se.budgets) == ((150, 300) if sp.name == "ofa_mbv3" else (2000, 3000, 4000, 5000))
   assert (se.population_size, se.parent_ratio, se.mutation_ratio, se.mutate_prob,
           se.resolution_mutate_prob, se.generations) == (100, 0.25, 0.5, 0.1, 0.5, 500)
@@ -53,8 +54,8 @@ def test_paper_setting(name):
   smoke = load(name, "smoke")
   net = pipeline.build_supernet(smoke, pipeline.build_space(smoke))
   state = ofa.read_state_dict(smoke.supernet.init_from)
-  assert ofa.space_for_state_dict(net.space.name, state, **{
-      k: v for k, v in net.space.config().items() if k not in ("space", "num_classes")}) == net.space
+  settings = {k: v for k, v in net.space.config().items() if k not in ("space", "num_classes")}
+  assert ofa.space_for_state_dict(net.space.name, state, **settings) == net.space
 
 
 def run_job(cfg, workdir):

@@ -270,7 +270,7 @@ def _aliased(key: str, known: set) -> str:
 
 def _ofa_shape(entry: Entry, shape) -> tuple:
   """Our variable's shape as OFA lays the tensor out."""
-  return tuple(LAYOUTS[entry.layout].to_ofa(np.empty(shape, np.uint8)).shape)
+  return tuple(LAYOUTS[entry.layout].to_ofa(np.broadcast_to(np.uint8(0), shape)).shape)
 
 
 def apply_plan(state: Mapping[str, np.ndarray], plan: Sequence[Entry], target, family: str,
@@ -302,9 +302,9 @@ def apply_plan(state: Mapping[str, np.ndarray], plan: Sequence[Entry], target, f
                     f"({len(missing)} missing)")
   targets = _flatten(target() if callable(target) else target)
   planned = {(e.collection,) + e.path for e in plan}
-  unfilled = [p for p in targets if p not in planned]
-  if unfilled:  # the plan and the module disagree: a bug, not a user error
-    raise AssertionError(f"the OFA key plan leaves {'/'.join(unfilled[0])} of {what} unfilled")
+  odd = [p for p in targets if p not in planned] + [p for p in planned if p not in targets]
+  if odd:  # the plan and the module disagree: a bug, not a user error
+    raise AssertionError(f"the OFA key plan and {what} disagree on {'/'.join(odd[0])}")
   out = {}
   for e in plan:
     src, arr = renamed[e.key]

@@ -238,6 +238,9 @@ def test_converted_directory_and_cli(tmp_path, capsys):
   jax.tree.map(np.testing.assert_array_equal, v, c.variables)
   meta = ofa.read_converted_meta(out)
   assert meta["space"]["width_mult"] == 0.125 and len(meta["source"]["sha256"]) == 64
+  # The same weights by either path have the same identity (for a job's checkpoint record).
+  ident = {k: v for k, v in ofa.source_identity(out).items() if k != "kind"}
+  assert ident == {k: v for k, v in ofa.source_identity(c.pth).items() if k != "kind"}
   # Refusals: an existing directory, the other space, a supernet of another configuration.
   assert convert.main(["ofa_resnet50", c.pth, out, "--width_mult=0.125"]) == 2
   assert "exists; choose another directory or pass --overwrite" in capsys.readouterr().err

@@ -546,6 +546,20 @@ def _widths_match(space, state) -> bool:
               max(space.stem_choices[1]), max(space.stage_choices[0]))
 
 
+def source_identity(path: str) -> dict:
+  """What ``init_from`` names, as JSON for a job's checkpoint identity: the OFA file (name,
+  size, SHA-256) behind a checkpoint file or a converted directory, so a work dir started from
+  other weights can be told apart."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    src = read_converted_meta(path).get("source") or {}
+    return {"kind": "converted", **src}
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file or directory")
+  return {"kind": "file", "file": os.path.basename(path), "bytes": os.path.getsize(path),
+          "sha256": _sha256(path)}
+
+
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:

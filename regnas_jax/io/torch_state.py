@@ -144,6 +144,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return collections.OrderedDict
     if module == "torch" and name in STORAGE_DTYPES:
       return _StorageType(name)
+    if module == "torch" and name == "Size":  # a tensor size, pickled as torch.Size(tuple)
+      return tuple
     if module == "torch._utils":
       rebuild = {
           # (storage, offset, size, stride, requires_grad, backward_hooks[, metadata])
@@ -212,7 +214,11 @@ def _load_zip(path: str, zf: zipfile.ZipFile) -> Any:
     rec = f"{prefix}data/{key}"
     if rec not in names:
       raise DataError(f"{path}: storage {key!r} is missing from the archive (truncated file?)")
-    return _Storage(dt, numel, lambda: zf.read(rec), f"{path} ({rec})")
+    def read():  # no more than the storage needs, whatever the record claims to inflate to
+      with zf.open(rec) as f:
+        return f.read(numel * dt.itemsize)
+
+    return _Storage(dt, numel, read, f"{path} ({rec})")
 
   obj = _unpickle(zf.read(pkls[0]), path, storage)
   return _resolve(obj)

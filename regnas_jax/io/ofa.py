@@ -456,8 +456,9 @@ def from_ofa_arch(space, obj: Mapping, resolution: int | None = None):
 
   ``obj``: ``{"ks", "e", "d"}`` (OFA-MobileNetV3) or ``{"d", "e", "w"}`` (OFA-ResNet50), as
   ``sample_active_subnet`` returns and ``set_active_subnet`` takes (a single value stands for
-  every entry); an optional ``"r"`` gives the resolution, else ``resolution`` or the space's
-  largest.  Errors (:class:`InvalidArchError`) name the entry.
+  every entry).  The resolution is ``resolution`` if given, else the arch's ``"r"`` (OFA's
+  tutorial adds ``"r": [size]``), else the space's largest.  Errors
+  (:class:`InvalidArchError`) name the entry.
   """
   if not isinstance(obj, Mapping):
     raise InvalidArchError(f"OFA arch: expected a mapping, got {type(obj).__name__}")

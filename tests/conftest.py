@@ -44,7 +44,7 @@ FILE_COSTS = {
     "test_nn_ofa_mbv3.py": 420, "test_nn_ofa_resnet50.py": 330, "test_run_search.py": 310,
     "test_run_search_spaces.py": 240, "test_nn_scarlet.py": 200, "test_nn_tunas.py": 200,
     "test_jobs_tunas.py": 150,
-    "test_evaluate.py": 130, "test_train.py": 130, "test_readme.py": 65,
+    "test_evaluate.py": 130, "test_train.py": 130, "test_io_ofa.py": 70, "test_readme.py": 65,
     "test_spaces_ofa_mbv3.py": 50, "test_export.py": 45, "test_spaces_ofa_resnet50.py": 40,
 }
 FILE_COST_DEFAULT = 30

@@ -11,31 +11,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnas_jax import evaluate, spaces, stopping, training
+from regnas_jax import evaluate, persist, spaces, stopping, training
+from regnas_jax.errors import ConfigError, RegnasError, one_line
 from regnas_jax.jobs.base import JobContext
 from regnas_jax.search import evolution
 
 
-def init_fn(ctx: JobContext) -> Callable | None:
-  """``key -> variables`` for a fresh run: imported weights when ``config.supernet.init_from``
-  names them, else ``None`` (the supernet's own initialisation)."""
+def initial_weights(ctx: JobContext):
+  """``(key -> variables, identity)`` of imported weights when ``config.supernet.init_from``
+  names them (an OFA checkpoint or a converted directory), else ``(None, None)``: the supernet's
+  own initialisation.  The identity (file name, size, hash) joins the checkpoint identity, so a
+  work dir started from other weights is refused on resume."""
   path = ctx.cfg.supernet.get("init_from", "")
   if not path:
-    return None
+    return None, None
   from regnas_jax.io import ofa as ofa_io   # imported only when asked for
 
-  def load(key):
-    del key
-    return ofa_io.load_supernet_variables(path, ctx.net)
-  return load
+  try:
+    ident = ofa_io.source_identity(path)
+  except RegnasError as e:
+    raise ConfigError(f"config.supernet.init_from: {one_line(e)}") from None
+  return (lambda key: ofa_io.load_supernet_variables(path, ctx.net)), ident
 
 
 def trained(ctx: JobContext, warm: Callable[[], Any] | None = None) -> training.TrainResult:
-  """The supernet of ``ctx`` trained as ``config.train`` says (resumed from the work dir).
+  """The supernet of ``ctx`` trained as ``config.train`` says (resumed from the work dir), or
+  with ``train.steps = 0`` the imported weights of ``config.supernet.init_from`` as they are.
 
   ``warm`` runs in a background thread while the training step compiles (see :func:`warm_up`);
   it is joined before this returns.
   """
+  init, init_ident = initial_weights(ctx)
+  if int(ctx.cfg.train.steps) == 0:
+    if init is None:
+      raise ConfigError("config.train.steps: 0 (no training) needs weights to start from in "
+                        "config.supernet.init_from")
+    v = jax.tree.map(np.asarray, init(None))
+    ctx.log(f"supernet: imported weights of {ctx.cfg.supernet.init_from}, no training")
+    return training.TrainResult(v, 0, 0.0, None, [], persist.fingerprint(
+        {"init_from": init_ident, "arrays": persist.array_fingerprint(v)}))
   threads: list[threading.Thread] = []
 
   def start():
@@ -44,8 +58,8 @@ def trained(ctx: JobContext, warm: Callable[[], Any] | None = None) -> training.
       t.start()
       threads.append(t)
 
-  result = training.train(ctx.cfg, ctx.net, ctx.space, ctx.dataset, ctx.workdir,
-                          init_fn=init_fn(ctx), log=ctx.log,
+  result = training.train(ctx.cfg, ctx.net, ctx.space, ctx.dataset, ctx.workdir, init_fn=init,
+                          init_identity=init_ident, log=ctx.log,
                           on_start=start if ctx.stop_after == "search" else None)
   for t in threads:
     t.join()

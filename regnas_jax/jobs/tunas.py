@@ -338,10 +338,11 @@ class TunasJob(Job):
     phase = training.Phase("tunas", total, (), "policy", 1, "none", None, float(tc.lr),
                            min(int(tc.warmup_steps), total - 1))
     tx, sched = training.make_optimizer(tc, phase)
-    ident = identity(cfg, space)
+    init, init_ident = supernet.initial_weights(ctx)
+    ident = dict(identity(cfg, space), init_from=init_ident)
     ck = ckpt_lib.Checkpointer(ctx.path("checkpoints"), ident, max_to_keep=tc.max_to_keep)
     k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
-    init = supernet.init_fn(ctx) or (lambda k: init_variables(net, k))
+    init = init or (lambda k: init_variables(net, k))
     v = init(k_init)
     fresh = SearchState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
                         tx.init(v["params"]), tunas.init(space, controller_config(se)))

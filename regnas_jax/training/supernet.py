@@ -403,13 +403,16 @@ OPERATIONAL_KEYS = ("log_every", "checkpoint_every", "max_to_keep", "calib_image
                     "calib_batch_size", "progress_every", "max_nonfinite_steps")
 
 
-def identity(cfg, space, phases) -> dict:
+def identity(cfg, space, phases, init_identity=None) -> dict:
   """What the trained weights depend on: space, supernet options, training schedule, seed,
-  data (checked against a checkpoint before it is restored)."""
+  data and the weights it started from (checked against a checkpoint before it is restored)."""
   tc = {k: v for k, v in cfg.train.to_dict().items() if k not in OPERATIONAL_KEYS}
-  return {"space": space.config(), "supernet": cfg.supernet.to_dict(), "train": tc,
-          "phases": [p.to_json() for p in phases], "seed": cfg.seed,
-          "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
+  out = {"space": space.config(), "supernet": cfg.supernet.to_dict(), "train": tc,
+         "phases": [p.to_json() for p in phases], "seed": cfg.seed,
+         "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
+  if init_identity is not None:   # (absent otherwise: identities of earlier runs stay valid)
+    out["init_from"] = init_identity
+  return out
 
 
 def phase_at(phases, step: int) -> tuple[int, int]:
@@ -434,7 +437,7 @@ def check_resolutions(tc, space) -> tuple:
 
 def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
           init_fn: Callable | None = None, log: Callable[[str], None] = print,
-          on_start: Callable[[], Any] | None = None) -> TrainResult:
+          on_start: Callable[[], Any] | None = None, init_identity=None) -> TrainResult:
   """Train ``model`` on ``dataset`` as ``cfg.train`` says, resuming from ``workdir``.
 
   Args:
@@ -444,6 +447,7 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
     workdir: checkpoints go to ``workdir/checkpoints``, metrics to ``workdir/metrics.jsonl``.
     init_fn: ``key -> variables`` of a fresh run (default: the supernet's initialisation;
       e.g. imported weights for ``config.supernet.init_from``).
+    init_identity: JSON identifying those imported weights (part of the checkpoint identity).
     log: where one-line status messages go.
     on_start: called once the state is initialised or restored, before the first step (e.g.
       to start compiling other programs while the training step compiles).
@@ -464,7 +468,7 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
   n_train = len(dataset.train)
   data_lib.epoch_batch_indices(n_train, tc.batch_size, 0, cfg.seed)  # validates batch size
 
-  ident = identity(cfg, space, phases)
+  ident = identity(cfg, space, phases, init_identity)
   ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), ident,
                              max_to_keep=tc.max_to_keep)
   k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))

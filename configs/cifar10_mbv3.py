@@ -10,12 +10,19 @@ holdout-validation split that scoring and search use; the test split is only rep
 
 The full config is sized for an accelerator (sandwich rule, 4 subnets per step, batch 256, 24/28/32
 px as in the space's small-image default); the smoke variant runs a few steps on a CPU.
+
+``:cpu`` is the supernet of the CPU-scale evidence (docs/results.md): half width at 16 px,
+trained on 2 CPU cores in about an hour, searched on a 2,500-image holdout.  Its ``experiment``
+section drives REG-NAS's tables:
+
+  python -m regnas_jax.experiments.regnas_tables --config cifar10_mbv3:cpu \
+      --config.data.path=/data/cifar10_jpeg.npz --workdir runs/regnas_cifar10_cpu
 """
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, search_defaults,
-                                 supernet_defaults, train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, score_defaults,
+                                 search_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,12 +44,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # evolution settings except 50 generations (each candidate is scored on 5,000 images).
   c.search = search_defaults()
   c.search.update(dict(budgets=(0.3, 0.55, 0.85), budget_unit="fraction", generations=50))
-  if arg == "smoke":
+  c.experiment = experiment_defaults()
+  if arg == "cpu":
+    c.name = "cifar10_mbv3_cpu"
+    c.space.update(dict(width_mult=0.5, resolutions=(16,)))
+    c.supernet.dropout_rate = 0.0
+    c.data.val_size = 2500
+    # Sandwich with 3 subnets per step (max, min, one random) at batch 64: about 28 images/s on
+    # 2 cores, so 2,000 steps (2.7 epochs of the 47,500 training images) take ~75 minutes.
+    c.train.update(dict(steps=2000, batch_size=64, num_subnets=3, lr=0.05, warmup_steps=100,
+                        weight_decay=5e-5, checkpoint_every=250, log_every=25, progress_every=100,
+                        calib_images=1000, calib_batch_size=250))
+    c.score.update(dict(block_size=8, chunk_size=1))
+    c.search.update(dict(population_size=16, generations=5))
+  elif arg == "smoke":
     c.name = "cifar10_mbv3_smoke"
     c.space.resolutions = (32,)
     apply_smoke(c, "cifar10")   # a few steps; scoring on 256 test and validation images
     c.train.num_subnets = 3
     c.search.update(dict(population_size=4, generations=1))
   elif arg:
-    raise ValueError(f"cifar10_mbv3: unknown variant {arg!r} (known: smoke)")
+    raise ValueError(f"cifar10_mbv3: unknown variant {arg!r} (known: cpu, smoke)")
   return c

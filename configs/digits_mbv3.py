@@ -11,8 +11,8 @@ several; the CIFAR-10 config uses 24/28/32).
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, search_defaults,
-                                 supernet_defaults, train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, score_defaults,
+                                 search_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search = search_defaults()
   c.search.update(dict(budgets=(0.35, 0.6, 0.9), budget_unit="fraction", population_size=10,
                        generations=3))
+  c.experiment = experiment_defaults()   # python -m regnas_jax.experiments.regnas_tables
   if arg == "smoke":
     c.name = "digits_mbv3_smoke"
     c.space.width_mult = 0.25
@@ -45,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.update(dict(steps=12, num_subnets=3, warmup_steps=2, checkpoint_every=4,
                         progress_every=4, calib_images=256, calib_batch_size=128))
     c.search.update(dict(population_size=4, generations=1))
+    c.experiment.update(dict(seeds=(0, 1), sweep=(0.5, 2.0), independent_steps=6))
   elif arg:
     raise ValueError(f"digits_mbv3: unknown variant {arg!r} (known: smoke)")
   return c

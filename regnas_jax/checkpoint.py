@@ -20,6 +20,7 @@ that fails (disk full, read-only work dir) is a :class:`CheckpointError` naming 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable
 
@@ -77,13 +78,14 @@ class Checkpointer:
     ocp = _ocp()
     meta = {"identity": self.identity, "extra": jsonable(extra or {})}
     try:
-      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                      meta=ocp.args.JsonSave(meta)), force=True)
-      self.manager.wait_until_finished()
+      with _quiet_orbax():   # its writer threads log the traceback a failed save raises below
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - disk full, read-only dir, ...: one line, not 200
       intact = self._steps_on_disk()
       raise CheckpointError(
-          f"cannot save the checkpoint of step {step} in {self.directory} ({_short(e)}); "
+          f"cannot save the checkpoint of step {step} in {self.directory} ({_reason(e)}); "
           f"{'step ' + str(intact[-1]) + ' is intact' if intact else 'no earlier checkpoint'}"
       ) from None
 
@@ -160,6 +162,42 @@ class Checkpointer:
 
 class _Damaged(CheckpointError):
   """A checkpoint whose files cannot be read (as opposed to one of another run)."""
+
+
+_OS_REASONS = ("No space left on device", "Read-only file system", "Permission denied",
+               "Disk quota exceeded", "Not a directory")
+
+
+def _reason(e: BaseException) -> str:
+  """Why a save failed, in a few words: the operating system's reason when the (long) message
+  of orbax's storage layer names one."""
+  text = str(e)
+  for r in _OS_REASONS:
+    if r in text:
+      return r.lower()
+  return _short(e)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax's writer threads report a failed write themselves (logging, and the exception left
+  unhandled in the thread) before ``save`` raises it; the one line of :class:`CheckpointError`
+  says it instead."""
+  import logging
+  import threading
+
+  loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
+  old = [lg.level for lg in loggers]
+  old_hook = threading.excepthook
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  threading.excepthook = lambda args: None
+  try:
+    yield
+  finally:
+    threading.excepthook = old_hook
+    for lg, lvl in zip(loggers, old):
+      lg.setLevel(lvl)
 
 
 def _short(e: BaseException) -> str:

@@ -266,21 +266,21 @@ def _parse_or_exit(argv: list[str]):
 
 def _main_with(job: Callable[[Any, str, str], None]):
   """absl's main function around ``job(cfg, workdir, stop_after)``: the one place where faults
-  become one ``error:`` line and status 2, and SIGTERM becomes status 143."""
+  become one ``error:`` line and status 2, and SIGTERM becomes status 143.  Those exits skip the
+  interpreter's teardown (:func:`stopping.exit_now`): a background compile still running (the
+  scoring warm-up during training) would otherwise abort it."""
   def _main(args) -> int:
     cfg, workdir, stop_after = args
     from regnas_jax import stopping   # imports no JAX
     try:
       job(cfg, workdir, stop_after)
     except RegnasError as e:
-      print(f"error: {one_line(e)}", file=sys.stderr)
-      return 2
+      stopping.exit_now(f"error: {one_line(e)}", 2)
     except OSError as e:   # the file system's faults (read-only, disk full, ...): one line too
       where = f" {e.filename}" if e.filename else ""
-      print(f"error: cannot use{where}: {e.strerror or one_line(e)}", file=sys.stderr)
-      return 2
+      stopping.exit_now(f"error: cannot use{where}: {e.strerror or one_line(e)}", 2)
     except stopping.Preempted as e:
-      stopping.exit_now(str(e))   # no interpreter teardown: background compiles may still run
+      stopping.exit_now(str(e))
     return 0
   return _main
 

@@ -122,6 +122,21 @@ def score_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
+def experiment_defaults() -> ml_collections.ConfigDict:
+  """REG-NAS's tables on one supernet (``python -m regnas_jax.experiments.regnas_tables``)."""
+  return ml_collections.ConfigDict(dict(
+      seeds=(0, 1, 2),            # search seeds: every variant is searched once per seed
+      reference_seed=0,           # A1 (R0, smallest budget) is searched once, with this seed
+      baseline_seed=0,            # whose R0 family's A1 / A2 are trained separately from scratch
+      sweep=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0),   # lambda2/lambda1 for A2
+      independent_steps=0,        # steps of each from-scratch model (0: config.train.steps)
+      # Focal distillation (Positive-Congruent Training) for the PCT baseline; our reading in
+      # regnas_jax/training/exact.py: CE + weight * mean((alpha + beta * 1[old right]) * D).
+      fd=ml_collections.ConfigDict(dict(weight=1.0, alpha=1.0, beta=5.0, temperature=1.0,
+                                        kind="kl")),
+  ))
+
+
 def search_defaults() -> ml_collections.ConfigDict:
   """REG-NAS family search settings; the evolution values are OFA's evolution-finder defaults."""
   return ml_collections.ConfigDict(dict(

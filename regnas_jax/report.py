@@ -97,20 +97,57 @@ def _plt():
   return plt
 
 
-def plot_family(path: str, evaluated: list[dict], fams: dict) -> None:
-  """Validation Top-1 vs. MMACs of every scored subnet (grey) with each family marked."""
+def plot_family(path: str, evaluated: list[dict], fams: dict, *, title: str = "",
+                windows: list[tuple[float, float]] | None = None) -> None:
+  """Two panels of a searched family.
+
+  Left: validation Top-1 vs. MMACs of every scored subnet (grey), the MACs window of each member
+  (shaded) and each family (stars; the first family's members annotated with their test Top-1
+  and test NFR to the previous member).  Right: the Top-1 / NFR plane of the members A2.. (test
+  split): every family's member against its predecessor, so the trade-off REG-NAS's reward makes
+  is visible.
+  """
   plt = _plt()
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.5, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+  for lo, hi in windows or []:
+    ax.axvspan(lo / 1e6, hi / 1e6, color="tab:orange", alpha=0.10, lw=0, zorder=0)
   if evaluated:
     ax.scatter([e["macs"] / 1e6 for e in evaluated], [100 * e["val_top1"] for e in evaluated],
                s=8, c="0.75", label="scored subnets", zorder=1)
+  xs = [e["macs"] / 1e6 for e in evaluated]
   for k, (label, fam) in enumerate(fams.items()):
     ms = fam["members"]
+    mat = np.asarray(fam["nfr_matrix_test"])
     x, y = [m["macs"] / 1e6 for m in ms], [100 * m["val_top1"] for m in ms]
     ax.plot(x, y, marker="*", ms=11, lw=1.2, label=label, zorder=3 + k)
-    for m, xi, yi in zip(ms, x, y):
-      if k == 0:
-        ax.annotate(m["name"], (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=8)
+    xs += x
+    if k == 0:
+      for i, (m, xi, yi) in enumerate(zip(ms, x, y)):
+        note = f"{m['name']}: test {100 * m['test_top1']:.1f}%"
+        if i:
+          note += f", NFR {100 * mat[i - 1, i]:.2f}%"
+        ax.annotate(note, (xi, yi), textcoords="offset points", xytext=(-6, 8), fontsize=7.5,
+                    ha="right" if i == len(ms) - 1 else "left")
+    nfr = [100 * mat[i - 1, i] for i in range(1, len(ms))]
+    top = [100 * m["test_top1"] for m in ms[1:]]
+    ax2.plot(nfr, top, marker="o", ms=7, lw=0, label=label)
+    for m, a, b in zip(ms[1:], nfr, top):
+      ax2.annotate(m["name"], (a, b), textcoords="offset points", xytext=(4, 3), fontsize=7)
+  if xs:
+    span = max(xs) - min(xs) or 1.0
+    ax.set_xlim(min(xs) - 0.05 * span, max(xs) + 0.08 * span)
+  lo, hi = ax.get_ylim()
+  ax.set_ylim(lo, hi + 0.08 * (hi - lo))      # room for the annotations above the stars
+  ax2.margins(0.25)
+  if windows:
+    ax.plot([], [], color="tab:orange", alpha=0.3, lw=6, label="MACs windows")
+  ax.set_title(f"{title} -- validation top-1 vs. MACs" if title else "validation top-1 vs. MACs",
+               fontsize=10)
+  ax2.set_xlabel("test NFR against the previous member (%)")
+  ax2.set_ylabel("test top-1 (%)")
+  ax2.set_title("members A2..: top-1 vs. negative flips (test)", fontsize=10)
+  ax2.grid(alpha=0.3)
+  ax2.legend(fontsize=7)
   save_top1_vs_macs(plt, fig, ax, path)
 
 
@@ -125,22 +162,29 @@ def save_top1_vs_macs(plt, fig, ax, path: str) -> None:
   plt.close(fig)
 
 
-def plot_nfr_matrix(path: str, fam: dict) -> None:
-  """Heatmap of the family's pairwise test NFR (row = old, column = new)."""
+def plot_nfr_matrix(path: str, fam: dict, title: str = "") -> None:
+  """Heatmap of the family's pairwise test NFR (row = old, column = new); cell text in white on
+  dark cells."""
   plt = _plt()
   mat = 100 * np.asarray(fam["nfr_matrix_test"])
   names = [m["name"] for m in fam["members"]]
-  fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.2, 1.1 * len(names) + 1.6))
-  im = ax.imshow(mat, cmap="Greens")
+  fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.4, 1.1 * len(names) + 1.8))
+  off = mat[~np.eye(len(names), dtype=bool)]
+  vmax = float(off.max()) if off.size and off.max() > 0 else 1.0
+  shown = np.where(np.eye(len(names), dtype=bool), np.nan, mat)
+  im = ax.imshow(shown, cmap="Greens", vmin=0.0, vmax=vmax)
   ax.set_xticks(range(len(names)), names)
   ax.set_yticks(range(len(names)), names)
   ax.set_xlabel("new model")
   ax.set_ylabel("old model")
   for i in range(len(names)):
     for j in range(len(names)):
-      ax.text(j, i, "-" if i == j else f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=9)
+      dark = i != j and mat[i, j] > 0.55 * vmax
+      ax.text(j, i, "-" if i == j else f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=9,
+              color="white" if dark else "black")
   fig.colorbar(im, ax=ax, label="NFR (%)")
-  ax.set_title("pairwise negative flip rate")
+  ax.set_title((f"{title}\n" if title else "") + "pairwise negative flip rate (test)",
+               fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -163,7 +207,8 @@ def pareto_table(rows: list[dict], objectives) -> str:
   return "\n".join(lines)
 
 
-def plot_pareto(path: str, evaluated: list[dict], fronts: list[list[dict]], rows: list[dict]) -> None:
+def plot_pareto(path: str, evaluated: list[dict], fronts: list[list[dict]], rows: list[dict],
+                title: str = "") -> None:
   """Validation Top-1 vs. MMACs: every scored subnet (grey), the first front of each generation
   (light to dark) and the K chosen models (stars)."""
   plt = _plt()
@@ -185,6 +230,8 @@ def plot_pareto(path: str, evaluated: list[dict], fronts: list[list[dict]], rows
   for r in rows:
     ax.annotate(r["name"], (r["macs"] / 1e6, 100 * r["val_top1"]), textcoords="offset points",
                 xytext=(4, 5), fontsize=8)
+  ax.set_title((f"{title} -- " if title else "") + "NSGA-II: validation top-1 vs. MACs",
+               fontsize=10)
   save_top1_vs_macs(plt, fig, ax, path)
 
 
@@ -214,7 +261,8 @@ def tunas_table(rows: list[dict], summary: dict, retrained: bool) -> str:
   return "\n".join(lines)
 
 
-def plot_trajectory(path: str, records: list[dict], target: float, unit: str) -> None:
+def plot_trajectory(path: str, records: list[dict], target: float, unit: str,
+                    title: str = "") -> None:
   """Reward, Q, cost (sampled and argmax) against the target and policy entropy per step."""
   plt = _plt()
   steps = [r["step"] for r in records]
@@ -233,6 +281,8 @@ def plot_trajectory(path: str, records: list[dict], target: float, unit: str) ->
       ax.legend(fontsize=8)
   for ax in axes[1]:
     ax.set_xlabel("search step")
+  if title:
+    fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

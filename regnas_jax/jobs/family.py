@@ -174,9 +174,12 @@ class FamilyJob(Job):
       results["compare"] = records
       results["compare_table"] = report.compare_rows(records, main_label)
       table += "\n\n" + report.compare_table(results["compare_table"])
+    title = f"{ctx.cfg.name} ({ctx.dataset.name})"
     write_results(ctx, results, table, plots={
-        "top1_vs_macs.png": lambda p: report.plot_family(p, evaluated, records),
-        "nfr_matrix.png": lambda p: report.plot_nfr_matrix(p, records[main_label])},
+        "top1_vs_macs.png": lambda p: report.plot_family(
+            p, evaluated, records, title=title, windows=budget_windows(ctx.cfg, space)),
+        "nfr_matrix.png": lambda p: report.plot_nfr_matrix(p, records[main_label],
+                                                           f"{title}: {main_label}")},
         also=(f"subnets/{{{','.join(m['name'] for m in main)}}}",))
     return results
 

@@ -223,7 +223,8 @@ class NSGA2Job(Job):
                    "test_images": int(len(scorer.labels("test")))},
         "chosen": rows, "pareto_fronts": fronts, "evaluated": evaluated})
     write_results(ctx, results, report.pareto_table(rows, objectives),
-                  plots={"pareto.png": lambda p: report.plot_pareto(p, evaluated, fronts, rows)},
+                  plots={"pareto.png": lambda p: report.plot_pareto(
+                      p, evaluated, fronts, rows, f"{ctx.cfg.name} ({ctx.dataset.name})")},
                   also=(f"subnets/{{{','.join(r['name'] for r in rows)}}}",))
     return results
 

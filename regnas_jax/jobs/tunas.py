@@ -445,8 +445,8 @@ class TunasJob(Job):
                                "seconds_this_process": round(seconds, 2),
                                "final": records[-1] if records else None}})
     write_results(ctx, results, report.tunas_table(rows, summary, bool(se.retrain_steps)),
-                  plots={"trajectory.png": lambda p: report.plot_trajectory(p, records, target,
-                                                                            unit)},
+                  plots={"trajectory.png": lambda p: report.plot_trajectory(
+                      p, records, target, unit, f"{cfg.name} ({ctx.dataset.name}): TuNAS search")},
                   also=("trajectory.jsonl", "subnets/tunas"))
     return results
 

@@ -178,12 +178,33 @@ def _reason(e: BaseException) -> str:
   return _short(e)
 
 
+class _QuietForeignThreads:
+  """``sys.stderr`` without what threads started outside Python write: after a failed save, the
+  storage layer's own threads print a traceback per abandoned write (``RuntimeError: Event loop
+  is closed``), even after ``save`` raised."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text):
+    import threading
+    if isinstance(threading.current_thread(), threading._DummyThread):  # noqa: SLF001
+      return len(text)
+    return self._stream.write(text)
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
 @contextlib.contextmanager
 def _quiet_orbax():
   """Orbax's writer threads report a failed write themselves (logging, and the exception left
   unhandled in the thread) before ``save`` raises it; the one line of :class:`CheckpointError`
-  says it instead."""
+  says it instead.  The callbacks of a failed save's storage writes can fire later, into orbax's
+  closed event loop: :class:`_QuietForeignThreads` filters stderr during the save, and for good
+  after a failed one."""
   import logging
+  import sys
   import threading
 
   loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
@@ -192,8 +213,15 @@ def _quiet_orbax():
   for lg in loggers:
     lg.setLevel(logging.CRITICAL)
   threading.excepthook = lambda args: None
+  old_err = sys.stderr
+  if not isinstance(old_err, _QuietForeignThreads):
+    sys.stderr = _QuietForeignThreads(old_err)
   try:
     yield
+  except BaseException:
+    raise   # a failed save: its storage threads may still print; stderr stays filtered
+  else:
+    sys.stderr = old_err
   finally:
     threading.excepthook = old_hook
     for lg, lvl in zip(loggers, old):

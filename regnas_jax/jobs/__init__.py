@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from regnas_jax import persist, stopping
+from regnas_jax import persist, stopping, training
 from regnas_jax.errors import ConfigError, StateError
 from regnas_jax.jobs import build, family, nsga2, supernet, tunas
 from regnas_jax.jobs.base import (JOBS, STAGES, Job, JobContext, get_job, log_line,
@@ -31,6 +31,8 @@ def prepare(cfg, workdir: str, stop_after: str = "search", log=log_line):
   build.check_common(cfg)
   space = build.build_space(cfg)
   net = build.build_supernet(cfg, space)
+  if cfg.train.method != "tunas":   # TuNAS's schedule is checked by its job
+    training.supernet.check_schedule(cfg.train, net, space)
   job.check(cfg, space)
   dataset = build.load_dataset(cfg, space)
   job.check_data(cfg, space, dataset)

@@ -435,6 +435,17 @@ def check_resolutions(tc, space) -> tuple:
   return res
 
 
+def check_schedule(tc, model, space) -> tuple[list[Phase], tuple]:
+  """``(phases, resolutions)`` of ``config.train`` for ``model``: raises :class:`ConfigError`
+  for a schedule this space or supernet cannot run (before anything is written)."""
+  phases = build_phases(tc, space)
+  res = check_resolutions(tc, space)
+  if any(p.reorder_keep is not None for p in phases) and not getattr(model, "can_reorder", False):
+    raise ConfigError("config.train.method: progressive shrinking needs channel re-ordering, "
+                      "which this supernet does not provide")
+  return phases, res
+
+
 def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
           init_fn: Callable | None = None, log: Callable[[str], None] = print,
           on_start: Callable[[], Any] | None = None, init_identity=None) -> TrainResult:
@@ -456,12 +467,8 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
     SIGTERM arrives, :class:`~regnas_jax.training.loop.NonFiniteError` on a diverging run.
   """
   tc = cfg.train
-  phases = build_phases(tc, space)
+  phases, res_list = check_schedule(tc, model, space)
   total = sum(p.steps for p in phases)
-  res_list = check_resolutions(tc, space)
-  if any(p.reorder_keep is not None for p in phases) and not getattr(model, "can_reorder", False):
-    raise ConfigError("config.train.method: progressive shrinking needs channel re-ordering, "
-                      "which this supernet does not provide")
   init_fn = init_fn or (lambda key: init_variables(model, key))
   lc_base = dict(num_classes=dataset.num_classes, label_smoothing=float(tc.label_smoothing),
                  kd_ratio=float(tc.kd_ratio), student_label_loss=bool(tc.student_label_loss))

@@ -32,6 +32,7 @@ def finished(tmp_path_factory):
   return work, res
 
 
+@pytest.mark.slow
 def test_every_stage_and_the_tables(finished):
   work, res = finished
   cfg = smoke_config()
@@ -62,6 +63,7 @@ def test_every_stage_and_the_tables(finished):
   assert os.path.isdir(os.path.join(work, "independent", "A2_fd", "checkpoints"))
 
 
+@pytest.mark.slow
 def test_stages_cut_short_resume_to_the_same_results(finished, tmp_path):
   work, res = finished
   copy = str(tmp_path / "w")

@@ -105,6 +105,7 @@ def test_bad_numbers_are_refused_before_anything_is_written(tmp_path):
     assert not work.exists()
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_naming_the_step_and_saves_nothing(tmp_path):
   work = tmp_path / "w"
   line = one_error(cli("--config", SMOKE, "--workdir", str(work), "--config.train.lr=1e6"),
@@ -116,6 +117,7 @@ def test_a_diverging_run_stops_naming_the_step_and_saves_nothing(tmp_path):
   assert not (work / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_a_search_of_other_weights_is_not_resumed(trained, tmp_path):
   """Retrain the supernet in the same work dir with another learning rate: the saved search
   (and its evaluation cache) belong to the old weights and are refused, not mixed in."""
@@ -128,6 +130,7 @@ def test_a_search_of_other_weights_is_not_resumed(trained, tmp_path):
   assert after == before
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_intact_one_resumed(trained, tmp_path):
   work = copy_of(trained, tmp_path)
   steps = sorted(int(d) for d in os.listdir(work / "checkpoints") if d.isdigit())
@@ -210,6 +213,7 @@ def test_one_run_per_work_dir_and_a_stale_lock_is_taken_over(trained, tmp_path):
   assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs(tmp_path):
   work = tmp_path / "w"
   a = start("--config", SMOKE, "--workdir", str(work), "--stop_after=train", out_dir=tmp_path)
@@ -231,6 +235,7 @@ def test_unusable_work_dirs(tmp_path, kind):
   assert f.read_text() == "not a directory"
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_intact_checkpoint_resumes(tmp_path):
   mnt = tmp_path / "tiny"
   mnt.mkdir()

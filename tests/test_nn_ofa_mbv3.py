@@ -79,7 +79,7 @@ def archs_for(sp, n=P - 2, seed=0):
   return helpers.archs_for(sp, n, seed)
 
 
-@pytest.mark.parametrize("stem, width, transform", [("small", 1.0, True), ("imagenet", 1.2, False)])
+@pytest.mark.parametrize("stem, width, transform", [("small", 1.0, True), pytest.param("imagenet", 1.2, False, marks=pytest.mark.slow)])
 def test_masked_equals_extracted(stem, width, transform):
   """Min, max and random archs: logits in eval mode (same statistics) and in train mode
   (batch statistics), and the running statistics a train step writes."""
@@ -115,6 +115,7 @@ def test_inactive_blocks_and_channels_keep_their_statistics():
   assert np.all(got[mid:] == old[mid:]) and np.all(got[:mid] != old[:mid])
 
 
+@pytest.mark.slow
 def test_vmapped_population_equals_member_by_member():
   env = setup()
   pop = archs_for(env.sp, seed=4)
@@ -276,6 +277,7 @@ def test_contains_implies_weight_inclusion_under_kernel_transform():
   assert any(verdicts) and not all(verdicts)
 
 
+@pytest.mark.slow
 def test_contains_equals_literal_slicing_without_kernel_transform():
   """With plain centre-crop kernels, every parameter of small's exact subnet is a slice
   (prefix channels, centre taps) of big's, exactly when contains(big, small)."""

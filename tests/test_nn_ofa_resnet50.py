@@ -62,7 +62,7 @@ def setup(name="small"):
              jax.jit(score))
 
 
-@pytest.mark.parametrize("name, n", [("small", 5), ("imagenet", 3)])
+@pytest.mark.parametrize("name, n", [pytest.param("small", 5, marks=pytest.mark.slow), ("imagenet", 3)])
 def test_masked_equals_extracted(name, n):
   """Min, max and random archs: eval logits (same statistics), train logits (batch
   statistics) and the running statistics a train step writes."""
@@ -81,6 +81,7 @@ def test_masked_equals_extracted(name, n):
   assert len({np.asarray(x).round(4).tobytes() for x in ev[:n]}) == n
 
 
+@pytest.mark.slow
 def test_unused_blocks_stem_layer_and_channels_keep_their_statistics():
   env = setup("small")
   _, _, stats = env.masked(env.v, env.images, env.pop)

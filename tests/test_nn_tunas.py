@@ -65,7 +65,7 @@ def jit_exact_run(module, sv, x):
 
 # MobileNetV3-Like covers widths, SE, the optional residual sepconv and the two-conv head; the
 # Enlarged space the plain sepconv and head of the ProxylessNAS spaces.
-@pytest.mark.parametrize("name, members", [("mobilenet_v3_like", (1, 2, 3)),
+@pytest.mark.parametrize("name, members", [pytest.param("mobilenet_v3_like", (1, 2, 3), marks=pytest.mark.slow),
                                            ("proxylessnas_enlarged", (0, 2))])
 def test_masked_equals_extracted(name, members):
   """Smallest, largest and random archs (zero layers, every width group, SE, optional

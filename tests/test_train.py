@@ -47,7 +47,7 @@ def _tree_close(a, b, rtol=2e-4, atol=2e-6):
                                err_msg=jax.tree_util.keystr(p))
 
 
-@pytest.mark.parametrize("loop", ["vmap", "scan"])
+@pytest.mark.parametrize("loop", [pytest.param("vmap", marks=pytest.mark.slow), "scan"])
 def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
   sp, net, v, x = tiny
   labels = jnp.array([0, 3, 7, 3, 9])

@@ -51,6 +51,7 @@ def test_focal_distillation_settings_are_checked(kw, msg):
     FocalDistillation(**kw).check()
 
 
+@pytest.mark.slow
 def test_train_exact_resumes_bit_identical(tmp_path):
   from regnas_jax import spaces
   from regnas_jax.nn import OFAMobileNetV3

@@ -216,13 +216,13 @@ def _quiet_orbax():
   old_err = sys.stderr
   if not isinstance(old_err, _QuietForeignThreads):
     sys.stderr = _QuietForeignThreads(old_err)
+  saved = False
   try:
     yield
-  except BaseException:
-    raise   # a failed save: its storage threads may still print; stderr stays filtered
-  else:
-    sys.stderr = old_err
+    saved = True
   finally:
+    if saved:   # after a failed save its storage threads may still print: stderr stays filtered
+      sys.stderr = old_err
     threading.excepthook = old_hook
     for lg, lvl in zip(loggers, old):
       lg.setLevel(lvl)

@@ -31,7 +31,7 @@ def prepare(cfg, workdir: str, stop_after: str = "search", log=log_line):
   build.check_common(cfg)
   space = build.build_space(cfg)
   net = build.build_supernet(cfg, space)
-  if cfg.train.method != "tunas" and cfg.train.steps:   # TuNAS: its job; 0 steps: imported weights
+  if cfg.train.method in training.METHODS and cfg.train.steps:   # 0 steps: imported weights as is
     training.supernet.check_schedule(cfg.train, net, space)
   job.check(cfg, space)
   dataset = build.load_dataset(cfg, space)

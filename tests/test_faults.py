@@ -179,6 +179,37 @@ def test_sigterm_during_the_search_exits_143_and_resumes_to_the_same_results(tra
   same_results(trained, work)
 
 
+NSGA2 = os.path.join(ROOT, "configs", "digits_scarlet.py:smoke")
+TUNAS_SMOKE = os.path.join(ROOT, "configs", "digits_tunas.py:smoke")
+
+
+@pytest.mark.parametrize("job", ["nsga2", "tunas"])
+def test_sigterm_in_the_nsga2_and_tunas_searches_exits_143_and_resumes(job, tmp_path):
+  """SIGTERM inside each job's own search loop (NSGA-II between generations, TuNAS in its
+  alternating weight/policy steps): status 143, one ``stopped`` line, no traceback, the lock
+  released, and the same command finishes the run from the saved state."""
+  work = tmp_path / "w"
+  if job == "nsga2":   # more generations than the smoke's two: the signal lands mid-search
+    args = ("--config", NSGA2, "--workdir", str(work), "--config.search.generations=5")
+    started = lambda: "NSGA-II generation 0/" in read(p.out)
+  else:                # checkpoints far apart: steps unsaved, a dirty stop
+    args = ("--config", TUNAS_SMOKE, "--workdir", str(work), "--config.train.steps=40",
+            "--config.train.checkpoint_every=20")
+    started = lambda: "] 4/40" in read(p.err)      # the progress bar after step 4
+  p = start(*args, out_dir=tmp_path)
+  wait_for(p, started)
+  p.send_signal(signal.SIGTERM)
+  p.wait(timeout=300)
+  err = read(p.err)
+  assert p.returncode == 143, err[-3000:]
+  assert "Traceback" not in err and "stopped by SIGTERM" in err, err[-3000:]
+  assert not (work / "results.json").exists() and not (work / ".lock").exists()
+  out = cli(*args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert ("resumed the NSGA-II search" if job == "nsga2" else "resumed from") in out.stdout
+  assert json.loads((work / "results.json").read_text())["chosen" if job == "nsga2" else "models"]
+
+
 def same_results(ref, work):
   """results.json equal up to timings; plots byte for byte."""
   def strip(r):

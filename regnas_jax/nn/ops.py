@@ -28,7 +28,7 @@ def hsigmoid(x):
   return jax.nn.relu6(x + 3.0) / 6.0
 
 
-ACTIVATIONS = {"relu": jax.nn.relu, "h_swish": hswish, "none": lambda x: x}
+ACTIVATIONS = {"relu": jax.nn.relu, "relu6": jax.nn.relu6, "h_swish": hswish, "none": lambda x: x}
 
 
 def activation(name: str):

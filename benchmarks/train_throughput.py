@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: one multi-subnet training step vs. the same work done subnet by subnet, exact shapes.
 
-The sandwich step (``regnas_jax.train.make_train_step``): per step the largest, the smallest and
+The sandwich step (``regnas_jax.training.make_train_step``): per step the largest, the smallest and
 ``S - 2`` random subnets of the masked supernet, in-place distillation from the largest, one
 optimiser update on the summed gradients.  Rows:
 
@@ -34,7 +34,8 @@ import numpy as np
 import optax
 
 from bench_util import build_net, describe_depthwise, timed
-from regnas_jax import spaces, train
+from regnas_jax import spaces
+from regnas_jax import training as train
 from regnas_jax.defaults import train_defaults
 from regnas_jax.nn import extract
 from regnas_jax.nn.common import init_variables

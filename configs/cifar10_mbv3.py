@@ -1,7 +1,7 @@
 """OFA-MobileNetV3 (full width 1.0, small-image stem) on CIFAR-10 from the packed JPEG file.
 
-  python run_search.py --config configs/cifar10_mbv3.py --config.data.path=/data/cifar10_jpeg.npz
-  python run_search.py --config configs/cifar10_mbv3.py:smoke --config.data.path=...  # minutes, CPU
+  regnas-search --config cifar10_mbv3 --config.data.path=/data/cifar10_jpeg.npz
+  regnas-search --config cifar10_mbv3:smoke --config.data.path=...  # minutes, CPU
 
 The data file is the packed JPEG format described in ``regnas_jax/data.py`` (never looked up at a
 fixed place: give its path).  A tfds-prepared CIFAR-10 works too:
@@ -10,11 +10,19 @@ holdout-validation split that scoring and search use; the test split is only rep
 
 The full config is sized for an accelerator (sandwich rule, 4 subnets per step, batch 256, 24/28/32
 px as in the space's small-image default); the smoke variant runs a few steps on a CPU.
+
+``:cpu`` is the supernet of the CPU-scale evidence (docs/results.md): half width at 16 px,
+trained on 2 CPU cores in about an hour, searched on a 2,500-image holdout.  Its ``experiment``
+section drives REG-NAS's tables:
+
+  python -m regnas_jax.experiments.regnas_tables --config cifar10_mbv3:cpu \
+      --config.data.path=/data/cifar10_jpeg.npz --workdir runs/regnas_cifar10_cpu
 """
 
 import ml_collections
 
-from regnas_jax.defaults import score_defaults, search_defaults, train_defaults
+from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, score_defaults,
+                                 search_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,33 +32,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.space = ml_collections.ConfigDict(dict(
       name="ofa_mbv3", width_mult=1.0, stem="small", num_classes=10, resolutions=(24, 28, 32),
       kernel_choices=(3, 5, 7), expand_choices=(3, 4, 6), depth_choices=(2, 3, 4)))
-  c.supernet = ml_collections.ConfigDict(dict(
-      depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.1))
-  c.data = ml_collections.ConfigDict(dict(
-      name="cifar10", path="", tfds_name="", tfds_dir="", image_size=32, val_size=5000,
-      split_seed=0, cache_dir=""))
-  c.train = train_defaults()
+  c.supernet = supernet_defaults(
+      depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.1)
+  c.data = data_defaults("cifar10")
+  c.train = train_defaults("cifar10")
   # ~90 epochs of the 45,000 training images at batch 256.
   c.train.update(dict(steps=16000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=3e-5,
                       checkpoint_every=1000, log_every=50, progress_every=200))
-  c.train.augment.pad = 4
-  c.train.augment.flip = True
-  c.score = score_defaults()
-  c.score.update(dict(block_size=16, chunk_size=None))  # accelerators: vmap a block at once
+  c.score = score_defaults("cifar10")
   # A family of three under 30%, 55% and 85% of the largest subnet's MACs at 32 px, OFA's
   # evolution settings except 50 generations (each candidate is scored on 5,000 images).
   c.search = search_defaults()
   c.search.update(dict(budgets=(0.3, 0.55, 0.85), budget_unit="fraction", generations=50))
-  if arg == "smoke":
+  c.experiment = experiment_defaults()
+  if arg == "cpu":
+    c.name = "cifar10_mbv3_cpu"
+    c.space.update(dict(width_mult=0.5, resolutions=(16,)))
+    c.supernet.dropout_rate = 0.0
+    c.data.val_size = 2500
+    # Sandwich with 3 subnets per step (max, min, one random) at batch 64: about 28 images/s on
+    # 2 cores, so 2,000 steps (2.7 epochs of the 47,500 training images) take ~75 minutes.
+    c.train.update(dict(steps=2000, batch_size=64, num_subnets=3, lr=0.05, warmup_steps=100,
+                        weight_decay=5e-5, checkpoint_every=250, log_every=25, progress_every=100,
+                        calib_images=1000, calib_batch_size=250))
+    c.score.update(dict(block_size=8, chunk_size=1))
+    c.search.update(dict(population_size=16, generations=5))
+  elif arg == "smoke":
     c.name = "cifar10_mbv3_smoke"
     c.space.resolutions = (32,)
-    c.data.val_size = 500
-    c.train.update(dict(steps=4, batch_size=16, num_subnets=3, warmup_steps=1,
-                        checkpoint_every=2, log_every=1, progress_every=1, calib_images=64,
-                        calib_batch_size=32))
-    c.score.update(dict(block_size=2, chunk_size=1))
+    apply_smoke(c, "cifar10")   # a few steps; scoring on 256 test and validation images
+    c.train.num_subnets = 3
     c.search.update(dict(population_size=4, generations=1))
-    c.score.max_images = 256  # of the test and validation splits (0: all)
   elif arg:
-    raise ValueError(f"cifar10_mbv3: unknown variant {arg!r} (known: smoke)")
+    raise ValueError(f"cifar10_mbv3: unknown variant {arg!r} (known: cpu, smoke)")
   return c

@@ -1,7 +1,7 @@
 """OFA-ResNet50 (full widths, small-image stem) on CIFAR-10 from the packed JPEG file.
 
-  python run_search.py --config configs/cifar10_resnet50.py --config.data.path=/data/cifar10_jpeg.npz
-  python run_search.py --config configs/cifar10_resnet50.py:smoke --config.data.path=...  # CPU
+  regnas-search --config cifar10_resnet50 --config.data.path=/data/cifar10_jpeg.npz
+  regnas-search --config cifar10_resnet50:smoke --config.data.path=...  # CPU
 
 The OFA-ResNet50 space at ResNet50's widths on the 32 px stem (no stride in the stem, no max-pool;
 total stride 8), sized for an accelerator.  A family of four under 25%, 45%, 65% and 90% of the
@@ -11,7 +11,8 @@ validation split are as in ``cifar10_mbv3.py``.
 
 import ml_collections
 
-from regnas_jax.defaults import score_defaults, search_defaults, train_defaults
+from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, search_defaults,
+                                 supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,29 +23,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="ofa_resnet50", width_mult=1.0, stem="small", num_classes=10, resolutions=(24, 28, 32),
       base_depths=(2, 2, 4, 2), depth_choices=(0, 1, 2), expand_choices=(0.2, 0.25, 0.35),
       width_choices=(0.65, 0.8, 1.0)))
-  c.supernet = ml_collections.ConfigDict(dict(dtype="float32", dropout_rate=0.1))
-  c.data = ml_collections.ConfigDict(dict(
-      name="cifar10", path="", tfds_name="", tfds_dir="", image_size=32, val_size=5000,
-      split_seed=0, cache_dir=""))
-  c.train = train_defaults()
+  c.supernet = supernet_defaults(dtype="float32", dropout_rate=0.1)
+  c.data = data_defaults("cifar10")
+  c.train = train_defaults("cifar10")
   c.train.update(dict(steps=16000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=3e-5,
                       checkpoint_every=1000, log_every=50, progress_every=200))
-  c.train.augment.pad = 4
-  c.train.augment.flip = True
-  c.score = score_defaults()
-  c.score.update(dict(block_size=16, chunk_size=None))
+  c.score = score_defaults("cifar10")
   c.search = search_defaults()
   c.search.update(dict(budgets=(0.25, 0.45, 0.65, 0.9), budget_unit="fraction", generations=50))
   if arg == "smoke":
     c.name = "cifar10_resnet50_smoke"
     c.space.update(dict(resolutions=(32,), width_mult=0.125))
-    c.data.val_size = 500
-    c.train.update(dict(steps=4, batch_size=16, num_subnets=3, warmup_steps=1,
-                        checkpoint_every=2, log_every=1, progress_every=1, calib_images=64,
-                        calib_batch_size=32))
-    c.score.update(dict(block_size=2, chunk_size=1))
+    apply_smoke(c, "cifar10")
+    c.train.num_subnets = 3
     c.search.update(dict(population_size=4, generations=1))
-    c.score.max_images = 256
   elif arg:
     raise ValueError(f"cifar10_resnet50: unknown variant {arg!r} (known: smoke)")
   return c

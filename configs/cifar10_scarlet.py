@@ -1,9 +1,9 @@
 """SCARLET-NAS S1 / S2 on CIFAR-10 from the packed JPEG file: supernet with ELS, then NSGA-II.
 
-  python run_search.py --config configs/cifar10_scarlet.py --config.data.path=/data/cifar10_jpeg.npz
-  python run_search.py --config configs/cifar10_scarlet.py:no_els --config.data.path=...
-  python run_search.py --config configs/cifar10_scarlet.py:s2 --config.data.path=...
-  python run_search.py --config configs/cifar10_scarlet.py:smoke --config.data.path=...  # CPU
+  regnas-search --config cifar10_scarlet --config.data.path=/data/cifar10_jpeg.npz
+  regnas-search --config cifar10_scarlet:no_els --config.data.path=...
+  regnas-search --config cifar10_scarlet:s2 --config.data.path=...
+  regnas-search --config cifar10_scarlet:smoke --config.data.path=...  # CPU
 
 Variants combine with commas (``:s2,no_els``).  Full width on the small-image stem at 32 px,
 sized for an accelerator: FairNAS-style strict fairness (7 subnets per step for S1, 13 for S2,
@@ -15,8 +15,8 @@ the comparison of SCARLET's Fig. 2 (see docs/results.md).
 
 import ml_collections
 
-from regnas_jax.defaults import (nsga2_defaults, scarlet_variants, score_defaults,
-                                 train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, scarlet_variants,
+                                 score_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,27 +28,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.space = ml_collections.ConfigDict(dict(
       name=f"scarlet_{s}", width_mult=1.0, stem="small", num_classes=10, resolutions=(32,),
       els="no_els" not in tokens, expand_choices=(3, 6), kernel_choices=(3, 5, 7)))
-  c.supernet = ml_collections.ConfigDict(dict(
-      depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.0))
-  c.data = ml_collections.ConfigDict(dict(
-      name="cifar10", path="", tfds_name="", tfds_dir="", image_size=32, val_size=5000,
-      split_seed=0, cache_dir=""))
-  c.train = train_defaults()
+  c.supernet = supernet_defaults(
+      depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.0)
+  c.data = data_defaults("cifar10")
+  c.train = train_defaults("cifar10")
   c.train.update(dict(method="fair", num_subnets=7 if s == "s1" else 13, steps=10000,
                       batch_size=256, lr=0.05, warmup_steps=300, weight_decay=4e-5,
                       kd_ratio=0.0, checkpoint_every=1000, log_every=50, progress_every=200))
-  c.train.augment.pad = 4
-  c.train.augment.flip = True
-  c.score = score_defaults()
-  c.score.update(dict(block_size=16, chunk_size=None))  # accelerators: vmap a block at once
+  c.score = score_defaults("cifar10")
   c.search = nsga2_defaults()
   c.search.update(dict(generations=30, max_macs=0.8, num_models=4))
   if "smoke" in tokens:
     c.name += "_smoke"
-    c.data.val_size = 500
-    c.train.update(dict(steps=4, batch_size=16, num_subnets=2, warmup_steps=1,
-                        checkpoint_every=2, log_every=1, progress_every=1, calib_images=64,
-                        calib_batch_size=32))
-    c.score.update(dict(block_size=2, chunk_size=1, max_images=256))
+    apply_smoke(c, "cifar10")
+    c.train.num_subnets = 2
     c.search.update(dict(population_size=6, generations=1, num_models=2, proposal_batch=32))
   return c

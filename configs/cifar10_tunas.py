@@ -1,10 +1,10 @@
 """TuNAS on CIFAR-10 from the packed JPEG file: one config per TuNAS space, sized for a GPU.
 
-  python run_search.py --config configs/cifar10_tunas.py --config.data.path=/data/cifar10_jpeg.npz
-  python run_search.py --config configs/cifar10_tunas.py:enlarged --config.data.path=...
-  python run_search.py --config configs/cifar10_tunas.py:v3 --config.data.path=...
-  python run_search.py --config configs/cifar10_tunas.py:latency --config.data.path=...
-  python run_search.py --config configs/cifar10_tunas.py:smoke --config.data.path=...  # CPU
+  regnas-search --config cifar10_tunas --config.data.path=/data/cifar10_jpeg.npz
+  regnas-search --config cifar10_tunas:enlarged --config.data.path=...
+  regnas-search --config cifar10_tunas:v3 --config.data.path=...
+  regnas-search --config cifar10_tunas:latency --config.data.path=...
+  regnas-search --config cifar10_tunas:smoke --config.data.path=...  # CPU
 
 Full width on the small-image stem at 32 px.  10,000 alternating steps (~57 epochs of the 45,000
 training images at batch 256; TuNAS searched 90 ImageNet epochs), the absolute reward with
@@ -16,7 +16,9 @@ scaled up 4x for the ~3x shorter search.
 
 import ml_collections
 
-from regnas_jax.defaults import score_defaults, train_defaults, tunas_defaults, tunas_variants
+from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, supernet_defaults,
+                                 train_defaults, tunas_defaults, tunas_variants)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   tokens, space = tunas_variants(arg, "cifar10_tunas")
@@ -25,19 +27,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.space = ml_collections.ConfigDict(dict(
       name=space, width_mult=1.0, stem="small", num_classes=10, resolutions=(32,)))
-  c.supernet = ml_collections.ConfigDict(dict(depthwise_impl="auto", dtype="float32",
-                                              dropout_rate=0.0))
-  c.data = ml_collections.ConfigDict(dict(
-      name="cifar10", path="", tfds_name="", tfds_dir="", image_size=32, val_size=5000,
-      split_seed=0, cache_dir=""))
-  c.train = train_defaults()
+  c.supernet = supernet_defaults(depthwise_impl="auto", dtype="float32",
+                                 dropout_rate=0.0)
+  c.data = data_defaults("cifar10")
+  c.train = train_defaults("cifar10")
   c.train.update(dict(method="tunas", steps=10000, batch_size=256, lr=0.1, warmup_steps=250,
                       weight_decay=4e-5, kd_ratio=0.0, checkpoint_every=1000, log_every=50,
                       progress_every=200))
-  c.train.augment.pad = 4
-  c.train.augment.flip = True
-  c.score = score_defaults()
-  c.score.update(dict(block_size=8, chunk_size=None))
+  c.score = score_defaults("cifar10")
+  c.score.block_size = 8
   c.search = tunas_defaults()
   c.search.update(dict(rl_learning_rate=0.0012, beta=-0.1, target=0.5, val_batch_size=1024,
                        random_samples=4, random_window=0.02, retrain_steps=8000))
@@ -46,10 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          latency_repeats=20, latency_batch_size=256))
   if "smoke" in tokens:
     c.name += "_smoke"
-    c.data.val_size = 500
-    c.train.update(dict(steps=4, batch_size=16, warmup_steps=1, checkpoint_every=2,
-                        log_every=1, progress_every=1, calib_images=64, calib_batch_size=32))
-    c.score.update(dict(block_size=2, chunk_size=1, max_images=256))
+    apply_smoke(c, "cifar10")
     c.search.update(dict(val_batch_size=32, random_samples=1, random_window=0.05,
                          retrain_steps=2, latency_samples=4, latency_repeats=1,
                          latency_batch_size=4))

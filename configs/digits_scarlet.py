@@ -1,9 +1,9 @@
 """SCARLET-NAS S1 / S2 on scikit-learn's digits: supernet with ELS, then constrained NSGA-II.
 
-  python run_search.py --config configs/digits_scarlet.py           # S1 with ELS
-  python run_search.py --config configs/digits_scarlet.py:s2        # S2 (SE choices)
-  python run_search.py --config configs/digits_scarlet.py:no_els    # plain skips (comparison)
-  python run_search.py --config configs/digits_scarlet.py:smoke     # seconds-scale plumbing test
+  regnas-search --config digits_scarlet         # S1 with ELS
+  regnas-search --config digits_scarlet:s2      # S2 (SE choices)
+  regnas-search --config digits_scarlet:no_els  # plain skips (comparison)
+  regnas-search --config digits_scarlet:smoke   # seconds-scale plumbing test
 
 Variants combine with commas (``:s2,no_els``, ``:s2,smoke``).  A quarter-width supernet on the
 small-image stem at the digits' native 8x8 pixels, trained with FairNAS's strict fairness (every
@@ -14,8 +14,8 @@ population; objectives validation Top-1 and MACs, MACs capped at 90% of the larg
 
 import ml_collections
 
-from regnas_jax.defaults import (nsga2_defaults, scarlet_variants, score_defaults,
-                                 train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, scarlet_variants,
+                                 score_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,25 +27,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.space = ml_collections.ConfigDict(dict(
       name=f"scarlet_{s}", width_mult=0.25, stem="small", num_classes=10, resolutions=(8,),
       els="no_els" not in v, expand_choices=(3, 6), kernel_choices=(3, 5, 7)))
-  c.supernet = ml_collections.ConfigDict(dict(
-      depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.0))
-  c.data = ml_collections.ConfigDict(dict(
-      name="digits", path="", tfds_name="", tfds_dir="", image_size=8, val_size=0,
-      split_seed=0, cache_dir=""))
-  c.train = train_defaults()
+  c.supernet = supernet_defaults(
+      depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.0)
+  c.data = data_defaults("digits")
+  c.train = train_defaults("digits")
   c.train.update(dict(method="fair", num_subnets=7 if s == "s1" else 13, steps=192,
                       batch_size=32, lr=0.02, warmup_steps=8, checkpoint_every=32,
-                      progress_every=16, kd_ratio=0.0, calib_images=200))
-  c.train.augment.pad = 0
-  c.score = score_defaults()
-  c.score.batch_size = 128
+                      progress_every=16, kd_ratio=0.0))
+  c.score = score_defaults("digits")
   c.search = nsga2_defaults()
   c.search.update(dict(population_size=20, generations=6, max_macs=0.9, num_models=4))
   if "smoke" in v:
     c.name += "_smoke"
     c.supernet.kernel_transform = False  # fewer ops to compile
-    c.train.update(dict(steps=6, num_subnets=3, warmup_steps=1, checkpoint_every=3, log_every=2,
-                        progress_every=3, calib_images=128, calib_batch_size=64))
-    c.score.block_size = 4
+    apply_smoke(c, "digits")
+    c.train.update(dict(steps=6, num_subnets=3, warmup_steps=1, checkpoint_every=3,
+                        progress_every=3))
     c.search.update(dict(population_size=6, generations=2, num_models=3, proposal_batch=32))
   return c

@@ -1,10 +1,10 @@
 """TuNAS on scikit-learn's digits: weights and policy trained in alternation, absolute reward.
 
-  python run_search.py --config configs/digits_tunas.py                # ProxylessNAS space
-  python run_search.py --config configs/digits_tunas.py:enlarged       # ProxylessNAS-Enlarged
-  python run_search.py --config configs/digits_tunas.py:v3             # MobileNetV3-Like
-  python run_search.py --config configs/digits_tunas.py:latency        # cost = measured latency
-  python run_search.py --config configs/digits_tunas.py:smoke          # seconds-scale plumbing
+  regnas-search --config digits_tunas           # ProxylessNAS space
+  regnas-search --config digits_tunas:enlarged  # ProxylessNAS-Enlarged
+  regnas-search --config digits_tunas:v3        # MobileNetV3-Like
+  regnas-search --config digits_tunas:latency   # cost = measured latency
+  regnas-search --config digits_tunas:smoke     # seconds-scale plumbing
 
 Variants combine with commas (``:v3,smoke``).  A quarter-width supernet on the small-image stem
 at the digits' native 8x8 pixels so that the search fits a 2-core CPU in a few minutes.  The
@@ -15,7 +15,9 @@ the target is half the largest subnet's MACs.
 
 import ml_collections
 
-from regnas_jax.defaults import score_defaults, train_defaults, tunas_defaults, tunas_variants
+from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, supernet_defaults,
+                                 train_defaults, tunas_defaults, tunas_variants)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   v, space = tunas_variants(arg, "digits_tunas")
@@ -24,18 +26,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.space = ml_collections.ConfigDict(dict(
       name=space, width_mult=0.25, stem="small", num_classes=10, resolutions=(8,)))
-  c.supernet = ml_collections.ConfigDict(dict(depthwise_impl="auto", dtype="float32",
-                                              dropout_rate=0.0))
-  c.data = ml_collections.ConfigDict(dict(
-      name="digits", path="", tfds_name="", tfds_dir="", image_size=8, val_size=0,
-      split_seed=0, cache_dir=""))
-  c.train = train_defaults()   # the shared weights' optimiser; steps = search steps
+  c.supernet = supernet_defaults(depthwise_impl="auto", dtype="float32",
+                                 dropout_rate=0.0)
+  c.data = data_defaults("digits")
+  c.train = train_defaults("digits")   # the shared weights' optimiser; steps = search steps
   c.train.update(dict(method="tunas", steps=600, batch_size=64, lr=0.05, warmup_steps=20,
-                      checkpoint_every=100, progress_every=50, log_every=5, kd_ratio=0.0,
-                      calib_images=200))
-  c.train.augment.pad = 0
-  c.score = score_defaults()
-  c.score.batch_size = 128
+                      checkpoint_every=100, progress_every=50, log_every=5, kd_ratio=0.0))
+  c.score = score_defaults("digits")
   c.search = tunas_defaults()
   c.search.update(dict(rl_learning_rate=0.05, beta=-0.5, target=0.5, val_batch_size=128,
                        random_samples=4))
@@ -44,9 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          latency_repeats=5, latency_batch_size=64))
   if "smoke" in v:
     c.name += "_smoke"
-    c.train.update(dict(steps=8, checkpoint_every=4, log_every=2, progress_every=4,
-                        calib_images=128, calib_batch_size=64))
-    c.score.block_size = 4
+    apply_smoke(c, "digits")
+    c.train.update(dict(steps=8, checkpoint_every=4, progress_every=4))
     c.search.update(dict(val_batch_size=64, random_samples=2))
     if "latency" in v:
       c.search.update(dict(latency_samples=6, latency_repeats=2, latency_batch_size=8))

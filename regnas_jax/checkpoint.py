@@ -11,52 +11,34 @@ so a work dir written for another space or schedule gives an error naming the fi
 setting instead of a shape dump; unreadable or truncated checkpoints give :class:`CheckpointError`
 too.  Orbax writes each step to a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous checkpoint as the latest one.
+
+:meth:`Checkpointer.restore_latest` falls back to the newest intact step when the latest one is
+damaged (a warning names it, and the damaged directory is moved aside to
+``<directory>/damaged-<step>`` so that nothing is lost and the step can be saved again).  A save
+that fails (disk full, read-only work dir) is a :class:`CheckpointError` naming the intact step.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from regnas_jax.errors import StateError
+from regnas_jax.persist import first_difference, jsonable
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used; the message says which and why."""
+
+class CheckpointError(StateError):
+  """A checkpoint that cannot be used or written; the message says which and why."""
 
 
 def _ocp():
   import orbax.checkpoint as ocp  # heavy import; only where checkpoints are used
 
   return ocp
-
-
-def first_difference(saved: Any, current: Any, where: str = "") -> str | None:
-  """Path and values of the first difference between two JSON-like values, or None."""
-  if isinstance(saved, dict) and isinstance(current, dict):
-    for k in sorted(set(saved) | set(current)):
-      if k not in saved or k not in current:
-        return f"{where}{k}: saved {saved.get(k, '(absent)')!r}, now {current.get(k, '(absent)')!r}"
-      d = first_difference(saved[k], current[k], f"{where}{k}.")
-      if d:
-        return d
-    return None
-  if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
-    if len(saved) == len(current):
-      for i, (a, b) in enumerate(zip(saved, current)):
-        d = first_difference(a, b, f"{where[:-1]}[{i}].")
-        if d:
-          return d
-      return None
-  if saved != current:
-    return f"{where[:-1]}: saved {saved!r}, now {current!r}"
-  return None
-
-
-def _jsonable(x):
-  return json.loads(json.dumps(x, default=lambda v: np.asarray(v).tolist()))
 
 
 class Checkpointer:
@@ -71,7 +53,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, identity: dict, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
-    self.identity = _jsonable(identity)
+    self.identity = jsonable(identity)
     self._max_to_keep = max_to_keep
     self._mngr = None
 
@@ -94,10 +76,18 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, extra: dict | None = None) -> None:
     ocp = _ocp()
-    meta = {"identity": self.identity, "extra": _jsonable(extra or {})}
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)), force=True)
-    self.manager.wait_until_finished()
+    meta = {"identity": self.identity, "extra": jsonable(extra or {})}
+    try:
+      with _quiet_orbax():   # its writer threads log the traceback a failed save raises below
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - disk full, read-only dir, ...: one line, not 200
+      intact = self._steps_on_disk()
+      raise CheckpointError(
+          f"cannot save the checkpoint of step {step} in {self.directory} ({_reason(e)}); "
+          f"{'step ' + str(intact[-1]) + ' is intact' if intact else 'no earlier checkpoint'}"
+      ) from None
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
     """``(state, extra)`` of ``step`` (default: the latest), shaped like ``target``."""
@@ -109,7 +99,7 @@ class Checkpointer:
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"{where}: unreadable metadata ({_short(e)})") from None
+      raise _Damaged(f"{where}: unreadable metadata ({_short(e)})") from None
     diff = first_difference(meta.get("identity", {}), self.identity) if isinstance(meta, dict) else "no meta"
     if diff:
       raise CheckpointError(f"{where} belongs to another run ({diff}); use another --workdir "
@@ -119,7 +109,7 @@ class Checkpointer:
       state = self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"{where}: cannot restore the arrays ({_short(e)})") from None
+      raise _Damaged(f"{where}: cannot restore the arrays ({_short(e)})") from None
     mism = [(jax.tree_util.keystr(p), a.shape, b.shape) for (p, a), b in zip(
         jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(target))
         if np.shape(a) != np.shape(b)]
@@ -127,6 +117,27 @@ class Checkpointer:
       p, a, b = mism[0]
       raise CheckpointError(f"{where}: {p} has shape {a}, expected {b}")
     return state, meta.get("extra", {})
+
+  def _steps_on_disk(self) -> list[int]:
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
+
+  def restore_latest(self, target: Any, warn: Callable[[str], None] = print):
+    """``(state, extra, step)`` of the newest intact checkpoint, or ``(None, {}, None)`` when
+    there is none.  A damaged newer step is moved aside with a warning (module docstring); a
+    checkpoint of another run is an error (never skipped)."""
+    for step in reversed(self._steps_on_disk()):
+      try:
+        state, extra = self.restore(target, step)
+        return state, extra, step
+      except _Damaged as e:
+        aside = os.path.join(self.directory, f"damaged-{step}")
+        self.close()
+        os.replace(os.path.join(self.directory, str(step)), aside)
+        warn(f"warning: {e}; moved it to {aside} and resuming from the newest intact "
+             f"checkpoint")
+    return None, {}, None
 
   def restore_arrays(self, step: int | None = None) -> Any:
     """The saved arrays of ``step`` (default: the latest) as nested dicts/lists of numpy arrays,
@@ -147,6 +158,74 @@ class Checkpointer:
       self._mngr.wait_until_finished()
       self._mngr.close()
       self._mngr = None
+
+
+class _Damaged(CheckpointError):
+  """A checkpoint whose files cannot be read (as opposed to one of another run)."""
+
+
+_OS_REASONS = ("No space left on device", "Read-only file system", "Permission denied",
+               "Disk quota exceeded", "Not a directory")
+
+
+def _reason(e: BaseException) -> str:
+  """Why a save failed, in a few words: the operating system's reason when the (long) message
+  of orbax's storage layer names one."""
+  text = str(e)
+  for r in _OS_REASONS:
+    if r in text:
+      return r.lower()
+  return _short(e)
+
+
+class _QuietForeignThreads:
+  """``sys.stderr`` without what threads started outside Python write: after a failed save, the
+  storage layer's own threads print a traceback per abandoned write (``RuntimeError: Event loop
+  is closed``), even after ``save`` raised."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text):
+    import threading
+    if isinstance(threading.current_thread(), threading._DummyThread):  # noqa: SLF001
+      return len(text)
+    return self._stream.write(text)
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax's writer threads report a failed write themselves (logging, and the exception left
+  unhandled in the thread) before ``save`` raises it; the one line of :class:`CheckpointError`
+  says it instead.  The callbacks of a failed save's storage writes can fire later, into orbax's
+  closed event loop: :class:`_QuietForeignThreads` filters stderr during the save, and for good
+  after a failed one."""
+  import logging
+  import sys
+  import threading
+
+  loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
+  old = [lg.level for lg in loggers]
+  old_hook = threading.excepthook
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  threading.excepthook = lambda args: None
+  old_err = sys.stderr
+  if not isinstance(old_err, _QuietForeignThreads):
+    sys.stderr = _QuietForeignThreads(old_err)
+  saved = False
+  try:
+    yield
+    saved = True
+  finally:
+    if saved:   # after a failed save its storage threads may still print: stderr stays filtered
+      sys.stderr = old_err
+    threading.excepthook = old_hook
+    for lg, lvl in zip(loggers, old):
+      lg.setLevel(lvl)
 
 
 def _short(e: BaseException) -> str:

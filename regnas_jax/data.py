@@ -31,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-class DataError(ValueError):
-  """A dataset that cannot be loaded; the message names the file or setting."""
+from regnas_jax.errors import DataError  # (also reachable as data.DataError)
 
 
 class Source(Protocol):
@@ -88,7 +87,7 @@ def split_indices(n: int, fractions: tuple[float, float], seed: int):
 def holdout_split(n: int, val_size: int, seed: int):
   """(train, val) indices: ``val_size`` examples carved from ``range(n)`` by a fixed seed."""
   if not 0 < val_size < n:
-    raise DataError(f"data.val_size: must be between 1 and {n - 1} (training examples), "
+    raise DataError(f"config.data.val_size: must be between 1 and {n - 1} (training examples), "
                     f"got {val_size}")
   perm = np.random.default_rng(seed).permutation(n)
   return np.sort(perm[val_size:]), np.sort(perm[:val_size])
@@ -145,18 +144,22 @@ _NPZ_KEYS = ("train_jpeg", "train_offsets", "train_labels", "test_jpeg", "test_o
              "test_labels")
 
 
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, where: str) -> np.ndarray:
   import io
 
   from PIL import Image
 
   out = []
   for i in range(len(offsets) - 1):
-    with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())) as im:
-      out.append(np.asarray(im.convert("RGB"), np.uint8))
+    try:
+      with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())) as im:
+        out.append(np.asarray(im.convert("RGB"), np.uint8))
+    except Exception as e:  # noqa: BLE001 - PIL raises several types for bad data
+      raise DataError(f"{where}: image {i} cannot be decoded ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
   shapes = {a.shape for a in out}
   if len(shapes) != 1:
-    raise DataError(f"images of different shapes in one split: {sorted(shapes)[:3]}")
+    raise DataError(f"{where}: images of different shapes in one split: {sorted(shapes)[:3]}")
   return np.stack(out)
 
 
@@ -165,44 +168,78 @@ def _file_key(path: str) -> str:
   return hashlib.sha1(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
+def _read_npz(path: str, keys, what: str) -> dict:
+  """The arrays ``keys`` of an ``.npz`` file (no pickles); any damage is one DataError line."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      missing = [k for k in keys if k not in z.files]
+      if missing:
+        raise DataError(f"{what}: {path} lacks array {missing[0]!r} of the packed JPEG format "
+                        f"(has {', '.join(z.files)})")
+      return {k: z[k] for k in keys}
+  except DataError:
+    raise
+  except Exception as e:  # noqa: BLE001 - bad zip, CRC error, object arrays, truncation, ...
+    raise DataError(f"{what}: {path} is not a readable .npz file ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _check_split(arrays: dict, split: str, path: str, num_classes: int) -> None:
+  """Offsets inside the blob and ascending, one more than labels; labels in range."""
+  off, lab, blob = arrays[f"{split}_offsets"], arrays[f"{split}_labels"], arrays[f"{split}_jpeg"]
+  where = f"config.data.path: {path}: {split}"
+  if off.ndim != 1 or lab.ndim != 1 or blob.ndim != 1:
+    raise DataError(f"{where}: offsets, labels and jpeg bytes must be 1-D arrays")
+  if len(off) != len(lab) + 1:
+    raise DataError(f"{where}_offsets has {len(off)} entries, expected {len(lab) + 1} "
+                    f"({split}_labels + 1)")
+  if off.dtype.kind not in "iu" or lab.dtype.kind not in "iu":
+    raise DataError(f"{where}: offsets and labels must be integers, got {off.dtype} / {lab.dtype}")
+  if len(off) and (off[0] < 0 or off[-1] > len(blob) or np.any(np.diff(off) <= 0)):
+    raise DataError(f"{where}_offsets must ascend strictly inside the {len(blob)} jpeg bytes")
+  if len(lab) and (lab.min() < 0 or lab.max() >= num_classes):
+    raise DataError(f"{where}_labels must be class indices 0..{num_classes - 1}, found "
+                    f"{int(lab.min())}..{int(lab.max())}")
+
+
 @functools.lru_cache(maxsize=2)
-def decode_packed_jpeg(path: str, cache_dir: str | None = None):
+def decode_packed_jpeg(path: str, cache_dir: str | None = None, num_classes: int = 10):
   """``(train_images, train_labels, test_images, test_labels)`` uint8/int32 from a packed file.
 
   Decoding happens once per file: the arrays are kept in memory and, with ``cache_dir``, also
   written there as ``.npz`` (keyed by path, size and modification time) for later processes.
+  Every fault of the file or the cache is one :class:`DataError` line.
   """
   if not os.path.isfile(path):
-    raise DataError(f"data.path: no such file: {path}")
+    raise DataError(f"config.data.path: no such file: {path}")
   cached = None
   if cache_dir:
+    if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+      raise DataError(f"config.data.cache_dir: {cache_dir} exists and is not a directory")
     cached = os.path.join(cache_dir, f"decoded-{os.path.basename(path)}-{_file_key(path)}.npz")
     if os.path.isfile(cached):
-      with np.load(cached, allow_pickle=False) as z:
-        return z["train_images"], z["train_labels"], z["test_images"], z["test_labels"]
-  try:
-    z = np.load(path, allow_pickle=False)
-  except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-    raise DataError(f"data.path: {path} is not a readable .npz file ({e})") from None
-  with z:
-    missing = [k for k in _NPZ_KEYS if k not in z.files]
-    if missing:
-      raise DataError(f"data.path: {path} lacks array {missing[0]!r} of the packed JPEG format "
-                      f"(has {', '.join(z.files)})")
-    arrays = {k: z[k] for k in _NPZ_KEYS}
+      keys = ("train_images", "train_labels", "test_images", "test_labels")
+      try:
+        z = _read_npz(cached, keys, "config.data.cache_dir")
+      except DataError as e:
+        raise DataError(f"{e}; a damaged decode cache: remove it to decode again") from None
+      return tuple(z[k] for k in keys)
+  arrays = _read_npz(path, _NPZ_KEYS, "config.data.path")
   out = []
   for split in ("train", "test"):
-    off, lab = arrays[f"{split}_offsets"], arrays[f"{split}_labels"]
-    if len(off) != len(lab) + 1:
-      raise DataError(f"data.path: {split}_offsets has {len(off)} entries, expected "
-                      f"{len(lab) + 1} ({split}_labels + 1)")
-    out += [_decode_jpegs(arrays[f"{split}_jpeg"], off), lab.astype(np.int32)]
+    _check_split(arrays, split, path, num_classes)
+    out += [_decode_jpegs(arrays[f"{split}_jpeg"], arrays[f"{split}_offsets"],
+                          f"config.data.path: {path}: {split}"),
+            arrays[f"{split}_labels"].astype(np.int32)]
   if cached:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = cached + ".tmp.npz"
-    np.savez(tmp, train_images=out[0], train_labels=out[1], test_images=out[2],
-             test_labels=out[3])
-    os.replace(tmp, cached)
+    try:
+      os.makedirs(cache_dir, exist_ok=True)
+      tmp = cached + ".tmp.npz"
+      np.savez(tmp, train_images=out[0], train_labels=out[1], test_images=out[2],
+               test_labels=out[3])
+      os.replace(tmp, cached)
+    except OSError as e:
+      raise DataError(f"config.data.cache_dir: cannot write {cached} ({e.strerror})") from None
   return tuple(out)
 
 
@@ -275,7 +312,7 @@ def load_tfds(name: str, data_dir: str | None = None, image_size: int = 32, val_
     test_src = tfds.data_source(name, split=test_split, data_dir=data_dir)
     num_classes = builder.info.features["label"].num_classes
   except Exception as e:  # noqa: BLE001 - tfds raises many types for "not prepared"
-    raise DataError(f"data.tfds_name: cannot open tfds dataset {name!r} "
+    raise DataError(f"config.data.tfds_name: cannot open tfds dataset {name!r} "
                     f"(data_dir={data_dir}): {str(e).splitlines()[0]}") from None
   tr, va = holdout_split(len(train_src), val_size, seed)
   full = TfdsSource(train_src, image_size)
@@ -296,7 +333,7 @@ def epoch_batch_indices(n: int, batch_size: int, position: int, seed: int) -> np
   """
   per_epoch = n // batch_size
   if per_epoch == 0:
-    raise DataError(f"train.batch_size: {batch_size} exceeds the {n} training examples")
+    raise DataError(f"config.train.batch_size: {batch_size} exceeds the {n} training examples")
   epoch, b = divmod(position, per_epoch)
   perm = np.random.default_rng([seed, epoch]).permutation(n)
   return perm[b * batch_size:(b + 1) * batch_size]

@@ -1,11 +1,83 @@
-"""Default config sections shared by the files in ``configs/`` (light: no JAX import)."""
+"""Config sections shared by the files in ``configs/`` (light: no JAX import).
+
+A config builds its sections from these and overrides what differs:
+
+  c.data = data_defaults("digits")       # the dataset's data section
+  c.train = train_defaults("digits")     # shared training settings + the dataset's (augmentation, ...)
+  c.score = score_defaults("digits")     # how subnets are scored on that dataset
+  c.search = search_defaults()           # or nsga2_defaults() / tunas_defaults()
+  if smoke: apply_smoke(c, "digits")     # the dataset's seconds-scale settings
+
+The per-dataset values live in :data:`DATASETS`, so every config on a dataset reads the same data,
+augmentation, scoring and smoke settings from one place.
+"""
 
 import ml_collections
 
+# Per dataset: the data section's values, and the train / score / smoke-variant settings that every
+# config on that dataset shares.
+DATASETS = {
+    # scikit-learn's 8x8 digits, offline: 1,797 images, sized for a 2-core CPU.
+    "digits": dict(
+        data=dict(image_size=8, val_size=0),
+        train=dict(calib_images=200),        # BN re-calibration set per scored subnet (OFA: 2,000)
+        augment=dict(pad=0),                 # padded crops on 8 px images learn markedly slower
+        score=dict(batch_size=128),
+        smoke=dict(train=dict(log_every=2, calib_images=128, calib_batch_size=64),
+                   score=dict(block_size=4))),
+    # CIFAR-10 from the packed JPEG file; 5,000 training images form the validation split.
+    "cifar10": dict(
+        data=dict(image_size=32, val_size=5000),
+        train=dict(),
+        augment=dict(pad=4, flip=True),
+        score=dict(block_size=16, chunk_size=None),   # accelerators: vmap a block at once
+        smoke=dict(data=dict(val_size=500),
+                   train=dict(steps=4, batch_size=16, warmup_steps=1, checkpoint_every=2,
+                              log_every=1, progress_every=1, calib_images=64,
+                              calib_batch_size=32),
+                   score=dict(block_size=2, chunk_size=1, max_images=256))),
+}
 
-def train_defaults() -> ml_collections.ConfigDict:
-  """Training settings shared by the configs (each overrides what differs)."""
+
+def _dataset(name: str) -> dict:
+  if name not in DATASETS:
+    raise ValueError(f"no shared config sections for dataset {name!r} (known: "
+                     f"{', '.join(DATASETS)})")
+  return DATASETS[name]
+
+
+def data_defaults(dataset: str) -> ml_collections.ConfigDict:
+  """The data section of a config on ``dataset`` ('digits' | 'cifar10').
+
+  ``name``: 'digits' | 'cifar10' (packed JPEG file at ``path``) | 'tfds' (``tfds_name``,
+  ``tfds_dir``); ``val_size`` training images form the holdout-validation split of cifar10 and
+  tfds (digits has its own fixed split); ``cache_dir`` keeps decoded images for later runs.
+  """
+  d = _dataset(dataset)["data"]
   return ml_collections.ConfigDict(dict(
+      name=dataset, path="", tfds_name="", tfds_dir="", image_size=d["image_size"],
+      val_size=d["val_size"], split_seed=0, cache_dir=""))
+
+
+def supernet_defaults(**options) -> ml_collections.ConfigDict:
+  """The supernet section: the supernet's options (its dataclass fields: ``dtype``,
+  ``dropout_rate``, ``depthwise_impl``, ...) and ``init_from``, a path to weights to start from
+  instead of a fresh initialisation (an OFA checkpoint or a converted directory: see
+  ``python -m regnas_jax.convert``)."""
+  return ml_collections.ConfigDict(dict(options, init_from=""))
+
+
+def apply_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
+  """Shrink ``c`` in place to the seconds-scale settings that every ``:smoke`` variant on
+  ``dataset`` shares (the config then sets its own steps, subnets and search size)."""
+  for section, values in _dataset(dataset)["smoke"].items():
+    c[section].update(values)
+
+
+def train_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
+  """Training settings shared by the configs, with ``dataset``'s augmentation and re-calibration
+  settings when given (each config overrides what differs)."""
+  c = ml_collections.ConfigDict(dict(
       method="sandwich",        # 'sandwich' | 'uniform' | 'fair' (FairNAS) | 'progressive' (OFA)
       steps=300,
       batch_size=64,
@@ -26,18 +98,42 @@ def train_defaults() -> ml_collections.ConfigDict:
       ps_lr_scale=(1.0, 0.5, 0.25, 0.25),
       augment=ml_collections.ConfigDict(dict(pad=2, flip=False)),
       checkpoint_every=100, max_to_keep=2, log_every=10, progress_every=50,
+      max_nonfinite_steps=0,    # steps with a non-finite loss tolerated before training stops
       # BN re-calibration before scoring (OFA: 2,000 training images in batches of 200).
       calib_images=2000, calib_batch_size=200,
   ))
+  if dataset is not None:
+    c.update(_dataset(dataset)["train"])
+    c.augment.update(_dataset(dataset)["augment"])
+  return c
 
 
-def score_defaults() -> ml_collections.ConfigDict:
-  """How subnets are scored: per-member BN re-calibration, then eval-mode predictions."""
-  return ml_collections.ConfigDict(dict(
+def score_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
+  """How subnets are scored: per-member BN re-calibration, then eval-mode predictions; with
+  ``dataset``'s batch and block sizes when given."""
+  c = ml_collections.ConfigDict(dict(
       block_size=8,     # members per compiled call (populations are padded to a multiple)
       chunk_size=1,     # members at a time inside a call (lax.map); None: vmap the whole block
       batch_size=500,   # evaluation images per call (the last batch padded)
       max_images=0,     # >0: score a fixed random subset of each split (smoke runs)
+  ))
+  if dataset is not None:
+    c.update(_dataset(dataset)["score"])
+  return c
+
+
+def experiment_defaults() -> ml_collections.ConfigDict:
+  """REG-NAS's tables on one supernet (``python -m regnas_jax.experiments.regnas_tables``)."""
+  return ml_collections.ConfigDict(dict(
+      seeds=(0, 1, 2),            # search seeds: every variant is searched once per seed
+      reference_seed=0,           # A1 (R0, smallest budget) is searched once, with this seed
+      baseline_seed=0,            # whose R0 family's A1 / A2 are trained separately from scratch
+      sweep=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0),   # lambda2/lambda1 for A2
+      independent_steps=0,        # steps of each from-scratch model (0: config.train.steps)
+      # Focal distillation (Positive-Congruent Training) for the PCT baseline; our reading in
+      # regnas_jax/training/exact.py: CE + weight * mean((alpha + beta * 1[old right]) * D).
+      fd=ml_collections.ConfigDict(dict(weight=1.0, alpha=1.0, beta=5.0, temperature=1.0,
+                                        kind="kl")),
   ))
 
 

@@ -5,7 +5,7 @@ anything else is a bug and keeps its traceback.  The message names what to chang
 a file, a work dir), so subclasses exist only where a caller needs to tell faults apart:
 
 * :class:`ConfigError` -- a configuration value that cannot run (the message names the key);
-* :class:`DataError` -- a dataset file or setting that cannot be loaded;
+* :class:`DataError` -- a dataset or weights file (or setting) that cannot be loaded;
 * :class:`StateError` -- a work dir whose saved state (checkpoint, search state, lock) cannot be
   used: damaged, written by another run, or held by a live process;
 * :class:`SearchError` -- a search that cannot go on (e.g. no feasible architecture);
@@ -27,7 +27,7 @@ class ConfigError(RegnasError, ValueError):
 
 
 class DataError(RegnasError, ValueError):
-  """A dataset that cannot be loaded; the message names the file or setting."""
+  """A dataset or weights file that cannot be loaded; the message names the file or setting."""
 
 
 class StateError(RegnasError, RuntimeError):

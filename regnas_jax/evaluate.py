@@ -4,16 +4,23 @@ A population is an arch pytree with a leading axis.  Its members share the super
 parameters; ``jax.vmap`` folds them into one program, and ``chunk_size`` bounds memory by
 running ``chunk_size`` members at a time with ``lax.map``.  Members must share the input
 resolution (the image shape is static): group a population by resolution first.
+
+:class:`Scorer` is what the jobs use: per-member BN re-calibration on a fixed calibration set,
+then predictions on a split, for populations of any size and mixed resolutions.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regnas_jax import data as data_lib
+
+from regnas_jax.metrics import nfr, nfr_matrix, relative_nfr, top1  # noqa: F401 (re-exported)
 from regnas_jax.spaces.base import pop_size
 
 
@@ -178,36 +185,105 @@ def score_population(model, variables, population, calib_images, images, labels,
   return pred == np.asarray(labels)[None]
 
 
-# -- regression metrics ------------------------------------------------------------------------
-def top1(correct) -> np.ndarray:
-  """Accuracy per member: the mean of bool ``correct`` ``(..., N)`` over samples."""
-  return np.asarray(correct, bool).mean(-1)
 
 
-def nfr(new_correct, old_correct) -> np.ndarray:
-  """Negative flip rate NFR(new, old): the fraction of *all* N samples that the old model gets
-  right and the new one gets wrong (Yan et al., CVPR 2021, as used by REG-NAS).
+# ----------------------------------------------------------------------------------------------
+# The jobs' scorer
+# ----------------------------------------------------------------------------------------------
+def uncommitted(tree):
+  """Arrays on the default device, not committed to it: jit's cache key includes whether an
+  argument is committed, so warm-up compiles and later calls must pass arrays the same way."""
+  return jax.device_put(jax.tree.map(np.asarray, tree))
 
-  Bool ``(..., N)`` inputs broadcast against each other.
+
+class Scorer:
+  """Scores subnets of a trained supernet on a split: each member's BN statistics re-calibrated
+  on a fixed set of training images, then eval-mode predictions.
+
+  Args:
+    net: the supernet; variables: its trained ``{'params', 'batch_stats'}``;
+    dataset: a :class:`~regnas_jax.data.Dataset`;
+    score: ``config.score`` (``block_size``, ``chunk_size``, ``batch_size``, ``max_images``);
+    calib_images, calib_batch_size: the calibration set (OFA: 2,000 training images);
+    seed: picks the calibration images and the ``max_images`` subsets.
+
+  Calibration batches and evaluation images are prepared once per resolution; populations are
+  grouped by resolution and run in fixed-size member blocks, so every (resolution, split size)
+  compiles once.  ``seconds`` sums the time spent in :meth:`correct`.
   """
-  new, old = np.asarray(new_correct, bool), np.asarray(old_correct, bool)
-  return (old & ~new).mean(-1)
+
+  def __init__(self, net, space, variables, dataset, score, *, calib_images: int,
+               calib_batch_size: int, seed: int):
+    self.net, self.space, self.dataset, self.score = net, space, dataset, score
+    self.variables = uncommitted(variables)
+    self.calib_images, self.calib_batch_size, self.seed = calib_images, calib_batch_size, seed
+    self._calib, self._images = {}, {}
+    self.seconds = 0.0
+
+  @classmethod
+  def from_config(cls, cfg, net, space, variables, dataset) -> "Scorer":
+    return cls(net, space, variables, dataset, cfg.score, calib_images=cfg.train.calib_images,
+               calib_batch_size=cfg.train.calib_batch_size, seed=cfg.seed)
+
+  def calib(self, r: int) -> np.ndarray:
+    if r not in self._calib:
+      ds = self.dataset
+      src = data_lib.SubsetSource(ds.train, np.random.default_rng([self.seed, 11]).permutation(
+          len(ds.train))[:self.calib_images])
+      x, _ = data_lib.eval_images(src, r, ds.mean, ds.std)
+      self._calib[r] = jax.device_put(calibration_batches(
+          x, len(x), self.calib_batch_size, self.seed))  # on the device once
+    return self._calib[r]
+
+  def images(self, split: str, r: int):
+    if (split, r) not in self._images:
+      src = getattr(self.dataset, split)
+      limit = int(self.score.max_images or 0)
+      if 0 < limit < len(src):  # a fixed random subset (splits may be sorted by class)
+        src = data_lib.SubsetSource(src, np.sort(np.random.default_rng(
+            [self.seed, 13]).permutation(len(src))[:limit]))
+      x, y = data_lib.eval_images(src, r, self.dataset.mean, self.dataset.std)
+      self._images[split, r] = (jax.device_put(x), y)
+    return self._images[split, r]
+
+  def labels(self, split: str) -> np.ndarray:
+    return self.images(split, self.space.resolutions[0])[1]
+
+  def _groups(self, pop):
+    res_idx = np.asarray(pop.resolution).reshape(-1)
+    for r_i in np.unique(res_idx):
+      members = np.flatnonzero(res_idx == r_i)
+      yield self.space.resolutions[r_i], members, jax.tree.map(lambda x: np.asarray(x)[members], pop)
+
+  def _kw(self):
+    return dict(block_size=self.score.block_size, chunk_size=self.score.chunk_size)
+
+  def stats(self, pop):
+    """Per-member re-calibrated ``batch_stats`` (leading axis), numpy."""
+    out = None
+    for r, members, group in self._groups(pop):
+      st = recalibrate_population(self.net, self.variables, self.calib(r), group, **self._kw())
+      if out is None:
+        out = jax.tree.map(lambda s: np.zeros((len(pop.resolution),) + s.shape[1:], s.dtype), st)
+      out = jax.tree.map(lambda o, s, m=members: _set(o, m, s), out, st)
+    return out
+
+  def correct(self, pop, split: str) -> np.ndarray:
+    """Bool ``(P, N)``: per member, which samples of ``split`` it classifies correctly."""
+    t = time.time()
+    out = None
+    for r, members, group in self._groups(pop):
+      x, y = self.images(split, r)
+      st = recalibrate_population(self.net, self.variables, self.calib(r), group, **self._kw())
+      pred = population_predictions(self.net, self.variables["params"], st, group, x,
+                                    batch_size=self.score.batch_size, **self._kw())
+      if out is None:
+        out = np.zeros((len(pop.resolution), len(y)), bool)
+      out[members] = pred == y[None]
+    self.seconds += time.time() - t
+    return out
 
 
-def relative_nfr(new_correct, old_correct) -> np.ndarray:
-  """NFR divided by the NFR expected if the two models erred independently,
-  ``acc_old * (1 - acc_new)``; ``nan`` where that product is 0."""
-  expected = top1(old_correct) * (1.0 - top1(new_correct))
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(expected > 0, nfr(new_correct, old_correct) / np.where(expected > 0, expected, 1),
-                    np.nan)
-
-
-def nfr_matrix(correct) -> np.ndarray:
-  """``(k, k)`` pairwise NFR of a family: entry ``[i, j]`` = NFR(new=j, old=i), i.e. the
-  fraction of samples member ``i`` gets right and member ``j`` gets wrong (diagonal 0).
-
-  For a family ordered small to large the upper triangle holds the regressions that matter.
-  """
-  c = np.asarray(correct, bool)
-  return (c[:, None, :] & ~c[None, :, :]).mean(-1)
+def _set(o, idx, v):
+  o[idx] = v
+  return o

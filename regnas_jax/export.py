@@ -69,6 +69,7 @@ def load_subnet(directory: str) -> tuple[Any, Any, Any, dict]:
                                                    for k, v in cfg.items()})
     arch = space.from_json(info["arch"])
     opts = dict(info["supernet"])
+    opts.pop("init_from", None)  # where the supernet's weights came from, not a module option
     opts["dtype"] = DTYPES[opts.get("dtype", "float32")]
     module = nets.exact_module(nets.build_supernet(space, **opts), arch)
   except (KeyError, TypeError, ValueError) as e:

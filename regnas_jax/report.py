@@ -1,4 +1,9 @@
-"""Tables (Markdown) and plots (PNG) of searched families, from the records in results.json.
+"""Tables (Markdown) and plots (PNG) of the jobs' results, from the records in results.json.
+
+``python -m regnas_jax.report RUN_DIR [RUN_DIR ...]`` compares finished NSGA-II runs (e.g.
+supernets trained with and without ELS): end subnets, the spread of subnet accuracies, the final
+fronts.
+
 
 Top-1 and NFR are printed in percent of the test split; NFR(new, old) is the share of samples
 the old (smaller) member gets right and the new one gets wrong.  The relative change of the
@@ -8,7 +13,13 @@ M(other)`` for M in {Top-1, NFR}, so the proposed method's own row reads 0.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
 import numpy as np
+
+from regnas_jax import spaces
 
 
 def _pct(x) -> str:
@@ -86,20 +97,57 @@ def _plt():
   return plt
 
 
-def plot_family(path: str, evaluated: list[dict], fams: dict) -> None:
-  """Validation Top-1 vs. MMACs of every scored subnet (grey) with each family marked."""
+def plot_family(path: str, evaluated: list[dict], fams: dict, *, title: str = "",
+                windows: list[tuple[float, float]] | None = None) -> None:
+  """Two panels of a searched family.
+
+  Left: validation Top-1 vs. MMACs of every scored subnet (grey), the MACs window of each member
+  (shaded) and each family (stars; the first family's members annotated with their test Top-1
+  and test NFR to the previous member).  Right: the Top-1 / NFR plane of the members A2.. (test
+  split): every family's member against its predecessor, so the trade-off REG-NAS's reward makes
+  is visible.
+  """
   plt = _plt()
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.5, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+  for lo, hi in windows or []:
+    ax.axvspan(lo / 1e6, hi / 1e6, color="tab:orange", alpha=0.10, lw=0, zorder=0)
   if evaluated:
     ax.scatter([e["macs"] / 1e6 for e in evaluated], [100 * e["val_top1"] for e in evaluated],
                s=8, c="0.75", label="scored subnets", zorder=1)
+  xs = [e["macs"] / 1e6 for e in evaluated]
   for k, (label, fam) in enumerate(fams.items()):
     ms = fam["members"]
+    mat = np.asarray(fam["nfr_matrix_test"])
     x, y = [m["macs"] / 1e6 for m in ms], [100 * m["val_top1"] for m in ms]
     ax.plot(x, y, marker="*", ms=11, lw=1.2, label=label, zorder=3 + k)
-    for m, xi, yi in zip(ms, x, y):
-      if k == 0:
-        ax.annotate(m["name"], (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=8)
+    xs += x
+    if k == 0:
+      for i, (m, xi, yi) in enumerate(zip(ms, x, y)):
+        note = f"{m['name']}: test {100 * m['test_top1']:.1f}%"
+        if i:
+          note += f", NFR {100 * mat[i - 1, i]:.2f}%"
+        ax.annotate(note, (xi, yi), textcoords="offset points", xytext=(-6, 8), fontsize=7.5,
+                    ha="right" if i == len(ms) - 1 else "left")
+    nfr = [100 * mat[i - 1, i] for i in range(1, len(ms))]
+    top = [100 * m["test_top1"] for m in ms[1:]]
+    ax2.plot(nfr, top, marker="o", ms=7, lw=0, label=label)
+    for m, a, b in zip(ms[1:], nfr, top):
+      ax2.annotate(m["name"], (a, b), textcoords="offset points", xytext=(4, 3), fontsize=7)
+  if xs:
+    span = max(xs) - min(xs) or 1.0
+    ax.set_xlim(min(xs) - 0.05 * span, max(xs) + 0.08 * span)
+  lo, hi = ax.get_ylim()
+  ax.set_ylim(lo, hi + 0.08 * (hi - lo))      # room for the annotations above the stars
+  ax2.margins(0.25)
+  if windows:
+    ax.plot([], [], color="tab:orange", alpha=0.3, lw=6, label="MACs windows")
+  ax.set_title(f"{title} -- validation top-1 vs. MACs" if title else "validation top-1 vs. MACs",
+               fontsize=10)
+  ax2.set_xlabel("test NFR against the previous member (%)")
+  ax2.set_ylabel("test top-1 (%)")
+  ax2.set_title("members A2..: top-1 vs. negative flips (test)", fontsize=10)
+  ax2.grid(alpha=0.3)
+  ax2.legend(fontsize=7)
   save_top1_vs_macs(plt, fig, ax, path)
 
 
@@ -114,22 +162,282 @@ def save_top1_vs_macs(plt, fig, ax, path: str) -> None:
   plt.close(fig)
 
 
-def plot_nfr_matrix(path: str, fam: dict) -> None:
-  """Heatmap of the family's pairwise test NFR (row = old, column = new)."""
+def plot_nfr_matrix(path: str, fam: dict, title: str = "") -> None:
+  """Heatmap of the family's pairwise test NFR (row = old, column = new); cell text in white on
+  dark cells."""
   plt = _plt()
   mat = 100 * np.asarray(fam["nfr_matrix_test"])
   names = [m["name"] for m in fam["members"]]
-  fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.2, 1.1 * len(names) + 1.6))
-  im = ax.imshow(mat, cmap="Greens")
+  fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.4, 1.1 * len(names) + 1.8))
+  off = mat[~np.eye(len(names), dtype=bool)]
+  vmax = float(off.max()) if off.size and off.max() > 0 else 1.0
+  shown = np.where(np.eye(len(names), dtype=bool), np.nan, mat)
+  im = ax.imshow(shown, cmap="Greens", vmin=0.0, vmax=vmax)
   ax.set_xticks(range(len(names)), names)
   ax.set_yticks(range(len(names)), names)
   ax.set_xlabel("new model")
   ax.set_ylabel("old model")
   for i in range(len(names)):
     for j in range(len(names)):
-      ax.text(j, i, "-" if i == j else f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=9)
+      dark = i != j and mat[i, j] > 0.55 * vmax
+      ax.text(j, i, "-" if i == j else f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=9,
+              color="white" if dark else "black")
   fig.colorbar(im, ax=ax, label="NFR (%)")
-  ax.set_title("pairwise negative flip rate")
+  ax.set_title((f"{title}\n" if title else "") + "pairwise negative flip rate (test)",
+               fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+# -- NSGA-II (SCARLET) ------------------------------------------------------------------------
+def pareto_table(rows: list[dict], objectives) -> str:
+  """Markdown table of the chosen models."""
+  head = "| model | MMACs | params (M) | val top-1 | test top-1 |"
+  sep = "|---|---|---|---|---|"
+  if "nfr" in objectives:
+    head, sep = head + " val NFR | test NFR |", sep + "---|---|"
+  lines = [head, sep]
+  for r in rows:
+    line = (f"| {r['name']} | {r['macs'] / 1e6:.3f} | {r['params'] / 1e6:.3f} | "
+            f"{100 * r['val_top1']:.2f}% | {100 * r['test_top1']:.2f}% |")
+    if "nfr" in objectives:
+      line += f" {100 * r['val_nfr']:.2f}% | {100 * r['test_nfr']:.2f}% |"
+    lines.append(line)
+  return "\n".join(lines)
+
+
+def plot_pareto(path: str, evaluated: list[dict], fronts: list[list[dict]], rows: list[dict],
+                title: str = "") -> None:
+  """Validation Top-1 vs. MMACs: every scored subnet (grey), the first front of each generation
+  (light to dark) and the K chosen models (stars)."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  if evaluated:
+    ax.scatter([e["macs"] / 1e6 for e in evaluated], [100 * e["val_top1"] for e in evaluated],
+               s=8, c="0.8", label="scored subnets", zorder=1)
+  cmap = plt.get_cmap("viridis")
+  n = len(fronts)
+  for g, fr in enumerate(fronts):
+    if not fr or "macs" not in fr[0] or "top1" not in fr[0]:
+      continue
+    pts = sorted((r["macs"] / 1e6, 100 * r["top1"]) for r in fr)
+    ax.plot(*zip(*pts), marker="o", ms=3, lw=0.8, color=cmap(g / max(n - 1, 1)),
+            label="first front per generation (dark to light)" if g == n - 1 else None,
+            zorder=2)
+  ax.scatter([r["macs"] / 1e6 for r in rows], [100 * r["val_top1"] for r in rows], marker="*",
+             s=140, c="tab:red", label="chosen models", zorder=4)
+  for r in rows:
+    ax.annotate(r["name"], (r["macs"] / 1e6, 100 * r["val_top1"]), textcoords="offset points",
+                xytext=(4, 5), fontsize=8)
+  ax.set_title((f"{title} -- " if title else "") + "NSGA-II: validation top-1 vs. MACs",
+               fontsize=10)
+  save_top1_vs_macs(plt, fig, ax, path)
+
+
+
+# -- TuNAS ------------------------------------------------------------------------------------
+def tunas_table(rows: list[dict], summary: dict, retrained: bool) -> str:
+  unit = summary["unit"]
+  head = f"| model | cost ({unit}) | MMACs | params (M) | val top-1 | test top-1 |"
+  sep = "|---|---:|---:|---:|---:|---:|"
+  if retrained:
+    head += " retrained test top-1 |"
+    sep += "---:|"
+  lines = [f"TuNAS search: target {summary['target']:.4g} {unit}, argmax at "
+           f"{100 * summary['argmax_cost_rel']:+.2f}% of it; random search: "
+           f"{summary['random_found']} archs within +-{100 * summary['random_window']:.1f}% "
+           f"(of {summary['random_drawn']} drawn)", "", head, sep]
+  for r in rows:
+    ln = (f"| {r['name']} | {r['cost']:.4g} | {r['macs'] / 1e6:.3f} | {r['params'] / 1e6:.3f} | "
+          f"{100 * r['val_top1']:.2f}% | {100 * r['test_top1']:.2f}% |")
+    if retrained:
+      ln += f" {100 * r['retrain']['test_top1']:.2f}% |"
+    lines.append(ln)
+  if summary["random_mean_test_top1"] is not None:
+    lines.append(f"\nrandom search mean / best test top-1: "
+                 f"{100 * summary['random_mean_test_top1']:.2f}% / "
+                 f"{100 * summary['random_best_test_top1']:.2f}% (shared weights, re-calibrated BN)")
+  return "\n".join(lines)
+
+
+def plot_trajectory(path: str, records: list[dict], target: float, unit: str,
+                    title: str = "") -> None:
+  """Reward, Q, cost (sampled and argmax) against the target and policy entropy per step."""
+  plt = _plt()
+  steps = [r["step"] for r in records]
+  fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
+  panels = [("reward", ["reward", "baseline"]), ("quality Q (val batch top-1)", ["quality"]),
+            (f"cost ({unit})", ["cost", "argmax_cost"]), ("policy entropy (nats)",
+                                                          ["policy_entropy"])]
+  for ax, (title, keys) in zip(axes.flat, panels):
+    for k in keys:
+      ax.plot(steps, [r[k] for r in records], lw=1.2, label=k)
+    if "cost" in keys:
+      ax.axhline(target, color="k", ls="--", lw=0.8, label="target")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(keys) > 1 or "cost" in keys:
+      ax.legend(fontsize=8)
+  for ax in axes[1]:
+    ax.set_xlabel("search step")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# -- REG-NAS's tables (regnas_jax.experiments.regnas_tables) -----------------------------------
+def _ms(d, scale=100.0, digits=2) -> str:
+  """``mean ± std`` of a ``{'mean', 'std'}`` record (percent by default)."""
+  return f"{scale * d['mean']:.{digits}f} ± {scale * d['std']:.{digits}f}"
+
+
+def _signed(x) -> str:
+  return "-" if x is None else f"{100 * x:+.1f}%"
+
+
+def regnas_tables_markdown(res: dict) -> str:
+  """The experiment's tables: Table 2 (variants x members, mean ± std over search seeds, C against
+  the proposed row), the independent / focal-distillation baselines and the lambda sweep."""
+  ref = res["reference"]
+  n_seeds = len(res["table2"][0]["top1"]["values"]) if res["table2"] else 0
+  out = [f"Reference A1 (searched with R0 at the smallest budget): {ref['macs'] / 1e6:.2f} MMACs, "
+         f"test top-1 {100 * ref['test_top1']:.2f}%.  Test split ({res['test_images']} images); "
+         f"mean ± std over {n_seeds} search seeds; NFR against the previous member; "
+         "C = (M(proposed) - M(row)) / M(row) (seed 000's Eq. 1).", "",
+         "| member | variant | MMACs | top-1 (%) | C(top-1) | NFR (%) | C(NFR) | relative NFR | "
+         "NFR vs A1 (%) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in res["table2"]:
+    out.append(f"| {r['member']} | {r['variant']} | {r['macs']['mean'] / 1e6:.2f} | "
+               f"{_ms(r['top1'])} | {_signed(r['c_top1'])} | {_ms(r['nfr'])} | "
+               f"{_signed(r['c_nfr'])} | {_ms(r['rel_nfr'], 1.0, 3)} | {_ms(r['nfr_vs_a1'])} |")
+  ind = res["independent"]
+  prop = next(r for r in res["table2"] if r["member"] == "A2" and r["variant"] ==
+              res["table2"][0]["variant"])
+  out += ["", "A2 against A1 with the architectures of the R0 family: weights shared (the "
+          "supernet), trained separately from scratch, and A2 trained with focal distillation "
+          "from the separately trained A1 (PCT); C against the proposed A2 row above:", "",
+          "| A2 / A1 | A1 top-1 (%) | A2 top-1 (%) | NFR (%) | relative NFR | C(top-1) | C(NFR) |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+  for key, label in (("shared", "weight sharing (supernet)"), ("independent", "independent"),
+                     ("fd", "independent + focal distillation")):
+    r = ind[key]
+    out.append(f"| {label} | {100 * r['old_top1']:.2f} | {100 * r['top1']:.2f} | "
+               f"{100 * r['nfr']:.2f} | {r['rel_nfr']:.3f} | "
+               f"{_signed(_rel(prop['top1']['mean'], r['top1']))} | "
+               f"{_signed(_rel(prop['nfr']['mean'], r['nfr']))} |")
+  out += ["", "lambda2/lambda1 sweep (A2 at the fixed A1, inclusion on; supplementary Table 1):",
+          "", "| lambda2/lambda1 | MMACs | val top-1 (%) | val NFR (%) | test top-1 (%) | "
+          "test NFR (%) |", "|---:|---:|---:|---:|---:|---:|"]
+  for r in res["sweep"]:
+    out.append(f"| {r['ratio']:g} | {r['macs'] / 1e6:.2f} | {100 * r['val_top1']:.2f} | "
+               f"{100 * r['val_nfr']:.2f} | {100 * r['test_top1']:.2f} | "
+               f"{100 * r['test_nfr']:.2f} |")
+  return "\n".join(out)
+
+
+def plot_top1_vs_nfr(path: str, res: dict) -> None:
+  """Test Top-1 against NFR (to the previous member) of A2 per variant, one point per search
+  seed and the mean with its standard deviation as error bars, plus the independent and focal
+  distillation baselines."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6.6, 4.6))
+  rows = [r for r in res["table2"] if r["member"] == "A2"]
+  for k, r in enumerate(rows):
+    c = plt.get_cmap("tab10")(k)
+    ax.scatter(100 * np.asarray(r["nfr"]["values"]), 100 * np.asarray(r["top1"]["values"]),
+               s=14, color=c, alpha=0.5)
+    ax.errorbar(100 * r["nfr"]["mean"], 100 * r["top1"]["mean"], xerr=100 * r["nfr"]["std"],
+                yerr=100 * r["top1"]["std"], fmt="o", ms=7, color=c, capsize=3,
+                label=f"{r['variant']} (mean ± std)")
+  for key, marker, label in (("independent", "s", "independent"),
+                             ("fd", "D", "independent + focal distillation"),
+                             ("shared", "^", "R0 archs, shared weights")):
+    r = res["independent"][key]
+    ax.scatter(100 * r["nfr"], 100 * r["top1"], marker=marker, s=60, color="0.25", label=label,
+               zorder=4, facecolors="none" if key == "shared" else "0.25")
+  ax.set_xlabel("NFR of A2 against A1 (%, test; lower is better)")
+  ax.set_ylabel("A2 test top-1 (%)")
+  ax.set_title(f"REG-NAS variants on one supernet ({res['space']['space']}, "
+               f"{res['config']['data']['name']})", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+
+
+# -- comparing NSGA-II runs (e.g. a supernet trained with and without ELS) ---------------------
+def front_area(front: list[dict], macs_max: float) -> float:
+  """Area under the first front's staircase in (MACs / macs_max, validation Top-1): the mean over
+  MACs budgets in [0, macs_max] of the best Top-1 the front offers within the budget (0 where it
+  offers none).  One number per run: larger is better."""
+  pts = sorted((r["macs"] / macs_max, r["top1"]) for r in front)
+  area, best = 0.0, 0.0
+  for (x, y), nxt in zip(pts, pts[1:] + [(1.0, None)]):
+    best = max(best, y)
+    area += best * max(0.0, min(nxt[0], 1.0) - x)
+  return area
+
+
+def summarize_pareto(results: dict) -> dict:
+  """Figures of one run's ``results.json`` that compare supernets: end subnets' test Top-1, the
+  spread of validation Top-1 over every scored subnet, the final front (its area with MACs as a
+  fraction of the space's largest subnet) and the chosen models."""
+  top = np.array([e["val_top1"] for e in results["evaluated"]], np.float64)
+  cfg = dict(results["space"])
+  space = spaces.get_space(cfg.pop("space"), **{k: tuple(v) if isinstance(v, list) else v
+                                               for k, v in cfg.items()})
+  macs_max = float(space.macs(space.max_arch()))  # the same scale for runs on one space
+  front = results["pareto_fronts"][-1]
+  return {"max_test_top1": results["test_top1"]["max"],
+          "min_test_top1": results["test_top1"]["min"],
+          "scored": len(top), "val_top1_mean": float(top.mean()), "val_top1_std": float(top.std()),
+          "val_top1_p10": float(np.percentile(top, 10)),
+          "val_top1_p90": float(np.percentile(top, 90)),
+          "front_size": len(front), "front_area": front_area(front, macs_max),
+          "chosen_test_top1": [r["test_top1"] for r in results["chosen"]]}
+
+
+def compare_pareto_table(named: dict[str, dict]) -> str:
+  """Markdown table of :func:`summarize` for several runs (name -> results.json dict)."""
+  lines = ["| run | max / min subnet test top-1 | scored | val top-1 mean ± std | p10 - p90 | "
+           "front size | front area | chosen test top-1 |", "|---|---|---|---|---|---|---|---|"]
+  for name, res in named.items():
+    s = summarize_pareto(res)
+    lines.append(
+        f"| {name} | {100 * s['max_test_top1']:.2f} / {100 * s['min_test_top1']:.2f}% | "
+        f"{s['scored']} | {100 * s['val_top1_mean']:.2f} ± {100 * s['val_top1_std']:.2f}% | "
+        f"{100 * s['val_top1_p10']:.2f} - {100 * s['val_top1_p90']:.2f}% | {s['front_size']} | "
+        f"{s['front_area']:.4f} | "
+        f"{' / '.join(f'{100 * t:.2f}' for t in s['chosen_test_top1'])}% |")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+  """``python -m regnas_jax.report RUN_DIR [RUN_DIR ...]``: compare NSGA-II runs."""
+  if not argv:
+    print("usage: python -m regnas_jax.report RUN_DIR [RUN_DIR ...]  (NSGA-II work dirs)",
+          file=sys.stderr)
+    return 2
+  named = {}
+  for d in argv:
+    path = os.path.join(d, "results.json")
+    try:
+      with open(path) as f:
+        res = json.load(f)
+    except (OSError, ValueError) as e:
+      print(f"error: {path}: cannot read ({e})", file=sys.stderr)
+      return 2
+    if res.get("search", {}).get("algorithm") != "nsga2":
+      print(f"error: {path}: not the results of an NSGA-II run", file=sys.stderr)
+      return 2
+    named[d] = res
+  print(compare_pareto_table(named))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,7 @@
 """The command line on the other spaces: OFA-ResNet50's family of four and SCARLET's NSGA-II, end
 to end through their smoke configs (``test_run_search.py`` covers the offline default)."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -43,6 +44,7 @@ def test_resnet50_smoke_config_searches_a_family_of_four(tmp_path):
   assert module.apply(variables, np.zeros((2, 8, 8, 3), np.float32)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_scarlet_smoke_config_runs_nsga2_with_an_nfr_objective(tmp_path):
   """SCARLET S1 through the same CLI: FairNAS-style training, NSGA-II on Top-1 / MACs / NFR
   against a reference arch file under a MACs cap, fronts per generation, K models exported with

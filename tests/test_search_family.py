@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from regnas_jax import evaluate, spaces
+from regnas_jax.errors import StateError
 from regnas_jax.search import EvolutionConfig, SearchError, family
 
 SP = spaces.OFAMobileNetV3Space(width_mult=0.5, stem="small", num_classes=10, resolutions=(8,))
@@ -111,6 +112,6 @@ def test_same_seed_same_family_and_killed_search_resumes(tmp_path):
     assert a["search"] == b["search"]
   # another search in the same file is refused, the file is kept
   before = open(path).read()
-  with pytest.raises(SearchError, match=r"belongs to another search \(seed: saved 0, now 1\)"):
+  with pytest.raises(StateError, match=r"belongs to another run \(seed: saved 0, now 1\)"):
     search(path, seed=1)
   assert open(path).read() == before

@@ -28,6 +28,11 @@ class ToySpace(helpers.ToySpaceBase):
   def fields(self):
     return (base.Field("x", (6,), (0, 1, 2, 3)), base.Field("y", (2,), (0, 1, 2)))
 
+  warmup_fields = ()
+
+  def choice_mask(self):
+    return {f.name: np.ones(f.shape + (f.size,), bool) for f in self.fields()}
+
   def active_decisions(self, arch):
     return {"x": jnp.ones(6, bool), "y": jnp.broadcast_to(jnp.asarray(arch.x)[0] != 0, (2,))}
 

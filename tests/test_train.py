@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from regnas_jax import nn as nets
-from regnas_jax import spaces, train
+from regnas_jax import spaces
+from regnas_jax import training as train
+from regnas_jax.errors import ConfigError
 from regnas_jax.defaults import train_defaults
 
 
@@ -45,7 +47,7 @@ def _tree_close(a, b, rtol=2e-4, atol=2e-6):
                                err_msg=jax.tree_util.keystr(p))
 
 
-@pytest.mark.parametrize("loop", ["vmap", "scan"])
+@pytest.mark.parametrize("loop", [pytest.param("vmap", marks=pytest.mark.slow), "scan"])
 def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
   sp, net, v, x = tiny
   labels = jnp.array([0, 3, 7, 3, 9])
@@ -121,7 +123,7 @@ def test_sandwich_and_uniform_phases_and_bad_config():
   tc.method = "uniform"
   assert train.build_phases(tc, sp)[0].distill == "none"
   tc.method = "shrink"
-  with pytest.raises(train.TrainConfigError, match="config.train.method: 'shrink'"):
+  with pytest.raises(ConfigError, match="config.train.method: 'shrink'"):
     train.build_phases(tc, sp)
 
 
@@ -164,7 +166,7 @@ def test_auto_subnet_loop_follows_the_supernet_on_cpu(tiny):
   assert train.resolve_subnet_loop("auto", net) == ("scan" if cpu else "vmap")
   assert train.resolve_subnet_loop("auto", res) == "vmap"
   assert train.resolve_subnet_loop("scan", res) == "scan"
-  with pytest.raises(train.TrainConfigError, match="config.train.subnet_loop: 'loop'"):
+  with pytest.raises(ConfigError, match="config.train.subnet_loop: 'loop'"):
     train.resolve_subnet_loop("loop", net)
 
 

@@ -99,7 +99,8 @@ class TunasSupernet(nn.Module):
 
   # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = False
-  op_average = True
+  op_average = True                 # __call__ takes TuNAS's op-warmup flags as ``average=``
+  op_decisions = OP_DECISIONS       # the fields those flags cover
 
   @nn.nowrap
   def exact_module(self, arch):

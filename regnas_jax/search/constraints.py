@@ -20,13 +20,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from regnas_jax.errors import SearchError
 from regnas_jax.spaces.base import pop_size
 
 INCLUSION_MODES = ("repair", "resample")
-
-
-class SearchError(RuntimeError):
-  """A search that cannot go on (e.g. no feasible architecture in the window)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,21 +73,31 @@ def feasible(space, constraint: Constraint, propose: Callable[[jax.Array, int], 
              key: jax.Array, *, batch: int = 256, max_proposals: int = 100_000):
   """``n`` feasible architectures from ``propose(key, m)`` (m proposals as a population).
 
-  Proposals are made ``batch`` at a time, repaired, checked, and the feasible ones kept in
-  order, until ``n`` are found; raises :class:`SearchError` after ``max_proposals``.
+  Proposals are made ``batch`` at a time (round ``r`` with ``fold_in(key, r)``), repaired,
+  checked, and the feasible ones kept in order, until ``n`` are found; raises
+  :class:`SearchError` after ``max_proposals``.
   """
+  return collect(lambda r, m: constraint.repair(space, propose(jax.random.fold_in(key, r), m)),
+                 lambda pop: constraint.check(space, pop), n, batch=batch,
+                 max_proposals=max_proposals, what=f"the constraint ({constraint.describe()})",
+                 hint="; widen the MACs window (search.window) or change the budgets")
+
+
+def collect(propose: Callable[[int, int], Any], ok: Callable[[Any], np.ndarray], n: int, *,
+            batch: int, max_proposals: int, what: str, hint: str = ""):
+  """The first ``n`` proposals that pass ``ok``: ``propose(r, batch)`` makes round ``r``'s
+  proposals (a population), ``ok(pop) -> bool (P,)`` checks them.  Shared by every search's
+  ``ask``; raises :class:`SearchError` naming ``what`` after ``max_proposals`` proposals."""
   found, made, r = [], 0, 0
   while sum(pop_size(f) for f in found) < n:
     if made >= max_proposals:
       got = sum(pop_size(f) for f in found)
-      raise SearchError(
-          f"only {got} of {n} proposals satisfied the constraint ({constraint.describe()}) "
-          f"after {made} tries; widen the MACs window (search.window) or change the budgets")
-    cand = constraint.repair(space, propose(jax.random.fold_in(key, r), batch))
-    ok = constraint.check(space, cand)
+      raise SearchError(f"only {got} of {n} proposals satisfied {what} after {made} tries{hint}")
+    cand = jax.tree.map(np.asarray, propose(r, batch))
+    keep = np.asarray(ok(cand), bool)
     made += batch
     r += 1
-    if ok.any():
-      found.append(jax.tree.map(lambda x: x[ok], cand))
+    if keep.any():
+      found.append(jax.tree.map(lambda x: x[keep], cand))
   pop = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *found)
   return jax.tree.map(lambda x: x.astype(np.int32), pop)

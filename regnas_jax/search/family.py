@@ -8,8 +8,9 @@ Member ``i > 1`` is searched with the reward ``lambda1 * Top1(a) - lambda2 * NFR
 searched for accuracy alone.  Top-1 and NFR come from real forward passes of every candidate on
 the holdout-validation split (an accuracy predictor cannot predict sample-wise flips).
 
-The search is saved as JSON after every generation; started again with the same identity it
-resumes where it stopped and reaches the same family.
+The search is saved as JSON after every generation, together with the evaluation cache (every
+subnet scored so far and its per-sample correctness); started again with the same identity it
+resumes where it stopped, reaches the same family and reports the same scored subnets.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from regnas_jax import evaluate
-from regnas_jax.checkpoint import first_difference
+from regnas_jax import metrics as metrics_lib
+from regnas_jax import persist
+from regnas_jax.errors import SearchError, StateError
 from regnas_jax.search import evolution, random_search, rewards
-from regnas_jax.search.constraints import Constraint, SearchError
+from regnas_jax.search.constraints import Constraint
 from regnas_jax.search.evolution import EvolutionConfig
 from regnas_jax.spaces.base import pop_size
 
@@ -55,14 +57,29 @@ class EvalCache:
 
   ``correct_fn(pop) -> bool (P, N)`` is called only for architectures not seen before (keyed by
   their canonical form, so unused choices do not create duplicates).  Every evaluated
-  architecture is remembered with its MACs and Top-1, for plots.
+  architecture is remembered with its Top-1, in order, for reports and plots.
+
+  With ``path`` the cache is persistent: entries saved by a run with the same ``identity`` are
+  loaded on construction, and :meth:`save` (called by the searches before they save their
+  state) writes new entries atomically, so a resumed search neither scores an architecture
+  twice nor forgets what it scored before the restart.
   """
 
-  def __init__(self, space, correct_fn: Callable[[Any], np.ndarray]):
+  def __init__(self, space, correct_fn: Callable[[Any], np.ndarray], path: str | None = None,
+               identity: Any = None):
     self.space, self.correct_fn = space, correct_fn
+    self.path, self.identity = path, persist.jsonable(identity)
     self.table: dict[bytes, np.ndarray] = {}
     self.archs: dict[bytes, Any] = {}
-    self.scored = 0
+    self.scored_now = 0      # scored by this process
+    self._saved = 0
+    if path and os.path.exists(path):
+      self._load()
+
+  @property
+  def scored(self) -> int:
+    """Distinct architectures scored so far (also before a restart)."""
+    return len(self.table)
 
   def key(self, arch) -> bytes:
     a = self.space.canonicalize(jax.tree.map(np.asarray, arch))
@@ -82,21 +99,51 @@ class EvalCache:
       for j, i in enumerate(new):
         self.table[keys[i]] = got[j]
         self.archs[keys[i]] = jax.tree.map(lambda x, i=i: x[i], pop)
-      self.scored += len(new)
+      self.scored_now += len(new)
     return np.stack([self.table[k] for k in keys])
 
   def evaluated(self) -> list[tuple[Any, float]]:
     """``(arch, top1)`` of every architecture scored so far, in order."""
     return [(self.archs[k], float(self.table[k].mean())) for k in self.archs]
 
+  def save(self) -> None:
+    """Write the cache to ``path`` (atomically) if it has entries not saved yet."""
+    if not self.path or len(self.table) == self._saved:
+      return
+    keys = list(self.archs)
+    archs = {f"arch_{k}": np.stack([np.asarray(getattr(self.archs[h], k)) for h in keys])
+             for k in self.space.arch_type._fields}
+    correct = np.stack([self.table[h] for h in keys])
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    tmp = self.path + ".tmp.npz"
+    np.savez(tmp, identity=np.array(json.dumps(self.identity, sort_keys=True)),
+             samples=np.int64(correct.shape[1]), correct=np.packbits(correct, axis=1), **archs)
+    os.replace(tmp, self.path)
+    self._saved = len(keys)
 
-def write_json(path: str, obj) -> None:
-  """Write compact JSON via a temporary file and a rename (a crash never leaves half a file)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f)
-  os.replace(tmp, path)
+  def _load(self) -> None:
+    try:
+      with np.load(self.path, allow_pickle=False) as z:
+        saved_id = json.loads(str(z["identity"]))
+        diff = persist.first_difference(saved_id, self.identity)
+        if diff:
+          raise StateError(f"{self.path} belongs to another run ({diff}); use another --workdir "
+                           f"or remove that file")
+        n = int(z["samples"])
+        correct = np.unpackbits(z["correct"], axis=1, count=n).astype(bool)
+        fields = {k: z[f"arch_{k}"] for k in self.space.arch_type._fields}
+    except StateError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any damage: one line, the file stays as it is
+      raise StateError(f"{self.path}: damaged evaluation cache ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}); remove it to score again"
+                       ) from None
+    pop = self.space.validate(self.space.arch_type(**fields), population=True)
+    for i in range(len(correct)):
+      a = jax.tree.map(lambda x, i=i: x[i], pop)
+      k = self.key(a)
+      self.table[k], self.archs[k] = correct[i], a
+    self._saved = len(self.table)
 
 
 def _arch_json(arch) -> dict:
@@ -131,25 +178,17 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
   ident = {"identity": identity or {}, "specs": [s.to_json() for s in specs],
            "search": dict(cfg._asdict()), "seed": int(seed), "nfr_against": nfr_against,
            "reference": None if reference is None else _arch_json(space.validate(reference))}
-  ident = json.loads(json.dumps(ident))
+  ident = persist.jsonable(ident)
   members: list[dict] = []
   current = None
-  if state_path and os.path.exists(state_path):
-    try:
-      with open(state_path) as f:
-        saved = json.load(f)
-      diff = first_difference(saved["identity"], ident)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise SearchError(f"{state_path}: unreadable saved search ({e})") from None
-    if diff:
-      raise SearchError(f"{state_path} belongs to another search ({diff}); use another --workdir "
-                        f"or remove that file")
-    for m in saved["members"]:
-      m = dict(m)
-      m["arch"] = space.validate(m["arch"], population=False)
-      members.append(m)
-    if saved.get("current") is not None:
-      current = evolution.state_from_json(space, saved["current"])
+  def parse(saved):
+    done = [dict(m, arch=space.validate(m["arch"], population=False)) for m in saved["members"]]
+    cur = saved.get("current")
+    return done, None if cur is None else evolution.state_from_json(space, cur)
+
+  loaded = persist.read_state(state_path, ident, parse) if state_path else None
+  if loaded is not None:
+    members, current = loaded
     log(f"resumed the search from {state_path}: {len(members)} member(s) done"
         + (f", {specs[len(members)].name} at generation {current.generation}" if current else ""))
 
@@ -157,15 +196,16 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
     if not state_path:
       return
     ms = [dict(m, arch=_arch_json(m["arch"])) for m in members]
-    write_json(state_path, {"identity": ident, "members": ms,
-                             "current": None if cur is None else evolution.state_to_json(cur)})
+    cache.save()   # first: the state never refers to scores the cache lacks
+    persist.save_state(state_path, ident, members=ms,
+                       current=None if cur is None else evolution.state_to_json(cur))
 
   def metrics(correct, refs):
-    top1 = evaluate.top1(correct)
+    top1 = metrics_lib.top1(correct)
     if not refs:
       return top1, np.zeros_like(top1)
     ref_ok = [cache(jax.tree.map(lambda x: np.asarray(x)[None], m["arch"]))[0] for m in refs]
-    per = np.stack([evaluate.nfr(correct, r[None]) for r in ref_ok])
+    per = np.stack([metrics_lib.nfr(correct, r[None]) for r in ref_ok])
     return top1, (per[-1] if nfr_against == "previous" else per.mean(0))
 
   for i, spec in enumerate(specs):

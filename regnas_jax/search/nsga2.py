@@ -53,7 +53,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from regnas_jax.search.constraints import SearchError
+from regnas_jax.errors import SearchError
+from regnas_jax.search.constraints import collect
 from regnas_jax.spaces.base import InvalidArchError, concat, pop_size, take
 
 PRNG_IMPL = "unsafe_rbg"
@@ -356,41 +357,33 @@ def ask(space, cfg: NSGA2Config, state: NSGA2State,
   """
   cfg.check()
   sample, mutate, cross = _variation(space, float(cfg.mutate_prob))
-  n, batch = cfg.population_size, cfg.proposal_batch
+  n = cfg.population_size
   rng = np.random.default_rng([int(state.seed), int(state.generation), 7])
   if state.population is not None:
     ranks = non_dominated_sort(state.objectives)
     crowd = crowding_distance(state.objectives, ranks, cfg.weights)
-  kept, proposed, salt = [], 0, 0
-  while sum(pop_size(k) for k in kept) < n:
-    if proposed >= cfg.max_proposals:
-      raise SearchError(f"NSGA-II: {proposed} proposals gave only "
-                        f"{sum(pop_size(k) for k in kept)} of {n} candidates that pass the "
-                        f"cheap constraint")
-    salt += 1
-    key = _key(state, salt)
+
+  def propose(r, batch):
+    key = _key(state, r + 1)
     if state.population is None:
-      cand = sample(key, batch)
+      return sample(key, batch)
+    k1, k2 = jax.random.split(key)
+    n_mut = int(round(cfg.mutation_ratio * batch))
+    p1 = take(state.population, _tournament(rng, ranks, crowd, batch))
+    p2 = take(state.population, _tournament(rng, ranks, crowd, batch))
+    if cfg.mutation == "hierarchical":
+      mut = hierarchical_mutation(space, rng, p1, state.population, ranks, cfg)
     else:
-      k1, k2 = jax.random.split(key)
-      n_mut = int(round(cfg.mutation_ratio * batch))
-      p1 = take(state.population, _tournament(rng, ranks, crowd, batch))
-      p2 = take(state.population, _tournament(rng, ranks, crowd, batch))
-      if cfg.mutation == "hierarchical":
-        mut = hierarchical_mutation(space, rng, p1, state.population, ranks, cfg)
-      else:
-        mut = mutate(jax.random.split(k1, batch), p1)
-      crs = cross(jax.random.split(k2, batch), p1, p2)
-      use_mut = np.arange(batch) < n_mut
-      rng.shuffle(use_mut)
-      cand = jax.tree.map(lambda m, c: np.where(
-          use_mut.reshape((-1,) + (1,) * (np.ndim(m) - 1)), m, c), mut, crs)
-    cand = jax.tree.map(np.asarray, cand)
-    proposed += batch
-    ok = np.ones(batch, bool) if cheap_ok is None else np.asarray(cheap_ok(cand), bool)
-    if ok.any():
-      kept.append(take(cand, np.flatnonzero(ok)))
-  return take(concat(*kept), np.arange(n))
+      mut = mutate(jax.random.split(k1, batch), p1)
+    crs = cross(jax.random.split(k2, batch), p1, p2)
+    use_mut = np.arange(batch) < n_mut
+    rng.shuffle(use_mut)
+    return jax.tree.map(lambda m, c: np.where(
+        use_mut.reshape((-1,) + (1,) * (np.ndim(m) - 1)), m, c), mut, crs)
+
+  ok = (lambda pop: np.ones(pop_size(pop), bool)) if cheap_ok is None else cheap_ok
+  return collect(propose, ok, n, batch=cfg.proposal_batch, max_proposals=cfg.max_proposals,
+                 what="the cheap constraint (NSGA-II)")
 
 
 def tell(state: NSGA2State, candidates, objectives, cfg: NSGA2Config,

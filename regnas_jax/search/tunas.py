@@ -18,8 +18,9 @@ The pieces of TuNAS's search that do not depend on a supernet, as pure functions
 * **Warmup schedules**: the probability of filter warmup (all filters) and op warmup (all ops
   averaged) falls linearly from 1 to 0 over the first ``fraction`` (25%) of the search.
 
-A space says which decisions are active through an optional ``space.active_decisions(arch)``
-returning a bool array per field (same shape as the field); without it every decision counts.
+A space that is a :class:`~regnas_jax.spaces.PolicySpace` says which choices are valid
+(``choice_mask``) and which decisions are active (``active_decisions``); for any other space every
+choice is valid and every decision counts.
 The weight-sharing supernet, the alternating train step and the run wiring come separately.
 """
 
@@ -31,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from regnas_jax.spaces.base import PolicySpace
 
 REWARDS = ("abs", "soft", "hard")
 
@@ -76,7 +79,7 @@ def init_logits(space) -> dict:
   A space with ``choice_mask()`` (bool ``shape + (k,)`` per field) gets ``INVALID_LOGIT`` on
   the invalid choices: they are never sampled and their gradient is exactly zero.
   """
-  masks = space.choice_mask() if hasattr(space, "choice_mask") else {}
+  masks = space.choice_mask() if isinstance(space, PolicySpace) else {}
   out = {}
   for f in space.fields():
     z = jnp.zeros(f.shape + (f.size,), jnp.float32)
@@ -112,10 +115,9 @@ def base_readable(v):
 
 
 def _active(space, arch) -> dict:
-  fn = getattr(space, "active_decisions", None)
-  if fn is None:
-    return {f.name: jnp.ones(f.shape, bool) for f in space.fields()}
-  return fn(arch)
+  if isinstance(space, PolicySpace):
+    return space.active_decisions(arch)
+  return {f.name: jnp.ones(f.shape, bool) for f in space.fields()}
 
 
 def sample(space, logits: dict, key: jax.Array, temperature: float = 1.0):

@@ -8,8 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from regnas_jax import pareto
+from regnas_jax import report
 from regnas_jax.defaults import nsga2_defaults
+from regnas_jax.errors import ConfigError
+from regnas_jax.jobs import nsga2 as job
 from regnas_jax.search import nsga2
 from regnas_jax.search.family import EvalCache
 from regnas_jax.spaces import ScarletArch, ScarletS1Space
@@ -40,7 +42,7 @@ class Killed(Exception):
 
 
 def run(tmp_path, se, kill_after=None, ref_correct=None):
-  cache = EvalCache(SP, synthetic_correct)
+  cache = EvalCache(SP, synthetic_correct, str(tmp_path / "search" / "cache.npz"), {"test": 1})
   logs = []
 
   def log(msg):
@@ -48,7 +50,7 @@ def run(tmp_path, se, kill_after=None, ref_correct=None):
     if kill_after is not None and msg.startswith(f"NSGA-II generation {kill_after}/"):
       raise Killed
 
-  state, fronts = pareto.search(SP, cache, se, seed=3, ref_correct=ref_correct,
+  state, fronts = job.search(SP, cache, se, seed=3, ref_correct=ref_correct,
                                 state_path=str(tmp_path / "search" / "nsga2.json"),
                                 identity={"test": 1}, log=log)
   return state, fronts, logs, cache
@@ -67,7 +69,7 @@ def test_constraints_fronts_and_equispaced_choice(tmp_path):
   for fr in fronts:                                             # each recorded front is one
     f = np.array([[-r["top1"], r["macs"]] for r in fr])
     assert (nsga2.non_dominated_sort(f) == 0).all()
-  idx = pareto.chosen(state, tuple(se.objectives), 3)
+  idx = job.chosen(state, tuple(se.objectives), 3)
   m = state.objectives[idx, 1]
   assert len(idx) == 3 and np.all(np.diff(m) > 0)
 
@@ -75,13 +77,17 @@ def test_constraints_fronts_and_equispaced_choice(tmp_path):
 def test_resume_after_a_kill_gives_the_same_search(tmp_path):
   ref = synthetic_correct(ScarletArch(np.zeros((1,), np.int32), np.full((1, 19), 2, np.int32)))
   se = config(objectives=("top1", "macs", "nfr"), weights=(1.0, 1.0, 0.5), reference="ref.json")
-  full, fronts_full, _, _ = run(tmp_path / "a", se, ref_correct=ref[0])
+  full, fronts_full, _, cache_full = run(tmp_path / "a", se, ref_correct=ref[0])
   with pytest.raises(Killed):
     run(tmp_path / "b", se, kill_after=2, ref_correct=ref[0])
   saved = json.loads((tmp_path / "b" / "search" / "nsga2.json").read_text())
   assert saved["state"]["generation"] == 3
-  again, fronts_again, logs, _ = run(tmp_path / "b", se, ref_correct=ref[0])
+  again, fronts_again, logs, cache = run(tmp_path / "b", se, ref_correct=ref[0])
   assert any("resumed the NSGA-II search" in m for m in logs)
+  # the evaluation cache came back with the state: the resumed run reports every scored subnet
+  assert cache.evaluated() and [t for _, t in cache.evaluated()] == [
+      t for _, t in cache_full.evaluated()]
+  assert cache.scored == cache_full.scored > cache.scored_now
   np.testing.assert_array_equal(again.objectives, full.objectives)
   np.testing.assert_array_equal(again.population.op, full.population.op)
   assert fronts_again == fronts_full
@@ -89,7 +95,7 @@ def test_resume_after_a_kill_gives_the_same_search(tmp_path):
   nfr = (ref[0][None] & ~synthetic_correct(full.population)).mean(1)
   np.testing.assert_allclose(full.objectives[:, 2], nfr)
   # another configuration refuses the saved state
-  with pytest.raises(Exception, match="belongs to another search"):
+  with pytest.raises(Exception, match="belongs to another run"):
     run(tmp_path / "b", config(objectives=("top1", "params")))
 
 
@@ -106,8 +112,8 @@ def test_resume_after_a_kill_gives_the_same_search(tmp_path):
 ])
 def test_config_errors_name_the_key(kw, msg):
   se = config(**kw)
-  with pytest.raises(pareto.ParetoConfigError, match=msg.replace("+", r"\+")):
-    pareto.check_config(se, SP)
+  with pytest.raises(ConfigError, match=msg.replace("+", r"\+")):
+    job.NSGA2Job().check(ml_collections.ConfigDict({"search": se}), SP)
 
 
 def test_defaults_are_table_1():
@@ -120,20 +126,20 @@ def test_defaults_are_table_1():
 def test_front_area_and_run_comparison(tmp_path, capsys):
   front = [{"macs": 50.0, "top1": 0.6}, {"macs": 20.0, "top1": 0.4}]
   # budgets 0-20: nothing, 20-50: 0.4, 50-100: 0.6 (fractions of 100)
-  assert pareto.front_area(front, 100.0) == pytest.approx(0.3 * 0.4 + 0.5 * 0.6)
+  assert report.front_area(front, 100.0) == pytest.approx(0.3 * 0.4 + 0.5 * 0.6)
   res = {"search": {"algorithm": "nsga2"}, "test_top1": {"max": 0.9, "min": 0.2},
          "space": SP.config(),
          "evaluated": [{"macs": m, "val_top1": t} for m, t in ((20, 0.4), (50, 0.6), (100, 0.5))],
          "pareto_fronts": [front], "chosen": [{"test_top1": 0.41}, {"test_top1": 0.58}]}
-  s = pareto.summarize(res)
+  s = report.summarize_pareto(res)
   assert s["val_top1_mean"] == pytest.approx(0.5) and s["front_size"] == 2
-  assert s["front_area"] == pytest.approx(pareto.front_area(front, SP.macs(SP.max_arch())))
+  assert s["front_area"] == pytest.approx(report.front_area(front, SP.macs(SP.max_arch())))
   assert s["val_top1_std"] == pytest.approx(np.std([0.4, 0.6, 0.5]))
   for name in ("els", "plain"):
     (tmp_path / name).mkdir()
     (tmp_path / name / "results.json").write_text(json.dumps(res))
-  assert pareto.main([str(tmp_path / "els"), str(tmp_path / "plain")]) == 0
+  assert report.main([str(tmp_path / "els"), str(tmp_path / "plain")]) == 0
   out = capsys.readouterr().out
   assert out.count("| 90.00 / 20.00% | 3 | 50.00 ± 8.16% |") == 2 and "41.00 / 58.00%" in out
-  assert pareto.main([str(tmp_path / "missing")]) == 2
+  assert report.main([str(tmp_path / "missing")]) == 2
   assert "cannot read" in capsys.readouterr().err

@@ -29,7 +29,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
-import signal
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -40,24 +39,16 @@ import optax
 
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
-from regnas_jax.progress import MetricsLog, Progress
+from regnas_jax import persist
+from regnas_jax.errors import ConfigError
+from regnas_jax.nn.common import init_variables
+from regnas_jax.progress import MetricsLog
+from regnas_jax.training.loop import run_loop, step_key
 
 METHODS = ("sandwich", "uniform", "fair", "progressive")
 SAMPLERS = ("max", "uniform", "sandwich", "fair")
 DISTILL = ("none", "inplace", "teacher")
-
-
-class TrainConfigError(ValueError):
-  """A training configuration that cannot run; the message names the key."""
-
-
-class Preempted(RuntimeError):
-  """Raised after SIGTERM once the checkpoint of the current step is saved."""
-
-  def __init__(self, step: int, directory: str):
-    super().__init__(f"stopped by SIGTERM after step {step}; checkpoint saved in {directory}; "
-                     f"run the same command again to resume")
-    self.step = step
+OPTIMIZERS = ("sgd", "rmsprop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,14 +99,14 @@ def _count(n_total: int, fractions) -> list[int]:
 def build_phases(tc, space) -> list[Phase]:
   """The training schedule of config section ``tc`` (``config.train``) for ``space``."""
   if tc.method not in METHODS:
-    raise TrainConfigError(f"config.train.method: {tc.method!r} is not one of {METHODS}")
+    raise ConfigError(f"config.train.method: {tc.method!r} is not one of {METHODS}")
   if not (isinstance(tc.steps, int) and tc.steps >= 1):
-    raise TrainConfigError(f"config.train.steps: must be a positive integer, got {tc.steps!r}")
+    raise ConfigError(f"config.train.steps: must be a positive integer, got {tc.steps!r}")
   warm = int(tc.warmup_steps)
   if tc.method in ("sandwich", "uniform", "fair"):
     s = int(tc.num_subnets)
     if s < (2 if tc.method == "sandwich" else 1):
-      raise TrainConfigError(f"config.train.num_subnets: {tc.method} needs at least "
+      raise ConfigError(f"config.train.num_subnets: {tc.method} needs at least "
                              f"{2 if tc.method == 'sandwich' else 1}, got {s}")
     return [Phase(tc.method, tc.steps, (), tc.method, s,
                   "inplace" if tc.method == "sandwich" and tc.kd_ratio > 0 else "none", None,
@@ -125,7 +116,7 @@ def build_phases(tc, space) -> list[Phase]:
   names = {f.name: f for f in space.fields()}
   for need in ("kernel", "expand", "depth"):
     if need not in names:
-      raise TrainConfigError(f"config.train.method: progressive shrinking needs a {need!r} field "
+      raise ConfigError(f"config.train.method: progressive shrinking needs a {need!r} field "
                              f"in space {space.name}")
   top = {n: (f.size - 1,) for n, f in names.items() if n != "resolution"}
   groups = [("full", [dict(top)])]
@@ -140,7 +131,7 @@ def build_phases(tc, space) -> list[Phase]:
   fr, subs, lrs = tuple(tc.ps_fractions), tuple(tc.ps_subnets), tuple(tc.ps_lr_scale)
   for key, v in (("ps_fractions", fr), ("ps_subnets", subs), ("ps_lr_scale", lrs)):
     if len(v) != 4:
-      raise TrainConfigError(f"config.train.{key}: needs 4 entries (full, kernel, depth, "
+      raise ConfigError(f"config.train.{key}: needs 4 entries (full, kernel, depth, "
                              f"expand), got {v}")
   group_steps = _count(tc.steps, fr)
   phases, prev_expand = [], None
@@ -190,7 +181,7 @@ def make_optimizer(tc, phase: Phase) -> tuple[optax.GradientTransformation, Call
   elif tc.optimizer == "rmsprop":
     opt = optax.rmsprop(sched, decay=0.9, eps=1e-3, momentum=tc.momentum)
   else:
-    raise TrainConfigError(f"config.train.optimizer: {tc.optimizer!r} is not one of "
+    raise ConfigError(f"config.train.optimizer: {tc.optimizer!r} is not one of "
                            f"('sgd', 'rmsprop')")
   parts = []
   if tc.grad_clip_norm > 0:
@@ -286,7 +277,7 @@ def resolve_subnet_loop(loop: str, model=None) -> str:
   OFA-ResNet50 (5.40 vs 1.33 s per step), whose 3x3 convolutions XLA:CPU runs far slower inside
   a loop body."""
   if loop not in SUBNET_LOOPS:
-    raise TrainConfigError(f"config.train.subnet_loop: {loop!r} is not one of {SUBNET_LOOPS}")
+    raise ConfigError(f"config.train.subnet_loop: {loop!r} is not one of {SUBNET_LOOPS}")
   if loop == "auto":
     if jax.default_backend() != "cpu":
       return "vmap"
@@ -361,11 +352,6 @@ class TrainState(NamedTuple):
   teacher: Any           # frozen {'params','batch_stats'} for distill='teacher', else None
 
 
-def step_key(base_key, step):
-  """The key of global step ``step``: subnet sampling, augmentation and dropout derive from it."""
-  return jax.random.fold_in(base_key, step)
-
-
 def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = "vmap", *,
                     augment: Callable | None = None):
   """A jit-compiled ``step(state, images, labels, base_key) -> (state, metrics)`` for one phase.
@@ -408,36 +394,25 @@ class TrainResult(NamedTuple):
   seconds: float           # wall time of this process's training (0 when already finished)
   resumed_from: int | None
   phases: list
+  fingerprint: str         # identifies these weights: training identity, steps, array bytes
 
 
-def _identity(cfg, space, phases) -> dict:
-  tc = {k: v for k, v in cfg.train.to_dict().items()
-        if k not in ("log_every", "checkpoint_every", "max_to_keep", "calib_images",
-                     "calib_batch_size", "progress_every")}
-  return {"space": space.config(), "supernet": cfg.supernet.to_dict(), "train": tc,
-          "phases": [p.to_json() for p in phases], "seed": cfg.seed,
-          "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
+# Config keys of ``config.train`` that do not change the trained weights (left out of the
+# identity a checkpoint is checked against).
+OPERATIONAL_KEYS = ("log_every", "checkpoint_every", "max_to_keep", "calib_images",
+                    "calib_batch_size", "progress_every", "max_nonfinite_steps")
 
 
-class _SigtermFlag:
-  def __init__(self):
-    self.raised = False
-    self._old = None
-
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, no graceful stop
-      self._old = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+def identity(cfg, space, phases, init_identity=None) -> dict:
+  """What the trained weights depend on: space, supernet options, training schedule, seed,
+  data and the weights it started from (checked against a checkpoint before it is restored)."""
+  tc = {k: v for k, v in cfg.train.to_dict().items() if k not in OPERATIONAL_KEYS}
+  out = {"space": space.config(), "supernet": cfg.supernet.to_dict(), "train": tc,
+         "phases": [p.to_json() for p in phases], "seed": cfg.seed,
+         "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
+  if init_identity is not None:   # (absent otherwise: identities of earlier runs stay valid)
+    out["init_from"] = init_identity
+  return out
 
 
 def phase_at(phases, step: int) -> tuple[int, int]:
@@ -450,10 +425,30 @@ def phase_at(phases, step: int) -> tuple[int, int]:
   return len(phases), 0
 
 
+def check_resolutions(tc, space) -> tuple:
+  """The training resolutions of ``config.train`` (default: all of the space's)."""
+  res = tuple(tc.resolutions) if tc.resolutions else tuple(space.resolutions)
+  bad = [r for r in res if r not in space.resolutions]
+  if bad:
+    raise ConfigError(f"config.train.resolutions: {bad[0]} is not a resolution of the "
+                      f"space {tuple(space.resolutions)}")
+  return res
+
+
+def check_schedule(tc, model, space) -> tuple[list[Phase], tuple]:
+  """``(phases, resolutions)`` of ``config.train`` for ``model``: raises :class:`ConfigError`
+  for a schedule this space or supernet cannot run (before anything is written)."""
+  phases = build_phases(tc, space)
+  res = check_resolutions(tc, space)
+  if any(p.reorder_keep is not None for p in phases) and not getattr(model, "can_reorder", False):
+    raise ConfigError("config.train.method: progressive shrinking needs channel re-ordering, "
+                      "which this supernet does not provide")
+  return phases, res
+
+
 def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
-          init_fn: Callable, reorder_fn: Callable | None = None,
-          log: Callable[[str], None] = print,
-          on_start: Callable[[], Any] | None = None) -> TrainResult:
+          init_fn: Callable | None = None, log: Callable[[str], None] = print,
+          on_start: Callable[[], Any] | None = None, init_identity=None) -> TrainResult:
   """Train ``model`` on ``dataset`` as ``cfg.train`` says, resuming from ``workdir``.
 
   Args:
@@ -461,132 +456,173 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
     model, space: the supernet and its search space.
     dataset: a :class:`data.Dataset`.
     workdir: checkpoints go to ``workdir/checkpoints``, metrics to ``workdir/metrics.jsonl``.
-    init_fn: ``key -> variables`` (fresh supernet variables).
-    reorder_fn: ``(variables, keep_expands) -> variables`` channel re-ordering (needed by
-      progressive shrinking).
+    init_fn: ``key -> variables`` of a fresh run (default: the supernet's initialisation;
+      e.g. imported weights for ``config.supernet.init_from``).
+    init_identity: JSON identifying those imported weights (part of the checkpoint identity).
     log: where one-line status messages go.
     on_start: called once the state is initialised or restored, before the first step (e.g.
       to start compiling other programs while the training step compiles).
   Returns:
-    A :class:`TrainResult`.  Raises :class:`Preempted` after saving when SIGTERM arrives.
+    A :class:`TrainResult`.  Raises :class:`~regnas_jax.stopping.Preempted` after saving when
+    SIGTERM arrives, :class:`~regnas_jax.training.loop.NonFiniteError` on a diverging run.
   """
   tc = cfg.train
-  phases = build_phases(tc, space)
+  phases, res_list = check_schedule(tc, model, space)
   total = sum(p.steps for p in phases)
-  res_list = tuple(tc.resolutions) if tc.resolutions else tuple(space.resolutions)
-  bad = [r for r in res_list if r not in space.resolutions]
-  if bad:
-    raise TrainConfigError(f"config.train.resolutions: {bad[0]} is not a resolution of the "
-                           f"space {tuple(space.resolutions)}")
-  if any(p.reorder_keep is not None for p in phases) and reorder_fn is None:
-    raise TrainConfigError("config.train.method: progressive shrinking needs channel re-ordering, "
-                           "which this supernet does not provide")
-  needs_teacher = any(p.distill == "teacher" for p in phases)
+  init_fn = init_fn or (lambda key: init_variables(model, key))
   lc_base = dict(num_classes=dataset.num_classes, label_smoothing=float(tc.label_smoothing),
                  kd_ratio=float(tc.kd_ratio), student_label_loss=bool(tc.student_label_loss))
   n_train = len(dataset.train)
   data_lib.epoch_batch_indices(n_train, tc.batch_size, 0, cfg.seed)  # validates batch size
 
-  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                             _identity(cfg, space, phases), max_to_keep=tc.max_to_keep)
-  metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  base_key = jax.random.key(cfg.seed)
-  k_init, k_steps = jax.random.split(base_key)
-
-  def fresh_state():
-    v = init_fn(k_init)
-    tx0, _ = make_optimizer(tc, phases[0])
-    teacher = (jax.tree.map(jnp.copy, {"params": v["params"], "batch_stats": v["batch_stats"]})
-               if needs_teacher else None)
-    return TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
-                      tx0.init(v["params"]), teacher)
-
-  state = fresh_state()
-  resumed = ck.latest_step()
-  if resumed is not None:
-    state, extra = ck.restore(state, resumed)
-    log(f"resumed from {ck.directory}/{resumed} (step {int(state.step)}/{total}, "
-        f"data position {extra.get('data_position')})")
-    metrics.truncate_after(int(state.step))
+  ident = identity(cfg, space, phases, init_identity)
+  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), ident,
+                             max_to_keep=tc.max_to_keep)
+  k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
+  state, resumed = _initial_state(ck, init_fn, k_init, tc, phases, log)
   start = int(state.step)
+  metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  metrics.truncate_after(start)   # lines of steps after the checkpoint (or of an older run)
   if start >= total:
     ck.close()
-    return TrainResult({"params": state.params, "batch_stats": state.batch_stats}, total, 0.0,
-                       resumed, phases)
+    return _result(state, ident, total, 0.0, resumed, phases)
 
-  def host_batch(s):
-    return dataset.train.get(data_lib.epoch_batch_indices(n_train, tc.batch_size, s, cfg.seed))
-
-  def res_at(s):
-    return res_list[int(np.random.default_rng([cfg.seed, 7, s]).integers(len(res_list)))]
-
-  step_fns: dict[tuple, Any] = {}
-  lr_tables: dict[int, np.ndarray] = {}
+  steps = _StepRunner(cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log)
   if on_start is not None:
     on_start()
-  pool = concurrent.futures.ThreadPoolExecutor(1)
-  nxt = pool.submit(host_batch, start)
-  t0, seen, last_log = time.time(), 0, time.time()
   log(f"training {total} steps in {len(phases)} phase(s) "
       f"({', '.join(f'{p.name}:{p.steps}' for p in phases)}), batch {tc.batch_size}, "
       f"resolutions {res_list}")
-  s = start
+  t0 = time.time()
   try:
-    with _SigtermFlag() as term, Progress(total, "train", start=start,
-                                          every=tc.progress_every) as bar:
-      while s < total:
-        pi, local = phase_at(phases, s)
-        phase = phases[pi]
-        tx, sched = make_optimizer(tc, phase)
-        if pi not in lr_tables:  # host copy of the schedule, for the logs
-          lr_tables[pi] = np.asarray(jax.jit(jax.vmap(sched))(jnp.arange(phase.steps)))
-        if local == 0:  # phase start (never part of a saved state: saves follow steps)
-          params, stats, teacher = state.params, state.batch_stats, state.teacher
-          if phase.distill == "teacher" and pi > 0 and phases[pi - 1].distill != "teacher":
-            teacher = jax.tree.map(jnp.copy, {"params": params, "batch_stats": stats})
-            log(f"phase {phase.name}: teacher = the network after phase {phases[pi - 1].name}")
-          if phase.reorder_keep is not None:
-            v = reorder_fn({"params": params, "batch_stats": stats}, phase.reorder_keep)
-            params, stats = v["params"], v["batch_stats"]
-            log(f"phase {phase.name}: channels re-ordered by importance "
-                f"(kept widths of expand {list(phase.reorder_keep)})")
-          state = TrainState(state.step, params, stats, tx.init(params), teacher)
-        res = res_at(s)
-        if (pi, res) not in step_fns:
-          lc = LossConfig(distill=phase.distill, **lc_base)
-          aug = functools.partial(data_lib.preprocess, mean=dataset.mean, std=dataset.std,
-                                  resolution=res, pad=tc.augment.pad, flip=tc.augment.flip)
-          step_fns[pi, res] = make_train_step(model, space, tx, phase, lc, tc.subnet_loop,
-                                              augment=lambda x, k, f=aug: f(x, key=k))
-        imgs, labels = nxt.result()
-        if s + 1 < total:
-          nxt = pool.submit(host_batch, s + 1)
-        state, m = step_fns[pi, res](state, imgs, labels, k_steps)
-        s += 1
-        seen += len(labels)
-        end_of_phase = local + 1 == phase.steps
-        if s % tc.log_every == 0 or s == total or end_of_phase:
-          acc = np.asarray(m["acc"])
-          now = time.time()
-          rec = {"step": s, "phase": phase.name, "loss": float(m["loss"]),
-                 "losses": np.asarray(m["losses"]).round(5).tolist(),
-                 "acc": acc.round(4).tolist(), "grad_norm": float(m["grad_norm"]),
-                 "lr": float(lr_tables[pi][local]), "images_per_s": seen / max(now - last_log, 1e-9),
-                 "resolution": res_at(s - 1), "time": now}
-          metrics.write(rec)
-          seen, last_log = 0, now
-          bar.update(s, phase=phase.name, loss=rec["loss"], acc_max=float(acc[0]),
-                     acc_last=float(acc[-1]), img_s=round(rec["images_per_s"]))
-        else:
-          bar.update(s)
-        if s % tc.checkpoint_every == 0 or s == total or end_of_phase or term.raised:
-          ck.save(s, state, {"data_position": s, "phase": phase.name, "phase_index": pi})
-        if term.raised and s < total:
-          raise Preempted(s, ck.directory)
+    state = run_loop(
+        state, steps, start=start, total=total, checkpointer=ck, metrics=metrics, desc="train",
+        record=steps.record, bar_fields=_bar_fields, save_extra=steps.extra,
+        must_save=steps.end_of_phase, checkpoint_every=tc.checkpoint_every,
+        log_every=tc.log_every, progress_every=tc.progress_every,
+        max_nonfinite=int(tc.get("max_nonfinite_steps", 0)),
+        lr_hint=f"; a smaller config.train.lr (now {tc.lr}) may help")
   finally:
-    pool.shutdown(wait=False, cancel_futures=True)
+    steps.close()
     ck.close()
   secs = time.time() - t0
   log(f"trained {total - start} steps in {secs:.1f} s")
-  return TrainResult({"params": state.params, "batch_stats": state.batch_stats}, total, secs,
-                     resumed, phases)
+  return _result(state, ident, total, secs, resumed, phases)
+
+
+def _result(state, ident, total, secs, resumed, phases) -> TrainResult:
+  v = {"params": state.params, "batch_stats": state.batch_stats}
+  fp = persist.fingerprint({"training": ident, "steps": total,
+                            "arrays": persist.array_fingerprint(v)})
+  return TrainResult(v, total, secs, resumed, phases, fp)
+
+
+def _initial_state(ck, init_fn, k_init, tc, phases, log):
+  """``(state, resumed step or None)``: the newest intact checkpoint, else a fresh state."""
+  v = init_fn(k_init)
+  tx0, _ = make_optimizer(tc, phases[0])
+  teacher = (jax.tree.map(jnp.copy, {"params": v["params"], "batch_stats": v["batch_stats"]})
+             if any(p.distill == "teacher" for p in phases) else None)
+  fresh = TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
+                     tx0.init(v["params"]), teacher)
+  state, extra, resumed = ck.restore_latest(fresh, warn=log)
+  if resumed is None:
+    return fresh, None
+  log(f"resumed from {ck.directory}/{resumed} (step {int(state.step)}/"
+      f"{sum(p.steps for p in phases)}, data position {extra.get('data_position')})")
+  return state, resumed
+
+
+def _bar_fields(rec: dict) -> dict:
+  return dict(phase=rec["phase"], loss=rec["loss"], acc_max=float(rec["acc"][0]),
+              acc_last=float(rec["acc"][-1]), img_s=round(rec["images_per_s"]))
+
+
+class _StepRunner:
+  """One training step of global step ``s`` for :func:`run_loop`: the phase's compiled step at
+  the step's resolution, phase starts (fresh optimiser, teacher, channel re-ordering) and the
+  next host batch prefetched in a thread."""
+
+  def __init__(self, cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log):
+    self.cfg, self.model, self.space, self.dataset = cfg, model, space, dataset
+    self.phases, self.res_list, self.lc_base, self.k_steps, self.log = (
+        phases, res_list, lc_base, k_steps, log)
+    self.fns: dict[tuple, Any] = {}
+    self.lr_tables: dict[int, np.ndarray] = {}
+    self.pool = concurrent.futures.ThreadPoolExecutor(1)
+    self.next = None
+    self.seen, self.last_log = 0, time.time()
+
+  def host_batch(self, s):
+    tc = self.cfg.train
+    return self.dataset.train.get(data_lib.epoch_batch_indices(len(self.dataset.train),
+                                                               tc.batch_size, s, self.cfg.seed))
+
+  def res_at(self, s):
+    rng = np.random.default_rng([self.cfg.seed, 7, s])
+    return self.res_list[int(rng.integers(len(self.res_list)))]
+
+  def end_of_phase(self, s) -> bool:
+    pi, local = phase_at(self.phases, s - 1)
+    return local + 1 == self.phases[pi].steps
+
+  def extra(self, s) -> dict:
+    pi, _ = phase_at(self.phases, s - 1)
+    return {"data_position": s, "phase": self.phases[pi].name, "phase_index": pi}
+
+  def _start_phase(self, pi, state, tx):
+    phase, phases = self.phases[pi], self.phases
+    params, stats, teacher = state.params, state.batch_stats, state.teacher
+    if phase.distill == "teacher" and pi > 0 and phases[pi - 1].distill != "teacher":
+      teacher = jax.tree.map(jnp.copy, {"params": params, "batch_stats": stats})
+      self.log(f"phase {phase.name}: teacher = the network after phase {phases[pi - 1].name}")
+    if phase.reorder_keep is not None:
+      v = self.model.reorder_channels({"params": params, "batch_stats": stats},
+                                      phase.reorder_keep)
+      params, stats = v["params"], v["batch_stats"]
+      self.log(f"phase {phase.name}: channels re-ordered by importance "
+               f"(kept widths of expand {list(phase.reorder_keep)})")
+    return TrainState(state.step, params, stats, tx.init(params), teacher)
+
+  def _fn(self, pi, res, tx):
+    if (pi, res) not in self.fns:
+      tc, ds = self.cfg.train, self.dataset
+      lc = LossConfig(distill=self.phases[pi].distill, **self.lc_base)
+      aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=res,
+                              pad=tc.augment.pad, flip=tc.augment.flip)
+      self.fns[pi, res] = make_train_step(self.model, self.space, tx, self.phases[pi], lc,
+                                          tc.subnet_loop, augment=lambda x, k, f=aug: f(x, key=k))
+    return self.fns[pi, res]
+
+  def __call__(self, s, state):
+    pi, local = phase_at(self.phases, s)
+    phase = self.phases[pi]
+    tx, sched = make_optimizer(self.cfg.train, phase)
+    if pi not in self.lr_tables:  # host copy of the schedule, for the logs
+      self.lr_tables[pi] = np.asarray(jax.jit(jax.vmap(sched))(jnp.arange(phase.steps)))
+    if local == 0:  # phase start (never part of a saved state: saves follow steps)
+      state = self._start_phase(pi, state, tx)
+    fn = self._fn(pi, self.res_at(s), tx)
+    if self.next is None:
+      self.next = self.pool.submit(self.host_batch, s)
+    imgs, labels = self.next.result()
+    total = sum(p.steps for p in self.phases)
+    self.next = self.pool.submit(self.host_batch, s + 1) if s + 1 < total else None
+    state, m = fn(state, imgs, labels, self.k_steps)
+    self.seen += len(labels)
+    return state, m
+
+  def record(self, s, host) -> dict:
+    pi, local = phase_at(self.phases, s - 1)
+    m, now = host[-1], time.time()
+    rec = {"phase": self.phases[pi].name, "loss": float(m["loss"]),
+           "losses": np.asarray(m["losses"]).round(5).tolist(),
+           "acc": np.asarray(m["acc"]).round(4).tolist(), "grad_norm": float(m["grad_norm"]),
+           "lr": float(self.lr_tables[pi][local]),
+           "images_per_s": self.seen / max(now - self.last_log, 1e-9),
+           "resolution": self.res_at(s - 1), "time": now}
+    self.seen, self.last_log = 0, now
+    return rec
+
+  def close(self):
+    self.pool.shutdown(wait=False, cancel_futures=True)

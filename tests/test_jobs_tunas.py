@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from regnas_jax import export, pipeline, spaces
+from regnas_jax import export, jobs, spaces
+from regnas_jax.errors import ConfigError
+from regnas_jax.jobs import build
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax.search import tunas
 
@@ -27,14 +29,14 @@ def smoke_config(variants="smoke"):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   work = str(tmp_path_factory.mktemp("tunas") / "w")
-  results = pipeline.run(smoke_config(), work, "search")
+  results = jobs.run(smoke_config(), work, "search")
   return work, results
 
 
 def test_outputs(run_dir):
   work, res = run_dir
   cfg = smoke_config()
-  space = pipeline.build_space(cfg)
+  space = build.build_space(cfg)
   on_disk = json.load(open(os.path.join(work, "results.json")))
   assert on_disk["tunas"] == json.loads(json.dumps(res["tunas"]))
   # The trajectory: one record per logged step with the quantities the issue names.
@@ -95,7 +97,7 @@ def test_killed_search_resumes_to_the_same_state(run_dir, tmp_path):
     os.remove(os.path.join(copy, f))
   with open(os.path.join(copy, "trajectory.jsonl"), "a") as f:
     f.write('{"step": 7, "stale": tru')   # a line cut by the kill
-  out = pipeline.run(cfg, copy, "train")
+  out = jobs.run(cfg, copy, "train")
   assert out["training"]["steps"] == cfg.train.steps
   ck = ckpt_lib.Checkpointer(os.path.join(copy, "checkpoints"), {})
   resumed = ck.restore_arrays()
@@ -130,13 +132,13 @@ def test_config_errors_name_the_key(tmp_path):
       import ml_collections
       cfg.space = ml_collections.ConfigDict(cfg.space)
     work = str(tmp_path / "w")
-    with pytest.raises(pipeline.ConfigError, match=msg):
-      pipeline.run(cfg, work, "search")
-    assert not os.path.exists(os.path.join(work, "checkpoints"))
+    with pytest.raises(ConfigError, match=msg):
+      jobs.run(cfg, work, "search")
+    assert not os.path.exists(work)   # nothing written, not even the work dir
 
 
 def test_random_in_window_rejection_sampling():
-  from regnas_jax import tunas_job
+  from regnas_jax.jobs import tunas as tunas_job
   sp = spaces.get_space("proxylessnas_enlarged", width_mult=0.25, stem="small", num_classes=10,
                         resolutions=(8,))
   cost = lambda a: sp.macs(a) / 1e6

@@ -1,0 +1,65 @@
+"""Jobs: what the command line runs for a config (the contract is :mod:`.base`).
+
+``run(cfg, workdir)`` checks the config, builds the space, its supernet and the dataset, takes
+the work-dir lock and runs the job registered for ``config.search.algorithm``:
+
+=====================  ===========================================================
+``evolution``, ``random``  :mod:`.family` -- REG-NAS family search (and comparison mode)
+``nsga2``              :mod:`.nsga2` -- SCARLET-NAS's multi-objective search
+``tunas``              :mod:`.tunas` -- TuNAS's alternating REINFORCE search
+=====================  ===========================================================
+
+Nothing is written to the work dir before the whole config (and the dataset) checked out.
+"""
+
+from __future__ import annotations
+
+import os
+
+from regnas_jax import persist, stopping, training
+from regnas_jax.errors import ConfigError, StateError
+from regnas_jax.jobs import build, family, nsga2, supernet, tunas
+from regnas_jax.jobs.base import (JOBS, STAGES, Job, JobContext, get_job, log_line,
+                                  register_job, run_record, write_results)
+
+
+def prepare(cfg, workdir: str, stop_after: str = "search", log=log_line):
+  """``(job, JobContext)`` of a config: every check done, nothing written yet."""
+  if stop_after not in STAGES:
+    raise ConfigError(f"--stop_after: {stop_after!r} is not one of {STAGES}")
+  job = get_job(cfg.search.algorithm)
+  build.check_common(cfg)
+  space = build.build_space(cfg)
+  net = build.build_supernet(cfg, space)
+  if cfg.train.method in training.METHODS and cfg.train.steps:   # 0 steps: imported weights as is
+    training.supernet.check_schedule(cfg.train, net, space)
+  job.check(cfg, space)
+  dataset = build.load_dataset(cfg, space)
+  job.check_data(cfg, space, dataset)
+  log(build.describe(space, dataset))
+  return job, JobContext(cfg, workdir, space, net, dataset, stop_after, log)
+
+
+def run(cfg, workdir: str, stop_after: str = "search", log=log_line) -> dict:
+  """Run the job of ``cfg`` in ``workdir`` (created if needed; one run at a time).
+
+  Raises :class:`~regnas_jax.errors.RegnasError` for anything the user can fix (one-line
+  message) and :class:`~regnas_jax.stopping.Preempted` after a SIGTERM once the state is saved.
+  """
+  job, ctx = prepare(cfg, workdir, stop_after, log)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise StateError(f"--workdir: cannot create {workdir} ({e.strerror})") from None
+  lock = persist.WorkdirLock(workdir, warn=log)
+  with lock, stopping.GracefulStop():   # SIGTERM: exit 143 at a safe point, in every stage
+    stopping.on_exit(lock.release)
+    try:
+      return job.run(ctx)
+    finally:
+      stopping.on_exit(lock.release, remove=True)
+
+
+__all__ = ["JOBS", "Job", "JobContext", "STAGES", "build", "family", "get_job", "log_line",
+           "nsga2", "prepare", "register_job", "run", "run_record", "supernet", "tunas",
+           "write_results"]

@@ -1,0 +1,128 @@
+"""The job contract: what ``run_search.py`` / ``regnas-search`` runs for a config.
+
+A job turns a validated config into results in a work dir.  :func:`regnas_jax.jobs.run` does
+everything jobs share -- checks the common config sections, builds the space, the supernet and
+the dataset, takes the work-dir lock -- and hands a :class:`JobContext` to the job registered
+for ``config.search.algorithm``.
+
+What a new job must provide (subclass :class:`Job`, then :func:`register_job`):
+
+* ``name`` and ``algorithms`` -- the values of ``config.search.algorithm`` it serves;
+* ``check(cfg, space)`` -- raise :class:`~regnas_jax.errors.ConfigError` naming the first bad
+  key of the sections only this job reads (``config.search`` mostly).  It runs before the
+  dataset is loaded and before anything is written;
+* ``run(ctx) -> dict`` -- train or load what it needs (:func:`regnas_jax.jobs.supernet.trained`
+  trains the supernet with the shared resumable loop), search, and finish with
+  :func:`write_results` so every job leaves the same kind of tail: ``results.json`` (with
+  :func:`run_record`'s common part), ``results.md`` (printed too) and its plots.  Everything a
+  job writes must resume: a killed job run again with the same command continues and ends with
+  the same results.  Stop at ``ctx.stop_after == 'train'`` when asked.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+
+from regnas_jax import persist, stopping
+from regnas_jax.errors import ConfigError
+
+STAGES = ("train", "search")
+
+
+def log_line(msg: str) -> None:
+  """The jobs' status lines: ``[HH:MM:SS] message`` on stdout."""
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclasses.dataclass
+class JobContext:
+  """Everything a job's ``run`` gets: the validated config and what was built from it."""
+  cfg: Any                  # ml_collections.ConfigDict (locked)
+  workdir: str              # exists and is locked for this run
+  space: Any                # regnas_jax.spaces.SearchSpace
+  net: Any                  # the registered supernet module for ``space``
+  dataset: Any              # regnas_jax.data.Dataset
+  stop_after: str = "search"
+  log: Callable[[str], None] = log_line
+
+  def path(self, *parts: str) -> str:
+    """A path inside the work dir."""
+    return os.path.join(self.workdir, *parts)
+
+
+class Job(abc.ABC):
+  """A job (module docstring): ``check`` the config, then ``run`` it."""
+
+  name: str = ""
+  algorithms: tuple = ()
+
+  @abc.abstractmethod
+  def check(self, cfg, space) -> None:
+    """Raise :class:`ConfigError` naming the first bad key this job reads."""
+
+  def check_data(self, cfg, space, dataset) -> None:
+    """Checks that need the dataset (e.g. a batch larger than a split); before anything is
+    written.  Default: none."""
+
+  @abc.abstractmethod
+  def run(self, ctx: JobContext) -> dict:
+    """Run the job in ``ctx.workdir``; returns what it wrote to ``results.json``."""
+
+
+JOBS: dict[str, Job] = {}   # config.search.algorithm -> job
+
+
+def register_job(job: Job) -> Job:
+  """Register ``job`` for each of its ``algorithms``."""
+  if not isinstance(job, Job):
+    raise TypeError(f"register_job: {job!r} is not a Job")
+  if not job.algorithms:
+    raise TypeError(f"register_job: {type(job).__name__} names no algorithm")
+  for a in job.algorithms:
+    JOBS[a] = job
+  return job
+
+
+def get_job(algorithm: str) -> Job:
+  if algorithm not in JOBS:
+    raise ConfigError(f"config.search.algorithm: {algorithm!r} is not one of {tuple(JOBS)}")
+  return JOBS[algorithm]
+
+
+def run_record(ctx: JobContext, macs_note: str, training=None, ends_ok=None) -> dict:
+  """The part of ``results.json`` every job writes: config, space, versions, and (when given)
+  the training summary and the test Top-1 of the largest and smallest subnets."""
+  out = {"config": ctx.cfg.to_dict(), "space": ctx.space.config(), "jax": jax.__version__,
+         "backend": jax.default_backend(), "macs_note": macs_note}
+  if training is not None:
+    out["training"] = {"steps": training.steps,
+                       "seconds_this_process": round(training.seconds, 2),
+                       "resumed_from": training.resumed_from,
+                       "phases": [p.to_json() for p in training.phases],
+                       "fingerprint": training.fingerprint}
+  if ends_ok is not None:
+    out["test_top1"] = {"max": float(ends_ok[0].mean()), "min": float(ends_ok[1].mean())}
+  return out
+
+
+def write_results(ctx: JobContext, results: dict, table: str,
+                  plots: dict[str, Callable[[str], None]] | None = None,
+                  also: tuple[str, ...] = ()) -> None:
+  """The tail every job ends with: plots (``name -> fn(path)``), ``results.md`` (the table,
+  also printed), ``results.json`` (atomic), and one log line listing what was written."""
+  plots = plots or {}
+  with stopping.critical("writing the results"):
+    for name, fn in plots.items():
+      fn(ctx.path(name))
+    with open(ctx.path("results.md"), "w") as f:
+      f.write(table + "\n")
+    persist.write_json(ctx.path("results.json"), results, indent=1)
+  print(table)
+  names = ["results.json", "results.md", *plots, *also]
+  ctx.log(f"wrote {', '.join(names)} to {ctx.workdir}")

@@ -1,0 +1,223 @@
+"""The REG-NAS family job (``search.algorithm`` ``'evolution'`` or ``'random'``): train the
+supernet, search a family A1 ⊂ A2 ⊂ ... under MACs budgets on the holdout-validation split,
+evaluate it on the test split, export the members and report.
+
+``config.search.compare`` also runs the paper's comparison variants on the same supernet (R2 +
+inclusion, R2, R0, random search with R2 + inclusion), all from one searched (or given) A1, and
+tabulates them with REG-NAS's relative change C.  The family search itself (one constrained
+search per member, resumable) is :mod:`regnas_jax.search.family`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from regnas_jax import evaluate, metrics, report, search, spaces
+from regnas_jax.errors import ConfigError, InvalidArchError
+from regnas_jax.jobs import supernet
+from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
+from regnas_jax.search import family as family_lib
+
+BUDGET_UNITS = ("mmacs", "fraction")
+COMPARE_VARIANTS = (  # (label, reward, inclusion, algorithm); the proposed method first
+    ("R2+inclusion", "R2", True, "evolution"),
+    ("R2", "R2", False, "evolution"),
+    ("R0", "R0", False, "evolution"),
+    ("random R2+inclusion", "R2", True, "random"),
+)
+MACS_NOTE = "MACs per image (multiply-accumulates; OFA prints them as MFLOPs)"
+
+
+def evolution_config(cfg) -> search.EvolutionConfig:
+  se = cfg.search
+  return search.EvolutionConfig(**{k: se[k] for k in search.EvolutionConfig._fields})
+
+
+def budget_windows(cfg, space) -> list[tuple[float, float]]:
+  """``[(macs_low, macs_high)]`` per member from ``config.search`` (MACs per image)."""
+  se = cfg.search
+  scale = 1e6 if se.budget_unit == "mmacs" else float(space.macs(space.max_arch()))
+  return [((1.0 - float(se.window)) * float(b) * scale, float(b) * scale) for b in se.budgets]
+
+
+def member_specs(cfg, space, reward, inclusion: bool, algorithm: str):
+  ref_reward = search.parse_reward(cfg.search.reference_reward)
+  return [family_lib.MemberSpec(f"A{i + 1}", lo, hi, ref_reward if i == 0 else reward,
+                                False if i == 0 else inclusion, algorithm)
+          for i, (lo, hi) in enumerate(budget_windows(cfg, space))]
+
+
+def load_reference(cfg, space):
+  """The fixed A1 of ``config.search.reference`` (an arch JSON, a subnet.json or a
+  results.json member), or ``None``."""
+  path = cfg.search.reference
+  if not path:
+    return None
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except OSError as e:
+    raise ConfigError(f"config.search.reference: cannot read {path}: {e.strerror}") from None
+  except ValueError as e:
+    raise ConfigError(f"config.search.reference: {path} is not JSON ({e})") from None
+  if isinstance(obj, dict) and isinstance(obj.get("arch"), dict):  # results.json / subnet.json
+    obj = obj["arch"]
+  try:
+    return space.from_json(obj)
+  except InvalidArchError as e:
+    raise ConfigError(f"config.search.reference: {path}: {e}") from None
+
+
+class FamilyJob(Job):
+  name = "family"
+  algorithms = ("evolution", "random")
+
+  def check(self, cfg, space) -> None:
+    se = cfg.search
+    for key in ("reward", "reference_reward"):
+      try:
+        search.parse_reward(se[key])
+      except ValueError as e:
+        raise ConfigError(f"config.search.{key}: {e}") from None
+    for key, allowed in (("inclusion_mode", search.constraints.INCLUSION_MODES),
+                         ("nfr_against", family_lib.NFR_AGAINST), ("budget_unit", BUDGET_UNITS)):
+      if se[key] not in allowed:
+        raise ConfigError(f"config.search.{key}: {se[key]!r} is not one of {allowed}")
+    b = tuple(se.budgets) if isinstance(se.budgets, (tuple, list)) else (se.budgets,)
+    if not b or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+                        for x in b) or any(y <= x for x, y in zip(b, b[1:])):
+      raise ConfigError(f"config.search.budgets: need positive budgets in ascending order, got {b}")
+    if se.budget_unit == "fraction" and b[-1] > 1:
+      raise ConfigError(f"config.search.budgets: fractions of the largest subnet's MACs must be "
+                        f"<= 1, got {b[-1]}")
+    if not (isinstance(se.window, (int, float)) and 0 < se.window <= 1):
+      raise ConfigError(f"config.search.window: must be in (0, 1], got {se.window!r}")
+    try:
+      evolution_config(cfg).check()
+    except ValueError as e:
+      raise ConfigError(f"config.search.{e}") from None
+    lo_all, hi_all = float(space.macs(space.min_arch())), float(space.macs(space.max_arch()))
+    for i, (lo, hi) in enumerate(budget_windows(cfg, space)):
+      if hi < lo_all or lo > hi_all:
+        raise ConfigError(f"config.search.budgets: A{i + 1}'s window [{lo / 1e6:.3f}, "
+                          f"{hi / 1e6:.3f}] MMACs misses the space's range [{lo_all / 1e6:.3f}, "
+                          f"{hi_all / 1e6:.3f}]")
+    load_reference(cfg, space)
+
+  def run(self, ctx: JobContext) -> dict:
+    tr = supernet.trained(ctx, supernet.warm_up(ctx))
+    if ctx.stop_after == "train":
+      return {"training": {"steps": tr.steps, "seconds_this_process": tr.seconds}}
+    scorer = evaluate.Scorer.from_config(ctx.cfg, ctx.net, ctx.space, tr.variables, ctx.dataset)
+    ends_ok = supernet.score_ends(ctx, scorer)
+    cache = family_lib.EvalCache(ctx.space, lambda pop: scorer.correct(pop, "val"),
+                                 ctx.path("search", "eval_cache_val.npz"),
+                                 search_identity(ctx, tr))
+    t_search = time.time()
+    families = self.search(ctx, cache, search_identity(ctx, tr))
+    seconds = time.time() - t_search
+    ctx.log(f"search done: {cache.scored} distinct subnets scored on "
+            f"{len(scorer.labels('val'))} val images in {seconds:.1f} s")
+    return self.report(ctx, tr, scorer, cache, families, ends_ok, seconds)
+
+  def search(self, ctx: JobContext, cache, identity) -> dict[str, list[dict]]:
+    """The families to report: ``{label: members}``, the proposed (or only) one first."""
+    cfg, space = ctx.cfg, ctx.space
+    reward = search.parse_reward(cfg.search.reward)
+    reference = load_reference(cfg, space)
+
+    def run_family(tag, specs, ref):
+      return family_lib.search_family(
+          space, specs, cache, evolution_config(cfg), seed=cfg.seed, reference=ref,
+          nfr_against=cfg.search.nfr_against, state_path=ctx.path("search", f"{tag}.json"),
+          identity=identity, log=ctx.log)
+
+    if not cfg.search.compare:
+      label = (f"{search.rewards.name(reward)}{'+inclusion' if cfg.search.inclusion else ''}"
+               f"{' (random search)' if cfg.search.algorithm == 'random' else ''}")
+      return {label: run_family("family", member_specs(
+          cfg, space, reward, cfg.search.inclusion, cfg.search.algorithm), reference)}
+    if reference is None:
+      reference = run_family("reference", member_specs(cfg, space, reward, True,
+                                                        cfg.search.algorithm)[:1], None)[0]["arch"]
+    families = {}
+    for label, rw, inc, algo in COMPARE_VARIANTS:
+      ctx.log(f"comparison variant {label}")
+      specs = member_specs(cfg, space, search.parse_reward(rw), inc, algo)
+      families[label] = run_family(label.replace(" ", "_").replace("+", "_"), specs, reference)
+    return families
+
+  def report(self, ctx: JobContext, tr, scorer, cache, families, ends_ok, seconds) -> dict:
+    """Test-split evaluation of every family, exports of the main one, tables and plots."""
+    space = ctx.space
+    records = {label: family_record(space, members, cache(_stack(members)),
+                                    scorer.correct(_stack(members), "test"))
+               for label, members in families.items()}
+    main_label = next(iter(families))
+    main = families[main_label]
+    pop = _stack(main)
+    supernet.export_subnets(ctx, tr.variables, scorer.stats(pop), [m["arch"] for m in main],
+                            records[main_label]["members"],
+                            ("val_top1", "test_top1", "macs", "params"))
+    evaluated = [{"macs": int(space.macs(a)), "val_top1": t} for a, t in cache.evaluated()]
+    results = run_record(ctx, MACS_NOTE, tr, ends_ok)
+    results.update({
+        "search": {"seconds": round(seconds, 2), "subnets_scored": cache.scored,
+                   "val_images": int(len(scorer.labels("val"))),
+                   "test_images": int(len(scorer.labels("test")))},
+        "family": records[main_label], "family_label": main_label, "evaluated": evaluated})
+    table = report.family_table(records[main_label], main_label)
+    if ctx.cfg.search.compare:
+      results["compare"] = records
+      results["compare_table"] = report.compare_rows(records, main_label)
+      table += "\n\n" + report.compare_table(results["compare_table"])
+    title = f"{ctx.cfg.name} ({ctx.dataset.name})"
+    write_results(ctx, results, table, plots={
+        "top1_vs_macs.png": lambda p: report.plot_family(
+            p, evaluated, records, title=title, windows=budget_windows(ctx.cfg, space)),
+        "nfr_matrix.png": lambda p: report.plot_nfr_matrix(p, records[main_label],
+                                                           f"{title}: {main_label}")},
+        also=(f"subnets/{{{','.join(m['name'] for m in main)}}}",))
+    return results
+
+
+def _stack(members):
+  return spaces.stack([m["arch"] for m in members])
+
+
+def search_identity(ctx: JobContext, tr) -> dict:
+  """What a saved search (state, evaluation cache) depends on: the trained weights (their
+  fingerprint covers the training config, the steps and the arrays) and how subnets are
+  scored."""
+  cfg = ctx.cfg
+  return {"weights": tr.fingerprint, "space": ctx.space.config(),
+          "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"},
+          "score": cfg.score.to_dict(), "calib_images": cfg.train.calib_images,
+          "calib_batch_size": cfg.train.calib_batch_size}
+
+
+def family_record(space, members, val_ok, test_ok) -> dict:
+  """JSON record of a family: members with metrics, and pairwise NFR matrices (test and val)."""
+  rows = []
+  for i, m in enumerate(members):
+    rows.append({"name": m["name"], "arch": space.to_json(m["arch"]),
+                 "summary": space.format(m["arch"]), "macs": int(space.macs(m["arch"])),
+                 "params": int(space.params(m["arch"])), "val_top1": float(val_ok[i].mean()),
+                 "test_top1": float(test_ok[i].mean()), "reward": m["reward"],
+                 "spec": m["spec"], "search": m["search"]})
+  k = len(test_ok)
+  rel = [[None if i == j else _finite(metrics.relative_nfr(test_ok[j], test_ok[i]))
+          for j in range(k)] for i in range(k)]
+  return {"members": rows, "nfr_matrix_test": metrics.nfr_matrix(test_ok).tolist(),
+          "relative_nfr_matrix_test": rel, "nfr_matrix_val": metrics.nfr_matrix(val_ok).tolist()}
+
+
+def _finite(v):
+  v = float(v)
+  return v if np.isfinite(v) else None
+
+
+register_job(FamilyJob())

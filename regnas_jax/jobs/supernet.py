@@ -1,0 +1,144 @@
+"""What the jobs that search a trained supernet share: train (or resume, or import) it, compile
+the scoring programs meanwhile, and score the largest and smallest subnets."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regnas_jax import evaluate, persist, spaces, stopping, training
+from regnas_jax.errors import ConfigError, RegnasError, one_line
+from regnas_jax.jobs.base import JobContext
+from regnas_jax.search import evolution
+
+
+def initial_weights(ctx: JobContext):
+  """``(key -> variables, identity)`` of imported weights when ``config.supernet.init_from``
+  names them (an OFA checkpoint or a converted directory), else ``(None, None)``: the supernet's
+  own initialisation.  The identity (file name, size, hash) joins the checkpoint identity, so a
+  work dir started from other weights is refused on resume."""
+  path = ctx.cfg.supernet.get("init_from", "")
+  if not path:
+    return None, None
+  from regnas_jax.io import ofa as ofa_io   # imported only when asked for
+
+  try:
+    ident = ofa_io.source_identity(path)
+  except RegnasError as e:
+    raise ConfigError(f"config.supernet.init_from: {one_line(e)}") from None
+  return (lambda key: ofa_io.load_supernet_variables(path, ctx.net)), ident
+
+
+def trained(ctx: JobContext, warm: Callable[[], Any] | None = None) -> training.TrainResult:
+  """The supernet of ``ctx`` trained as ``config.train`` says (resumed from the work dir), or
+  with ``train.steps = 0`` the imported weights of ``config.supernet.init_from`` as they are.
+
+  ``warm`` runs in a background thread while the training step compiles (see :func:`warm_up`);
+  it is joined before this returns.
+  """
+  init, init_ident = initial_weights(ctx)
+  if int(ctx.cfg.train.steps) == 0:
+    if init is None:
+      raise ConfigError("config.train.steps: 0 (no training) needs weights to start from in "
+                        "config.supernet.init_from")
+    v = jax.tree.map(np.asarray, init(None))
+    ctx.log(f"supernet: imported weights of {ctx.cfg.supernet.init_from}, no training")
+    return training.TrainResult(v, 0, 0.0, None, [], persist.fingerprint(
+        {"init_from": init_ident, "arrays": persist.array_fingerprint(v)}))
+  threads: list[threading.Thread] = []
+
+  def start():
+    if warm is not None:
+      t = threading.Thread(target=warm, name="regnas-warm-up", daemon=True)
+      t.start()
+      threads.append(t)
+
+  result = training.train(ctx.cfg, ctx.net, ctx.space, ctx.dataset, ctx.workdir, init_fn=init,
+                          init_identity=init_ident, log=ctx.log,
+                          on_start=start if ctx.stop_after == "search" else None)
+  for t in threads:
+    t.join()
+  return result
+
+
+def warm_up(ctx: JobContext, proposals: bool = True) -> Callable[[], None]:
+  """A function compiling the scoring (and evolution's proposal) programs on zeros of exactly
+  the shapes used later, which fills jit's cache: run while the training step compiles, the
+  compiles overlap instead of following each other.  Failures are ignored (the programs then
+  compile on first use)."""
+  cfg, net, space, dataset = ctx.cfg, ctx.net, ctx.space, ctx.dataset
+
+  def work():
+    try:
+      r = max(space.resolutions)
+      abstract = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, r, r, 3)),
+                                space.max_arch())
+      v = evaluate.uncommitted(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract))
+      kw = dict(block_size=cfg.score.block_size, chunk_size=cfg.score.chunk_size)
+      n = min(cfg.train.calib_images, len(dataset.train))
+      b = min(cfg.train.calib_batch_size, n)
+      limit = int(cfg.score.max_images or 0)
+      sizes = {min(len(s), limit) if limit else len(s) for s in (dataset.val, dataset.test)}
+      for r_i, r in enumerate(space.resolutions):
+        pop = jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], cfg.score.block_size, 0),
+                           space.min_arch())._replace(
+                               resolution=np.full(cfg.score.block_size, r_i, np.int32))
+        st = evaluate.recalibrate_population(
+            net, v, jax.device_put(np.zeros((n // b, b, r, r, 3), np.float32)), pop, **kw)
+        for size in sizes:
+          evaluate.population_predictions(net, v["params"], st, pop,
+                                          jax.device_put(np.zeros((size, r, r, 3), np.float32)),
+                                          batch_size=cfg.score.batch_size, **kw)
+      if proposals:
+        _warm_proposals(cfg, space)
+    except Exception as e:  # noqa: BLE001 - an optimisation only
+      if os.environ.get("REGNAS_DEBUG"):
+        raise
+      del e
+  return work
+
+
+def _warm_proposals(cfg, space) -> None:
+  se = cfg.search
+  evo = evolution.EvolutionConfig(**{k: se[k] for k in evolution.EvolutionConfig._fields})
+  sample, mutants, crossovers = evolution._proposers(space, evo.mutate_prob,
+                                                     evo.resolution_mutate_prob)
+  key = jax.random.key(0, impl=evolution.PRNG_IMPL)
+  par = sample(key, evo.num_parents)
+  for fn in (mutants, crossovers):
+    jax.block_until_ready(fn(key, evo.proposal_batch, jax.tree.map(np.asarray, par)))
+  jax.block_until_ready(sample(key, evo.proposal_batch))
+
+
+def score_ends(ctx: JobContext, scorer: evaluate.Scorer) -> np.ndarray:
+  """Per-sample test correctness of the largest and smallest subnets ``(2, N)``, logged."""
+  import time
+
+  t0 = time.time()
+  ends = spaces.stack([ctx.space.max_arch(), ctx.space.min_arch()])
+  ok = scorer.correct(ends, "test")
+  ctx.log(f"test top-1: max subnet {100 * ok[0].mean():.2f}%, min subnet {100 * ok[1].mean():.2f}% "
+          f"({time.time() - t0:.1f} s, compile included)")
+  return ok
+
+
+def export_subnets(ctx: JobContext, variables, stats, archs, rows, metric_keys) -> None:
+  """Extract every ``archs[i]`` (with its re-calibrated statistics ``stats[i]``) and save it
+  under ``subnets/<rows[i]['name']>/`` (loadable with :func:`regnas_jax.export.load_subnet`)."""
+  from regnas_jax import export
+
+  with stopping.critical("exporting the subnets"):
+    _export(ctx, variables, stats, archs, rows, metric_keys, export)
+
+
+def _export(ctx, variables, stats, archs, rows, metric_keys, export):
+  for i, (a, r) in enumerate(zip(archs, rows)):
+    st = jax.tree.map(lambda s, i=i: s[i], stats)
+    _, v = ctx.net.extract({"params": variables["params"], "batch_stats": st}, a)
+    export.save_subnet(ctx.path("subnets", r["name"]), ctx.space, a, ctx.cfg.supernet.to_dict(),
+                       v, metrics={k: r[k] for k in metric_keys if k in r})

@@ -1,0 +1,465 @@
+"""The TuNAS job (``search.algorithm='tunas'``): weights and policy trained in alternation, then
+the argmax architecture against random search at the same cost.
+
+One jit-compiled step does what one step of TuNAS's search does (facts in ``search/tunas.py``):
+
+1. sample an architecture from the policy; with the warmup probability p (1 -> 0 over the
+   first ``warmup_fraction`` of the search) widen its ``space.warmup_fields`` to the largest
+   choice (filter warmup) and average the choices of its op decisions (op warmup), element by
+   element;
+2. one optimiser step of the shared weights on a training batch for that architecture;
+3. quality Q = top-1 of the sampled architecture (no warmup) on one validation batch, with the
+   updated weights and batch statistics (TuNAS's search uses stateless BN);
+4. reward (``abs`` by default) of Q and the cost T (analytic MACs or a fitted latency model)
+   against the target T0, and one REINFORCE step of the policy.
+
+The steps run in the shared resumable loop (:func:`regnas_jax.training.run_loop`): the state
+(weights, BN statistics, both optimiser states, the policy and its baseline; all randomness
+derives from the step number) is checkpointed, so a killed search resumes exactly.  Outputs:
+``trajectory.jsonl`` / ``trajectory.png``, ``results.json`` / ``results.md`` (the argmax
+architecture, its cost against the target, the policy, and the random-search baseline inside the
+same cost window, all scored with re-calibrated BN, optionally also trained from scratch),
+``subnets/tunas`` and, for the latency cost, ``latency.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from regnas_jax import checkpoint as ckpt_lib
+from regnas_jax import data as data_lib
+from regnas_jax import evaluate, latency, persist, report, spaces, training
+from regnas_jax.errors import ConfigError
+from regnas_jax.jobs import supernet
+from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
+from regnas_jax.nn.common import init_variables
+from regnas_jax.nn.supernet import SUPERNETS
+from regnas_jax.progress import MetricsLog
+from regnas_jax.search import tunas
+from regnas_jax.spaces import PolicySpace
+
+COSTS = ("macs", "latency")
+MACS_NOTE = "MACs per image (multiply-accumulates; OFA prints them as MFLOPs)"
+_STEPS: dict = {}   # compiled search steps by configuration (a resumed search reuses its step)
+
+
+class SearchState(NamedTuple):
+  """Everything a search step reads and writes (saved as the checkpoint)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ctrl: tunas.ControllerState
+
+
+def controller_config(se) -> tunas.ControllerConfig:
+  return tunas.ControllerConfig(
+      learning_rate=float(se.rl_learning_rate), baseline_momentum=float(se.baseline_momentum),
+      delay_fraction=float(se.rl_delay_fraction), increase=float(se.rl_increase),
+      entropy_weight=float(se.entropy_weight))
+
+
+def check_search(cfg, space) -> None:
+  """``config.search`` of a TuNAS run (module docstring); errors name the key."""
+  se = cfg.search
+  if se.reward not in tunas.REWARDS:
+    raise ConfigError(f"config.search.reward: {se.reward!r} is not one of {tunas.REWARDS}")
+  if se.cost not in COSTS:
+    raise ConfigError(f"config.search.cost: {se.cost!r} is not one of {COSTS}")
+  units = ("fraction", "ms") if se.cost == "latency" else ("fraction", "mmacs")
+  if se.target_unit not in units:
+    raise ConfigError(f"config.search.target_unit: {se.target_unit!r} does not fit cost "
+                      f"{se.cost!r} (use one of {units})")
+  if not (isinstance(se.target, (int, float)) and se.target > 0):
+    raise ConfigError(f"config.search.target: must be > 0, got {se.target!r}")
+  if se.target_unit == "fraction" and se.target > 1:
+    raise ConfigError(f"config.search.target: a fraction of the largest subnet's cost must be "
+                      f"<= 1, got {se.target}")
+  if not se.beta < 0:
+    raise ConfigError(f"config.search.beta: must be < 0 (a cost penalty), got {se.beta}")
+  if not 0 <= se.warmup_fraction <= se.rl_delay_fraction:
+    raise ConfigError(f"config.search.warmup_fraction: must be in [0, rl_delay_fraction="
+                      f"{se.rl_delay_fraction}] (TuNAS: warmup ends before the policy learns), "
+                      f"got {se.warmup_fraction}")
+  try:
+    controller_config(se).check()
+  except ValueError as e:
+    raise ConfigError(f"config.search.{e}") from None
+  for k, lo in (("val_batch_size", 1), ("random_samples", 0), ("random_tries", 1),
+                ("latency_samples", 4), ("latency_repeats", 1), ("latency_batch_size", 1),
+                ("retrain_steps", 0)):
+    v = se[k]
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+      raise ConfigError(f"config.search.{k}: must be an integer >= {lo}, got {v!r}")
+  if not 0 < se.random_window < 1:
+    raise ConfigError(f"config.search.random_window: must be in (0, 1), got {se.random_window!r}")
+  if se.cost == "macs":   # the latency target is checked once the model is fitted
+    cost, target, _, _ = macs_cost(cfg, space)
+    check_target(cost, target, "MMACs", space)
+
+
+def macs_cost(cfg, space):
+  se = cfg.search
+  scale = 1e6 if se.target_unit == "mmacs" else float(space.macs(space.max_arch()))
+  return (lambda a: space.macs(a) / 1e6), float(se.target) * scale / 1e6, "MMACs", {}
+
+
+def check_target(cost_fn, target: float, unit: str, space) -> None:
+  lo, hi = float(cost_fn(space.min_arch())), float(cost_fn(space.max_arch()))
+  if not lo <= target <= hi:
+    raise ConfigError(f"config.search.target: {target:.4g} {unit} is outside the space's range "
+                      f"[{lo:.4g}, {hi:.4g}] {unit}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Latency cost
+# ----------------------------------------------------------------------------------------------
+def measure_latency(net, space, archs, *, batch_size: int, repeats: int, resolution: int,
+                    log=print) -> np.ndarray:
+  """Median wall-clock milliseconds of one forward pass (eval mode, ``batch_size`` images) of
+  every arch's exact-shape subnet on the default device: compiled once, two warm-up runs, then
+  ``repeats`` timed runs.  Weights do not change the time, so constant ones are used."""
+  shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)),
+                          space.max_arch())
+  const = jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
+  x = jnp.ones((batch_size, resolution, resolution, 3), jnp.float32)
+  out = []
+  n = spaces.pop_size(archs)
+  for i in range(n):
+    module, v = net.extract(const, jax.tree.map(np.asarray, spaces.member(archs, i)))
+    fn = jax.jit(functools.partial(module.apply, train=False))
+    for _ in range(2):
+      jax.block_until_ready(fn(v, x))
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(v, x))
+      times.append(time.perf_counter() - t)
+    out.append(1e3 * float(np.median(times)))
+    if (i + 1) % max(1, n // 5) == 0 or i + 1 == n:
+      log(f"latency: measured {i + 1}/{n} subnets (last {out[-1]:.3f} ms)")
+  return np.asarray(out)
+
+
+def latency_cost(ctx: JobContext):
+  """``(cost_fn, target, 'ms', fit)`` from a linear model fitted to exact subnets timed here;
+  the measurements are kept in ``latency.json`` (reused on resume, re-measured when their
+  identity differs)."""
+  cfg, space, se = ctx.cfg, ctx.space, ctx.cfg.search
+  path = ctx.path("latency.json")
+  ident = {"space": space.config(), "samples": se.latency_samples, "batch": se.latency_batch_size,
+           "seed": cfg.seed, "backend": jax.default_backend()}
+
+  def parse(saved):
+    archs = space.population_from_json(saved["archs"])
+    ms = np.asarray(saved["ms"], np.float64)
+    if ms.shape != (spaces.pop_size(archs),) or not np.all(np.isfinite(ms)):
+      raise ValueError("'ms' must hold one finite time per architecture")
+    return archs, ms
+
+  loaded = persist.read_state(path, ident, parse, other_run="ignore")  # other settings: measure
+  if loaded is None:
+    archs = spaces.base.concat(spaces.stack([space.min_arch(), space.max_arch()]),
+                               space.sample(jax.random.key(cfg.seed + 101), se.latency_samples - 2))
+    r = max(space.resolutions)
+    ctx.log(f"latency: timing {se.latency_samples} exact subnets at batch "
+            f"{se.latency_batch_size}, {r} px on {jax.default_backend()}")
+    ms = measure_latency(ctx.net, space, archs, batch_size=se.latency_batch_size,
+                         repeats=se.latency_repeats, resolution=r, log=ctx.log)
+  else:
+    archs, ms = loaded
+  model = latency.fit(space, archs, ms, holdout=0.25, seed=cfg.seed, ridge=1e-3)
+  fit = {k: v for k, v in model.to_json().items() if k not in ("weights", "bias")}
+  persist.save_state(path, ident, archs=space.population_to_json(archs), ms=ms.tolist(), fit=fit)
+  ctx.log(f"latency model: held-out RMSE {model.test_rmse:.3f} ms, R^2 {model.test_r2:.3f}, "
+          f"MAPE {100 * model.test_mape:.1f}% (train RMSE {model.train_rmse:.3f} ms)")
+  predict = lambda a: model.predict(space, a)
+  target = float(se.target) * (float(predict(space.max_arch())) if se.target_unit == "fraction"
+                               else 1.0)
+  check_target(predict, target, "ms", space)
+  return predict, target, "ms", fit
+
+
+# ----------------------------------------------------------------------------------------------
+# The search step
+# ----------------------------------------------------------------------------------------------
+def warmup_arch(space, arch, p, key):
+  """Filter warmup: each element of ``space.warmup_fields`` takes its largest choice with
+  probability p."""
+  big = space.max_arch()
+  keys = jax.random.split(key, len(space.warmup_fields))
+  pick = lambda k, a, b: jnp.where(jax.random.bernoulli(k, p, a.shape), b, a).astype(jnp.int32)
+  return arch._replace(**{f: pick(k, getattr(arch, f), getattr(big, f))
+                          for k, f in zip(keys, space.warmup_fields)})
+
+
+def op_average(net, space, p, key):
+  """Op warmup flags: each op decision element averages its choices with probability p."""
+  names = net.op_decisions
+  return {n: jax.random.bernoulli(k, p, space.field(n).shape)
+          for k, n in zip(jax.random.split(key, len(names)), names)}
+
+
+def make_search_step(model, space, tx, cost_fn, target: float, total: int, cfg, lc, augment,
+                     val_augment):
+  """A jit-compiled ``step(state, images, labels, val_images, val_labels, base_key)``."""
+  se = cfg.search
+  ccfg = controller_config(se)
+
+  def step(state: SearchState, images, labels, val_images, val_labels, base_key):
+    k_aug, k_arch, k_fw, k_ow, k_drop = jax.random.split(training.step_key(base_key, state.step), 5)
+    arch = tunas.sample(space, state.ctrl.logits, k_arch, ccfg.temperature)
+    p = tunas.warmup_probability(state.step, total, float(se.warmup_fraction))
+    train_arch = warmup_arch(space, arch, p, k_fw) if se.filter_warmup else arch
+    average = op_average(model, space, p, k_ow) if se.op_warmup else None
+    x = augment(images, k_aug)
+
+    def loss_fn(params):
+      logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                train_arch, train=True, average=average,
+                                mutable=["batch_stats"], rngs={"dropout": k_drop})
+      return training.subnet_losses(logits[None], labels, lc)[0], (logits, upd["batch_stats"])
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # Q: the sampled arch on one validation batch, batch statistics (stateless BN).
+    v_logits, _ = model.apply({"params": params, "batch_stats": stats}, val_augment(val_images),
+                              arch, train=True, mutable=["batch_stats"])
+    q = (jnp.argmax(v_logits, -1) == val_labels).mean()
+    cost = cost_fn(arch)
+    r = tunas.reward(se.reward, q, cost, target, float(se.beta))
+    ctrl, cm = tunas.update(space, state.ctrl, arch, r, total, ccfg)
+    metrics = {"reward": r, "quality": q, "cost": cost, "loss": loss,
+               "train_acc": (jnp.argmax(logits, -1) == labels).mean(),
+               "policy_entropy": tunas.policy_entropy(space, ctrl.logits, ccfg.temperature),
+               "argmax_cost": cost_fn(tunas.argmax_arch(space, ctrl.logits)), "warmup_p": p,
+               "rl_lr": cm["lr"], "baseline": cm["baseline"], "advantage": cm["advantage"]}
+    return SearchState(state.step + 1, params, stats, opt_state, ctrl), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# After the search
+# ----------------------------------------------------------------------------------------------
+def random_in_window(space, cost_fn, target: float, window: float, n: int, tries: int, seed: int):
+  """Up to ``n`` distinct uniform samples whose cost lies in ``target * [1 - w, 1 + w]``
+  (TuNAS's random baseline: rejection sampling on the cost), and how many were drawn."""
+  costs = jax.jit(jax.vmap(cost_fn))
+  keep, seen, drawn = [], set(), 0
+  key = jax.random.key(seed)
+  batch = 1024
+  while len(keep) < n and drawn < tries:
+    key, k = jax.random.split(key)
+    pop = jax.tree.map(np.asarray, space.canonicalize(space.sample(k, batch)))
+    c = np.asarray(costs(pop))
+    drawn += batch
+    for i in np.flatnonzero(np.abs(c / target - 1.0) <= window):
+      a = spaces.member(pop, int(i))
+      h = b"".join(np.asarray(x).tobytes() for x in a)
+      if h not in seen:
+        seen.add(h)
+        keep.append(a)
+      if len(keep) == n:
+        break
+  return keep, drawn
+
+
+def retrain(ctx: JobContext, arch, name: str, steps: int, seed: int) -> dict:
+  """Train the exact-shape subnet ``arch`` from scratch for ``steps`` (the config's optimiser,
+  a cosine schedule, the same batches for every arch; resumable in ``retrain/<name>``) and
+  report its test top-1."""
+  space = ctx.space
+  module = ctx.net.exact_module(arch)
+  r = int(space.resolutions[int(np.asarray(arch.resolution))])
+  res = training.train_exact(ctx.cfg, module, ctx.dataset, ctx.path("retrain", name),
+                             resolution=r, seed=seed, steps=steps, log=ctx.log,
+                             identity_extra={"arch": space.to_json(arch)}, desc=f"retrain {name}")
+  top1 = float(training.evaluate_exact(module, res.variables, ctx.dataset, "test", r).mean())
+  ctx.log(f"retrained {name} ({space.format(arch)[:50]}...) for {steps} steps: test top-1 "
+          f"{100 * top1:.2f}%")
+  return {"steps": steps, "test_top1": top1}
+
+
+# ----------------------------------------------------------------------------------------------
+# The job
+# ----------------------------------------------------------------------------------------------
+class TunasJob(Job):
+  name = "tunas"
+  algorithms = ("tunas",)
+
+  def check(self, cfg, space) -> None:
+    if not isinstance(space, PolicySpace) or not getattr(SUPERNETS.get(space.name), "op_average",
+                                                         False):
+      raise ConfigError(f"config.space.name: TuNAS needs one of its spaces (proxylessnas, "
+                        f"proxylessnas_enlarged, mobilenet_v3_like), got {space.name!r}")
+    if not (isinstance(cfg.train.steps, int) and cfg.train.steps >= 1):
+      raise ConfigError(f"config.train.steps: must be a positive integer, got "
+                        f"{cfg.train.steps!r}")
+    check_search(cfg, space)
+
+  def check_data(self, cfg, space, dataset) -> None:
+    n_val = len(dataset.val)
+    if cfg.search.val_batch_size > n_val:
+      raise ConfigError(f"config.search.val_batch_size: {cfg.search.val_batch_size} exceeds "
+                        f"the {n_val} validation images")
+
+  def run(self, ctx: JobContext) -> dict:
+    cfg, space, se, tc = ctx.cfg, ctx.space, ctx.cfg.search, ctx.cfg.train
+    cost_fn, target, unit, fit = (macs_cost(cfg, space) if se.cost == "macs" else
+                                  latency_cost(ctx))
+    lo, hi = float(cost_fn(space.min_arch())), float(cost_fn(space.max_arch()))
+    ctx.log(f"TuNAS search: {tc.steps} steps, reward {se.reward} (beta {se.beta}), cost {se.cost}, "
+            f"target {target:.4g} {unit} (space range [{lo:.4g}, {hi:.4g}])")
+    t0 = time.time()
+    state, start = self.search(ctx, cost_fn, target, fit)
+    seconds = time.time() - t0
+    if start < tc.steps:
+      ctx.log(f"searched {tc.steps - start} steps in {seconds:.1f} s")
+    if ctx.stop_after == "train":
+      return {"training": {"steps": int(tc.steps), "seconds_this_process": seconds}}
+    return self.report(ctx, state, cost_fn, target, unit, fit, seconds)
+
+  def search(self, ctx: JobContext, cost_fn, target, fit):
+    """``(final state, start step)``: the alternating search, resumed from the work dir."""
+    cfg, space, net, ds = ctx.cfg, ctx.space, ctx.net, ctx.dataset
+    se, tc = cfg.search, cfg.train
+    total = int(tc.steps)
+    phase = training.Phase("tunas", total, (), "policy", 1, "none", None, float(tc.lr),
+                           min(int(tc.warmup_steps), total - 1))
+    tx, sched = training.make_optimizer(tc, phase)
+    init, init_ident = supernet.initial_weights(ctx)
+    ident = dict(identity(cfg, space), init_from=init_ident)
+    ck = ckpt_lib.Checkpointer(ctx.path("checkpoints"), ident, max_to_keep=tc.max_to_keep)
+    k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
+    init = init or (lambda k: init_variables(net, k))
+    v = init(k_init)
+    fresh = SearchState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
+                        tx.init(v["params"]), tunas.init(space, controller_config(se)))
+    restored, _, resumed = ck.restore_latest(fresh, warn=ctx.log)
+    traj = MetricsLog(ctx.path("trajectory.jsonl"))
+    if resumed is not None:
+      ctx.log(f"resumed from {ck.directory}/{resumed} (step {int(restored.step)}/{total})")
+    traj.truncate_after(int(restored.step) if resumed is not None else 0)
+    # Fresh and restored states as the same kind of array (uncommitted, on the default device):
+    # jit's cache key includes it, so a resumed search in the same process compiles nothing.
+    state = evaluate.uncommitted(restored if resumed is not None else fresh)
+    start = int(state.step)
+    step_fn = self._compiled_step(ctx, tx, cost_fn, target, fit, ident, total)
+    n_train, n_val = len(ds.train), len(ds.val)
+
+    def step(s, st):
+      x, y = ds.train.get(data_lib.epoch_batch_indices(n_train, tc.batch_size, s, cfg.seed))
+      vx, vy = ds.val.get(data_lib.epoch_batch_indices(n_val, se.val_batch_size, s,
+                                                       cfg.seed + 1))
+      return step_fn(st, x, y, vx, vy, k_steps)
+
+    def record(s, host):
+      rec = {"lr": float(sched(s - 1)), "time": time.time()}
+      for k in host[0]:
+        rec[k] = round(float(np.mean([h[k] for h in host])), 6)
+      return rec
+
+    if start < total:
+      ctx.log(f"searching steps {start}..{total}, batch {tc.batch_size}, validation batch "
+              f"{se.val_batch_size}")
+    try:
+      state = training.run_loop(
+          state, step, start=start, total=total, checkpointer=ck, metrics=traj, desc="tunas",
+          record=record, bar_fields=lambda r: dict(
+              reward=r["reward"], Q=r["quality"], cost=r["cost"], H=r["policy_entropy"],
+              argmax=r["argmax_cost"]),
+          save_extra=lambda s: {"step": s}, checkpoint_every=tc.checkpoint_every,
+          log_every=tc.log_every, progress_every=tc.progress_every,
+          max_nonfinite=int(tc.get("max_nonfinite_steps", 0)),
+          lr_hint=f"; a smaller config.train.lr (now {tc.lr}) may help")
+    finally:
+      ck.close()
+    return state, start
+
+  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total):
+    """The search step, compiled once per configuration and process."""
+    ds, tc = ctx.dataset, ctx.cfg.train
+    key = json.dumps([ident, target, fit, [np.asarray(ds.mean).tolist(),
+                                           np.asarray(ds.std).tolist()]],
+                     sort_keys=True, default=str)
+    if key not in _STEPS:
+      r = max(ctx.space.resolutions)
+      lc = training.LossConfig(ds.num_classes, float(tc.label_smoothing), "none", 0.0, True)
+      aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=r,
+                              pad=tc.augment.pad, flip=tc.augment.flip)
+      val_aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=r)
+      _STEPS[key] = make_search_step(ctx.net, ctx.space, tx, cost_fn, target, total, ctx.cfg,
+                                     lc, lambda x, k: aug(x, key=k), val_aug)
+    return _STEPS[key]
+
+  def report(self, ctx: JobContext, state, cost_fn, target, unit, fit, seconds) -> dict:
+    """The argmax architecture against random ones in the cost window, scored and exported."""
+    cfg, space, se = ctx.cfg, ctx.space, ctx.cfg.search
+    logits = jax.tree.map(np.asarray, state.ctrl.logits)
+    best = jax.tree.map(np.asarray, space.canonicalize(tunas.argmax_arch(space, logits)))
+    best_cost = float(cost_fn(best))
+    rel = best_cost / target - 1.0
+    ctx.log(f"argmax architecture: {space.format(best)}")
+    ctx.log(f"argmax cost {best_cost:.4g} {unit} = target {100 * rel:+.2f}%")
+    rand, drawn = random_in_window(space, cost_fn, target, float(se.random_window),
+                                   int(se.random_samples), int(se.random_tries), cfg.seed + 7)
+    ctx.log(f"random search: {len(rand)} of {drawn} uniform samples within +-"
+            f"{100 * se.random_window:.1f}% of the target")
+    archs = [best] + rand
+    pop = spaces.stack(archs)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    scorer = evaluate.Scorer.from_config(cfg, ctx.net, space, variables, ctx.dataset)
+    val_ok, test_ok = scorer.correct(pop, "val"), scorer.correct(pop, "test")
+    rows = [{"name": "TuNAS argmax" if i == 0 else f"random {i}", "arch": space.to_json(a),
+             "summary": space.format(a), "cost": float(cost_fn(a)), "macs": int(space.macs(a)),
+             "params": int(space.params(a)), "val_top1": float(val_ok[i].mean()),
+             "test_top1": float(test_ok[i].mean())} for i, a in enumerate(archs)]
+    for i, a in enumerate(archs if se.retrain_steps else []):
+      rows[i]["retrain"] = retrain(ctx, a, "argmax" if i == 0 else f"random{i}",
+                                   int(se.retrain_steps), cfg.seed + 1000)
+    supernet.export_subnets(ctx, variables, scorer.stats(spaces.stack([best])), [best],
+                            [dict(rows[0], name="tunas")],
+                            ("val_top1", "test_top1", "macs", "params", "cost"))
+    records = MetricsLog(ctx.path("trajectory.jsonl")).read()
+    rnd = [x["test_top1"] for x in rows[1:]]
+    summary = {"target": target, "unit": unit, "argmax_cost": best_cost, "argmax_cost_rel": rel,
+               "within_5_percent": abs(rel) <= 0.05, "random_window": float(se.random_window),
+               "random_found": len(rand), "random_drawn": drawn,
+               "random_mean_test_top1": float(np.mean(rnd)) if rnd else None,
+               "random_best_test_top1": float(np.max(rnd)) if rnd else None}
+    results = run_record(ctx, MACS_NOTE)
+    results.update({"tunas": summary, "models": rows, "cost_model": fit,
+                    "policy": tunas.probabilities(space, logits),
+                    "search": {"steps": int(cfg.train.steps),
+                               "seconds_this_process": round(seconds, 2),
+                               "final": records[-1] if records else None}})
+    write_results(ctx, results, report.tunas_table(rows, summary, bool(se.retrain_steps)),
+                  plots={"trajectory.png": lambda p: report.plot_trajectory(
+                      p, records, target, unit, f"{cfg.name} ({ctx.dataset.name}): TuNAS search")},
+                  also=("trajectory.jsonl", "subnets/tunas"))
+    return results
+
+
+def identity(cfg, space) -> dict:
+  """What the search state depends on (checked against a checkpoint before it is restored)."""
+  se, tc = cfg.search, cfg.train
+  return {"space": space.config(), "supernet": cfg.supernet.to_dict(),
+          "train": {k: v for k, v in tc.to_dict().items() if k not in training.OPERATIONAL_KEYS},
+          "search": {k: v for k, v in se.to_dict().items()
+                     if k not in ("random_samples", "random_tries", "retrain_steps")},
+          "seed": cfg.seed,
+          "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
+
+
+register_job(TunasJob())

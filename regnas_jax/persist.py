@@ -1,0 +1,236 @@
+"""What a run keeps in its work dir besides checkpoints: JSON state files and the work-dir lock.
+
+* :func:`write_json` writes through a temporary file and a rename, so a crash never leaves half
+  a file; :func:`read_state` reads a state file back and checks it belongs to the same run (an
+  *identity*: a JSON value describing everything the state depends on), naming the first
+  difference otherwise.  Every resumable piece (search states, evaluation caches, the latency
+  model) goes through these two.
+* :class:`WorkdirLock` lets one run at a time use a work dir: ``<workdir>/.lock`` holds the
+  owner's pid and host; a second run is refused with one line naming them, and a lock left by
+  a process that died is taken over with a warning.
+
+Faults become :class:`~regnas_jax.errors.StateError` with one-line messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from regnas_jax.errors import StateError
+
+
+def _json_default(x):
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.floating):
+    return float(x)
+  if isinstance(x, np.bool_):
+    return bool(x)
+  if isinstance(x, (np.ndarray, tuple)):
+    return np.asarray(x).tolist()
+  raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def jsonable(x: Any) -> Any:
+  """``x`` as plain JSON values (tuples become lists, numpy scalars Python numbers)."""
+  return json.loads(json.dumps(x, default=_json_default))
+
+
+def fingerprint(x: Any) -> str:
+  """A short stable hash of a JSON-able value (keys sorted)."""
+  return hashlib.sha256(json.dumps(jsonable(x), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def array_fingerprint(tree) -> str:
+  """A short hash of the bytes, shapes and dtypes of every array in a pytree (e.g. the trained
+  weights a search scores with)."""
+  import jax
+
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.asarray(leaf)
+    h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()[:16]
+
+
+def write_json(path: str, obj: Any, indent: int | None = None) -> None:
+  """Write ``obj`` as JSON via ``path.tmp`` and a rename (atomic on POSIX file systems)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=indent, default=_json_default)
+  os.replace(tmp, path)
+
+
+def first_difference(saved: Any, current: Any, where: str = "") -> str | None:
+  """Path and values of the first difference between two JSON-like values, or None."""
+  if isinstance(saved, dict) and isinstance(current, dict):
+    for k in sorted(set(saved) | set(current)):
+      if k not in saved or k not in current:
+        return f"{where}{k}: saved {saved.get(k, '(absent)')!r}, now {current.get(k, '(absent)')!r}"
+      d = first_difference(saved[k], current[k], f"{where}{k}.")
+      if d:
+        return d
+    return None
+  if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+    if len(saved) == len(current):
+      for i, (a, b) in enumerate(zip(saved, current)):
+        d = first_difference(a, b, f"{where[:-1]}[{i}].")
+        if d:
+          return d
+      return None
+  if saved != current:
+    return f"{where[:-1]}: saved {_short_repr(saved)}, now {_short_repr(current)}"
+  return None
+
+
+def _short_repr(v: Any, limit: int = 80) -> str:
+  r = repr(v)
+  return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def read_state(path: str, identity: Any, parse: Callable[[dict], Any] | None = None, *,
+               other_run: str = "error"):
+  """The state saved in ``path`` by a run with the same ``identity``, or ``None`` if there is no
+  such file.
+
+  The file must be a JSON object ``{"identity": ..., ...}`` (what :func:`save_state` writes);
+  ``parse(obj)`` turns it into the caller's state and may raise ``ValueError``/``KeyError``/
+  ``TypeError`` for bad content.  Unreadable JSON, bad content or another run's identity raise
+  :class:`StateError` naming the file and the first difference; the file is left untouched.
+  With ``other_run='ignore'`` a file of another run reads as ``None`` (for caches that are
+  simply recomputed, e.g. latency measurements for other settings).
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except OSError as e:
+    raise StateError(f"{path}: cannot read the saved state ({e.strerror})") from None
+  except ValueError as e:
+    raise StateError(f"{path}: damaged saved state, not JSON ({e}); remove it to start that "
+                     f"stage again") from None
+  if not isinstance(saved, dict) or "identity" not in saved:
+    raise StateError(f"{path}: not a saved state of this project (no identity)")
+  diff = first_difference(saved["identity"], jsonable(identity))
+  if diff and other_run == "ignore":
+    return None
+  if diff:
+    raise StateError(f"{path} belongs to another run ({diff}); use another --workdir or remove "
+                     f"that file")
+  if parse is None:
+    return saved
+  try:
+    return parse(saved)
+  except (ValueError, KeyError, TypeError, IndexError) as e:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise StateError(f"{path}: damaged saved state ({type(e).__name__}: {msg}); remove it to "
+                     f"start that stage again") from None
+
+
+def save_state(path: str, identity: Any, **content) -> None:
+  """Write ``{"identity": identity, **content}`` atomically (read back by :func:`read_state`)."""
+  write_json(path, {"identity": jsonable(identity), **content})
+
+
+# ----------------------------------------------------------------------------------------------
+# One run per work dir
+# ----------------------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # exists, owned by someone else
+    return True
+  return True
+
+
+class WorkdirLock:
+  """An advisory lock on a work dir: ``<workdir>/.lock`` with the owner's pid, host and start.
+
+  ``acquire()`` creates the lock file atomically (``O_EXCL``).  If it exists: a live owner on
+  this host, or any owner on another host (whose liveness cannot be checked from here), is a
+  :class:`StateError` naming it; an owner on this host whose process is gone left a stale lock,
+  which is taken over with a warning through ``warn``.  ``release()`` removes the file if this
+  process still owns it.  Use as a context manager.
+  """
+
+  NAME = ".lock"
+
+  def __init__(self, workdir: str, warn: Callable[[str], None] = print):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, self.NAME)
+    self.warn = warn
+    self.held = False
+
+  def _record(self) -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime(
+        "%Y-%m-%d %H:%M:%S")}
+
+  def _owner(self) -> dict:
+    try:
+      with open(self.path) as f:
+        rec = json.load(f)
+      return rec if isinstance(rec, dict) else {}
+    except (OSError, ValueError):
+      return {}
+
+  def acquire(self) -> "WorkdirLock":
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+      except FileExistsError:
+        if os.path.isdir(self.path):
+          raise StateError(f"{self.path}: expected the work-dir lock file, found a directory")
+        owner = self._owner()
+        pid, host = owner.get("pid"), owner.get("host")
+        if host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() \
+            and not _alive(pid):
+          self.warn(f"warning: {self.path}: taking over the lock of process {pid}, which is no "
+                    f"longer running (started {owner.get('started', '?')})")
+          try:
+            os.remove(self.path)
+          except FileNotFoundError:
+            pass
+          continue
+        if pid == os.getpid() and host == socket.gethostname():
+          self.held = True
+          return self
+        who = (f"process {pid} on host {host} (started {owner.get('started', '?')})"
+               if pid else "an unknown process (unreadable lock file)")
+        raise StateError(f"{self.workdir}: work dir in use by {who}; wait for it to end, use "
+                         f"another --workdir, or remove {self.path} if that run is dead")
+      except OSError as e:
+        raise StateError(f"--workdir: cannot write in {self.workdir} ({e.strerror})") from None
+      with os.fdopen(fd, "w") as f:
+        json.dump(self._record(), f)
+      self.held = True
+      return self
+    raise StateError(f"{self.path}: could not take the work-dir lock")
+
+  def release(self) -> None:
+    if not self.held:
+      return
+    owner = self._owner()
+    if owner.get("pid") == os.getpid():
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+    self.held = False
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()

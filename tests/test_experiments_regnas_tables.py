@@ -1,0 +1,96 @@
+"""REG-NAS's tables on the digits smoke config: every stage runs, the report has the rows of
+seed 000's Table 2 and supplementary Table 1, C is Eq. 1, and a work dir whose stages were cut
+short (what kills leave) resumes to the same results."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from regnas_jax.experiments import regnas_tables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_config():
+  path = os.path.join(ROOT, "configs", "digits_mbv3.py")
+  spec = importlib.util.spec_from_file_location("digits_mbv3", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config("smoke")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  work = str(tmp_path_factory.mktemp("tables") / "w")
+  res = regnas_tables.Experiment(smoke_config(), work).run("all")
+  return work, res
+
+
+@pytest.mark.slow
+def test_every_stage_and_the_tables(finished):
+  work, res = finished
+  cfg = smoke_config()
+  seeds, variants = cfg.experiment.seeds, [v[0] for v in regnas_tables.VARIANTS]
+  members = [f"A{i + 1}" for i in range(1, len(cfg.search.budgets))]
+  assert [(r["member"], r["variant"]) for r in res["table2"]] == [
+      (m, v) for m in members for v in variants]
+  for r in res["table2"]:
+    assert len(r["top1"]["values"]) == len(seeds)
+    assert np.isclose(r["top1"]["mean"], np.mean(r["top1"]["values"]))
+    prop = next(p for p in res["table2"] if p["member"] == r["member"] and
+                p["variant"] == regnas_tables.PROPOSED)
+    # C = (M(proposed) - M(row)) / M(row), seed 000's Eq. 1
+    assert np.isclose(r["c_top1"], (prop["top1"]["mean"] - r["top1"]["mean"]) / r["top1"]["mean"])
+    if r["nfr"]["mean"] > 0:
+      assert np.isclose(r["c_nfr"], (prop["nfr"]["mean"] - r["nfr"]["mean"]) / r["nfr"]["mean"])
+    if r["variant"] == regnas_tables.PROPOSED:
+      assert r["c_top1"] == 0
+  assert [s["ratio"] for s in res["sweep"]] == sorted(cfg.experiment.sweep)
+  ind = res["independent"]
+  assert set(ind) >= {"independent", "fd", "shared"}
+  for k in ("independent", "fd", "shared"):
+    assert 0 <= ind[k]["nfr"] <= 1 - ind[k]["top1"] + 1e-9
+  for f in ("results.json", "results.md", "top1_vs_nfr.png"):
+    assert os.path.getsize(os.path.join(work, f)) > 100, f
+  md = open(os.path.join(work, "results.md")).read()
+  assert "| A2 | R2+inclusion |" in md and "independent + focal distillation" in md
+  assert os.path.isdir(os.path.join(work, "independent", "A2_fd", "checkpoints"))
+
+
+@pytest.mark.slow
+def test_stages_cut_short_resume_to_the_same_results(finished, tmp_path):
+  work, res = finished
+  copy = str(tmp_path / "w")
+  shutil.copytree(work, copy)
+  for f in ("results.json", "results.md", "top1_vs_nfr.png", "search/eval_cache_test.npz"):
+    os.remove(os.path.join(copy, f))
+  # search: seed 1's R0 family killed after A2 (its A3 not searched yet)
+  p = os.path.join(copy, "search", "seed1_R0.json")
+  state = json.load(open(p))
+  state["members"], state["current"] = state["members"][:2], None
+  json.dump(state, open(p, "w"))
+  # sweep: the last ratio killed before its first save
+  os.remove(os.path.join(copy, "search", f"sweep_{max(smoke_config().experiment.sweep):g}.json"))
+  # independent: the focal-distillation model killed before its final checkpoint
+  ck = os.path.join(copy, "independent", "A2_fd", "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(ck) if d.isdigit())
+  shutil.rmtree(os.path.join(ck, str(steps[-1])))
+  again = regnas_tables.Experiment(smoke_config(), copy).run("all")
+  strip = lambda r: json.loads(json.dumps({k: v for k, v in r.items() if k != "config"}))
+  assert strip(again) == strip(res)
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "regnas_jax.experiments.regnas_tables", "--config",
+                        "digits_tunas:smoke", "--workdir", str(tmp_path / "w")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 2
+  errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+  assert len(errors) == 1 and "config.experiment" in errors[0], out.stderr
+  assert not (tmp_path / "w").exists()

@@ -79,7 +79,8 @@ from regnas_jax.spaces import OFAMobileNetV3Space
 def tiny():
   """(space, supernet, variables, images): width 0.5, small stem, 12 px, 10 classes, and two
   blocks per stage (depth choices 1 or 2): every elastic dimension, half the compile time of
-  the full 20-block layout (which tests/test_nn_ofa_mbv3.py covers)."""
+  the full 20-block layout (the contract tests' configuration of this space, tests/contract.py,
+  is the same)."""
   sp = OFAMobileNetV3Space(width_mult=0.5, stem="small", num_classes=10, resolutions=(12,),
                            depth_choices=(1, 2))
   net = OFAMobileNetV3(sp)

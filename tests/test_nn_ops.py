@@ -117,3 +117,15 @@ def test_max_pool_matches_a_loop(h):
   want = np.array([[p[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max((1, 2)) for j in range(n)]
                    for i in range(n)]).transpose(2, 0, 1, 3)
   np.testing.assert_array_equal(ops.max_pool_3x3_s2(jnp.asarray(x)), want)
+  # gradient of sum(pool(x)): each pixel counts the windows whose maximum it is (no ties)
+  idx = np.arange(x.size).reshape(x.shape).astype(np.float32)
+  pi = np.pad(idx, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-1)
+  counts = np.zeros(x.size)
+  for i in range(n):
+    for j in range(n):
+      win_x = p[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].reshape(-1, 9, 2)
+      win_i = pi[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].reshape(-1, 9, 2)
+      for c in range(2):
+        counts[int(win_i[0, win_x[0, :, c].argmax(), c])] += 1
+  g = jax.grad(lambda x: ops.max_pool_3x3_s2(x).sum())(jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(g).ravel(), counts)

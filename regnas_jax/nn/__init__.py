@@ -1,13 +1,18 @@
 """Supernets (masked, one shared parameter tree) and exact-shape subnets, as Flax Linen modules.
 
+``ops`` (pure array functions) -> ``layers`` (Linen layers, elastic and plain) -> ``blocks`` (the
+inverted-bottleneck block and the classifier head the supernets share) -> one module per
+supernet (``ofa_mbv3``, ``ofa_resnet50``, ``scarlet``, ``tunas``) with its exact twin.
+
 The contract a supernet fulfils is :class:`supernet.Supernet`; ``build_supernet(space, **options)``
 returns the supernet registered for a space.  ``extract``, ``exact_module``, ``subnet_specs``
 and ``reorder_channels`` below are the contract's methods as functions.
 """
 
-from regnas_jax.nn import layers, ofa_mbv3, ofa_resnet50, ops, scarlet, supernet, tunas
+from regnas_jax.nn import blocks, layers, ofa_mbv3, ofa_resnet50, ops, scarlet, supernet, tunas
+from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec
 from regnas_jax.nn.common import init_variables
-from regnas_jax.nn.ofa_mbv3 import MBConvSpec, MobileNetV3, OFAMobileNetV3
+from regnas_jax.nn.ofa_mbv3 import MobileNetV3, OFAMobileNetV3
 from regnas_jax.nn.ofa_resnet50 import BottleneckSpec, OFAResNet50, ResNet
 from regnas_jax.nn.scarlet import ScarletNet, ScarletSupernet
 from regnas_jax.nn.supernet import SUPERNETS, Supernet, build_supernet, register_supernet
@@ -45,7 +50,8 @@ def reorder_channels(model, variables, keep_expands=(), **kw):
   return model.reorder_channels(variables, keep_expands, **kw)
 
 
-__all__ = ["BottleneckSpec", "MBConvSpec", "MobileNetV3", "OFAMobileNetV3", "OFAResNet50",
-           "ResNet", "SUPERNETS", "ScarletNet", "ScarletSupernet", "Supernet", "TunasNet",
-           "TunasSupernet", "build_supernet", "exact_module", "extract", "init_variables",
-           "layers", "ops", "reorder_channels", "register_supernet", "subnet_specs", "supernet"]
+__all__ = ["BottleneckSpec", "ElasticIBN", "Head", "IBN", "IBNSpec", "MobileNetV3",
+           "OFAMobileNetV3", "OFAResNet50", "ResNet", "SUPERNETS", "ScarletNet", "ScarletSupernet",
+           "Supernet", "TunasNet", "TunasSupernet", "blocks", "build_supernet", "exact_module",
+           "extract", "init_variables", "layers", "ops", "reorder_channels", "register_supernet",
+           "subnet_specs", "supernet"]

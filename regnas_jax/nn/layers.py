@@ -114,6 +114,35 @@ class ElasticDepthwiseConv2D(nn.Module):
     return ops.depthwise_conv(x.astype(self.dtype or x.dtype), w, self.strides, self.impl)
 
 
+class MixedConv(nn.Module):
+  """TuNAS's kernel-size choice: one kernel per size (``kernel_{k}``: ``(k, k, C_in, C_out)``,
+  or ``(k, k, 1, C)`` when ``depthwise``; sizes are not nested as in OFA), run as one conv of
+  the largest size with the ``weights``-mixture ``(len(kernel_sizes),)`` of the zero-padded
+  kernels: one-hot weights give exactly the chosen size's conv, uniform ones the mean of all."""
+  kernel_sizes: Sequence[int]
+  features: int = 0            # output channels of a full conv (ignored when depthwise)
+  strides: int = 1
+  depthwise: bool = False
+  impl: str = "auto"
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, weights):
+    big = max(self.kernel_sizes)
+    c = x.shape[-1]
+    shape = (lambda k: (k, k, 1, c)) if self.depthwise else (lambda k: (k, k, c, self.features))
+    ks = [self.param(f"kernel_{k}", conv_init, shape(k), jnp.float32)
+          for k in self.kernel_sizes]
+    w = sum(weights[i] * ops.pad_kernel(k, big) for i, k in enumerate(ks))
+    dt = self.dtype or x.dtype
+    if self.depthwise:
+      return ops.depthwise_conv(x.astype(dt), w.astype(dt), self.strides, self.impl)
+    p = big // 2
+    return lax.conv_general_dilated(x.astype(dt), w.astype(dt), (self.strides,) * 2,
+                                    ((p, p), (p, p)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class SqueezeExcite(nn.Module):
   """Squeeze-and-excite as in MobileNetV3: mean pool -> Dense+ReLU -> Dense -> h-sigmoid gate.
 

@@ -10,13 +10,15 @@ turns the arch's choice indices into masks inside the traced function:
 * depth        -> an "active" flag per block; inactive blocks are residual blocks whose branch
   is dropped (``where(active, x + f(x), x)``) and whose BN statistics are left untouched.
 
-Parameter names are shared with the exact-shape :class:`MobileNetV3`, and :func:`extract`
-slices a supernet's variables to one subnet's exact shapes.
+The block's branch (``blocks.ElasticIBN``: elastic kernel, h-sigmoid SE on the SE stages), its
+exact twin (``blocks.IBN``) and the head (``blocks.Head``) are shared with the TuNAS and SCARLET
+supernets; this module adds OFA's shortcut, stem and first block.  Parameter names are shared
+with the exact-shape :class:`MobileNetV3`, and :func:`extract` slices a supernet's variables to
+one subnet's exact shapes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from regnas_jax.nn import layers, ops
+from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec
 from regnas_jax.nn.common import bn_slice, segment_order
 from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
 
@@ -32,33 +35,15 @@ from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
 # The masked supernet
 # ----------------------------------------------------------------------------------------------
 class ElasticMBConv(nn.Module):
-  """One elastic inverted-bottleneck block at its largest shape (see module docstring)."""
-  layout: Any                 # spaces.ofa_mbv3.BlockLayout
-  kernel_sizes: Sequence[int]
-  depthwise_impl: str = "auto"
-  kernel_transform: bool = True
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  dtype: Any = None
+  """One elastic MBConv block: the shared branch plus OFA's shortcut (an inactive block returns
+  its input; see module docstring)."""
+  branch: ElasticIBN
+  residual: bool
 
   @nn.compact
   def __call__(self, x, kernel_index, mid_mask, se_mask, active, train: bool):
-    b = self.layout
-    act = ops.activation(b.act)
-    bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
-                                             name=name)
-    h = layers.conv(max(b.mid_choices), 1, name="expand", dtype=self.dtype)(x)
-    h = act(bn("expand_bn")(h, train, mid_mask, active))
-    h = layers.ElasticDepthwiseConv2D(self.kernel_sizes, b.stride, self.depthwise_impl,
-                                      self.kernel_transform, self.dtype, name="dw")(h, kernel_index)
-    h = act(bn("dw_bn")(h, train, mid_mask, active))
-    if b.se:
-      h = layers.SqueezeExcite(max(b.se_choices), self.dtype, name="se")(h, se_mask)
-    h = layers.conv(b.out_ch, 1, name="proj", dtype=self.dtype)(h)
-    h = bn("proj_bn")(h, train, None, active)
-    if b.residual:
-      return jnp.where(active, x + h, x)
-    return h
+    h = self.branch(x, kernel_index, mid_mask, train, update=active, se_mask=se_mask)
+    return jnp.where(active, x + h, x) if self.residual else h
 
 
 class OFAMobileNetV3(nn.Module):
@@ -134,69 +119,25 @@ class OFAMobileNetV3(nn.Module):
       se_mask = None
       if b.se:
         se_mask = jnp.arange(max(b.se_choices)) < jnp.asarray(b.se_choices)[arch.expand[i]]
-      x = ElasticMBConv(b, sp.kernel_choices, self.depthwise_impl, self.kernel_transform,
-                        self.bn_momentum, self.bn_epsilon, self.dtype, name=b.name)(
-                            x, arch.kernel[i], mid_mask, se_mask, active[i], train)
-    return _head(x, bn, train, w[7], w[8], sp.num_classes, self.dropout_rate, self.dtype)
+      branch = ElasticIBN(
+          max(b.mid_choices), b.out_ch, b.stride, b.act, sp.kernel_choices, "elastic",
+          self.kernel_transform, max(b.se_choices) if b.se else 0, "hsigmoid",
+          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
+      x = ElasticMBConv(branch, b.residual, name=b.name)(
+          x, arch.kernel[i], mid_mask, se_mask, active[i], train)
+    return _head(self, w[7], w[8], sp.num_classes, masked=True)(x, train)
 
 
-def _head(x, bn, train, head_ch, feature_ch, num_classes, dropout_rate, dtype):
-  """Final expand conv + BN + h-swish, average pool, feature mix + h-swish, classifier.
-
-  Called inside a parent's compact ``__call__``, so the layers it creates belong to the parent.
-  """
-  x = layers.conv(head_ch, 1, name="head_conv", dtype=dtype)(x)
-  x = ops.hswish(bn("head_bn")(x, train))
-  x = jnp.mean(x, axis=(1, 2))
-  x = ops.hswish(nn.Dense(feature_ch, use_bias=False, dtype=dtype, name="feature_mix")(x))
-  if dropout_rate > 0:
-    x = nn.Dropout(dropout_rate, deterministic=not train)(x)
-  x = nn.Dense(num_classes, dtype=dtype, name="classifier")(x)
-  return x.astype(jnp.float32)
+def _head(module, head_ch, feature_ch, num_classes, masked) -> Head:
+  """Final expand conv + BN + h-swish, average pool, feature mix (no bias) + h-swish,
+  classifier; settings from the (super- or exact) network ``module``."""
+  return Head(num_classes, head_ch, "h_swish", feature_ch, "feature_mix", False, "h_swish",
+              module.dropout_rate, masked, module.bn_momentum, module.bn_epsilon, module.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
 # The exact-shape subnet
 # ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class MBConvSpec:
-  """Exact shape of one inverted-bottleneck block of an extracted subnet."""
-  name: str
-  in_ch: int
-  out_ch: int
-  mid_ch: int
-  kernel: int
-  stride: int
-  act: str
-  se_ch: int  # 0: no squeeze-excite
-
-  @property
-  def residual(self) -> bool:
-    return self.stride == 1 and self.in_ch == self.out_ch
-
-
-class MBConv(nn.Module):
-  """Plain inverted-bottleneck block (1x1 expand, k x k depthwise, optional SE, 1x1 project)."""
-  spec: MBConvSpec
-  depthwise_impl: str = "auto"
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    s = self.spec
-    act = ops.activation(s.act)
-    bn = lambda name: layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name)
-    h = act(bn("expand_bn")(layers.conv(s.mid_ch, 1, name="expand", dtype=self.dtype)(x)))
-    h = layers.DepthwiseConv2D(s.kernel, s.stride, self.depthwise_impl, self.dtype, name="dw")(h)
-    h = act(bn("dw_bn")(h))
-    if s.se_ch:
-      h = layers.SqueezeExcite(s.se_ch, self.dtype, name="se")(h)
-    h = bn("proj_bn")(layers.conv(s.out_ch, 1, name="proj", dtype=self.dtype)(h))
-    return x + h if s.residual else h
-
-
 class MobileNetV3(nn.Module):
   """A standalone MobileNetV3 with exact shapes (what :func:`extract` returns).
 
@@ -207,7 +148,7 @@ class MobileNetV3(nn.Module):
   stem_ch: int
   stem_stride: int
   first_ch: int
-  blocks: tuple[MBConvSpec, ...]
+  blocks: tuple[IBNSpec, ...]
   head_ch: int
   feature_ch: int
   num_classes: int
@@ -230,17 +171,16 @@ class MobileNetV3(nn.Module):
                             train)
     x = x + h if self.stem_ch == self.first_ch else h
     for s in self.blocks:
-      x = MBConv(s, self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
-                 name=s.name)(x, train)
-    return _head(x, bn, train, self.head_ch, self.feature_ch, self.num_classes,
-                 self.dropout_rate, self.dtype)
+      x = IBN(s, self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
+              name=s.name)(x, train)
+    return _head(self, self.head_ch, self.feature_ch, self.num_classes, masked=False)(x, train)
 
 
 # ----------------------------------------------------------------------------------------------
 # Extraction and channel re-ordering
 # ----------------------------------------------------------------------------------------------
 
-def subnet_specs(space: OFAMobileNetV3Space, arch: MBV3Arch) -> tuple[MBConvSpec, ...]:
+def subnet_specs(space: OFAMobileNetV3Space, arch: MBV3Arch) -> tuple[IBNSpec, ...]:
   """Exact block shapes of the subnet ``arch`` (concrete) selects."""
   a = space.validate(arch, population=False)
   active = space.block_active(a)
@@ -248,9 +188,10 @@ def subnet_specs(space: OFAMobileNetV3Space, arch: MBV3Arch) -> tuple[MBConvSpec
   out = []
   for i, b in enumerate(space.blocks):
     if active[i]:
-      out.append(MBConvSpec(b.name, b.in_ch, b.out_ch, int(mids[i]),
-                            int(space.kernel_choices[a.kernel[i]]), b.stride, b.act,
-                            int(b.se_choices[a.expand[i]]) if b.se else 0))
+      out.append(IBNSpec(b.name, b.in_ch, b.out_ch, int(mids[i]),
+                         int(space.kernel_choices[a.kernel[i]]), b.stride, b.act,
+                         int(b.se_choices[a.expand[i]]) if b.se else 0, "hsigmoid",
+                         "identity" if b.residual else "none"))
   return tuple(out)
 
 

@@ -11,7 +11,8 @@ turns the arch's choice indices into masks inside the traced function:
   input through and leave their BN statistics alone), and one for the stem's middle layer.
 
 Parameter names are shared with the exact-shape :class:`ResNet`, and :func:`extract` slices a
-supernet's variables to one subnet's exact shapes.
+supernet's variables to one subnet's exact shapes.  The classifier head (pool, dropout, linear)
+is ``blocks.Head`` without its 1x1 conv.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from regnas_jax.nn import layers, ops
+from regnas_jax.nn.blocks import Head
 from regnas_jax.nn.common import bn_slice, segment_order
 from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
 
@@ -148,15 +150,12 @@ class OFAResNet50(nn.Module):
       x = ElasticBottleneck(b, self.bn_momentum, self.bn_epsilon, self.dtype,
                             self.zero_init_residual, name=b.name)(
           x, mid_mask, out_mask, active[i], train)
-    return _head(x, train, sp.num_classes, self.dropout_rate, self.dtype)
+    return _head(self, sp.num_classes)(x, train)
 
 
-def _head(x, train, num_classes, dropout_rate, dtype):
-  """Global average pool, optional dropout, linear classifier (inside a parent's compact call)."""
-  x = jnp.mean(x, axis=(1, 2))
-  if dropout_rate > 0:
-    x = nn.Dropout(dropout_rate, deterministic=not train)(x)
-  return nn.Dense(num_classes, dtype=dtype, name="classifier")(x).astype(jnp.float32)
+def _head(module, num_classes) -> Head:
+  """Global average pool, optional dropout, linear classifier (no head conv)."""
+  return Head(num_classes, dropout_rate=module.dropout_rate, dtype=module.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +231,7 @@ class ResNet(nn.Module):
     for s in self.blocks:
       x = Bottleneck(s, self.bn_momentum, self.bn_epsilon, self.dtype, self.zero_init_residual,
                      name=s.name)(x, train)
-    return _head(x, train, self.num_classes, self.dropout_rate, self.dtype)
+    return _head(self, self.num_classes)(x, train)
 
 
 # ----------------------------------------------------------------------------------------------

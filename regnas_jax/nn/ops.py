@@ -28,7 +28,7 @@ def hsigmoid(x):
   return jax.nn.relu6(x + 3.0) / 6.0
 
 
-ACTIVATIONS = {"relu": jax.nn.relu, "h_swish": hswish, "none": lambda x: x}
+ACTIVATIONS = {"relu": jax.nn.relu, "relu6": jax.nn.relu6, "h_swish": hswish, "none": lambda x: x}
 
 
 def activation(name: str):
@@ -234,7 +234,10 @@ def avg_pool_ceil(x: jax.Array, stride: int) -> jax.Array:
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-  """3x3 max pool, stride 2, padding 1 (the ResNet stem's), NHWC; output side ceil(H / 2)."""
-  init = jnp.array(-jnp.inf, x.dtype)
-  return jax.lax.reduce_window(x, init, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+  """3x3 max pool, stride 2, padding 1 (the ResNet stem's), NHWC; output side ceil(H / 2).
+
+  The init is the Python scalar ``-inf`` so that JAX recognises a max pool, which has a
+  gradient (an init array traced as a constant makes a generic reduce_window: no reverse mode).
+  """
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
                                ((0, 0), (1, 1), (1, 1), (0, 0)))

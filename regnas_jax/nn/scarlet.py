@@ -5,9 +5,12 @@ depthwise, SE on the expanded channels); a subnet is selected by data, as in the
 
 * expand ratio -> first-N mask over the expanded channels (after BN) and over the SE hidden units;
 * kernel size  -> index into the centre-cropped (optionally OFA-transformed) kernels;
-* SE on/off    -> ``where(se, gated, ungated)``;
+* SE on/off    -> a weight ``w`` in {0, 1}: ``(1 - w) * h + w * se(h)``;
 * skip         -> ``where(skip, skip_path(x), block(x))``; the block's BN statistics are not
   updated when the layer is skipped.
+
+The bottleneck is ``blocks.ElasticIBN`` (h-swish, elastic kernel), exported as ``blocks.IBN``,
+with ``blocks.Head``: the same block and head as the OFA and TuNAS supernets.
 
 The skip path is a subsample by the layer's stride followed by either the **ELS** (equivariant
 learnable stabilizer: a bias-free 1x1 conv ``c_in -> c_out``, no BN, no activation, initialised
@@ -31,13 +34,14 @@ kernel ``P`` (or a zero-pad / identity without ELS).  The exported logits equal 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from regnas_jax.nn import layers, ops
+from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec, pad_channels
 from regnas_jax.nn.common import bn_slice
 from regnas_jax.spaces.scarlet import ScarletArch, ScarletS1Space
 
@@ -45,10 +49,6 @@ from regnas_jax.spaces.scarlet import ScarletArch, ScarletS1Space
 def _els_init(key, shape, dtype=jnp.float32):
   del key
   return jnp.eye(shape[2], shape[3], dtype=dtype)[None, None]
-
-
-def _pad_channels(x, c: int):
-  return x if x.shape[-1] == c else jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, c - x.shape[-1]),))
 
 
 def _subsample(x, stride: int):
@@ -65,52 +65,34 @@ def _stem(x, bn, train, w, stem_stride, impl, dtype):
   return bn("sep_proj_bn")(layers.conv(w[1], 1, name="sep_proj", dtype=dtype)(x), train)
 
 
-def _head(x, bn, train, head_ch, num_classes, dropout_rate, dtype):
-  x = layers.conv(head_ch, 1, name="head_conv", dtype=dtype)(x)
-  x = jax.nn.relu6(bn("head_bn")(x, train))
-  x = jnp.mean(x, axis=(1, 2))
-  if dropout_rate > 0:
-    x = nn.Dropout(dropout_rate, deterministic=not train)(x)
-  return nn.Dense(num_classes, dtype=dtype, name="classifier")(x).astype(jnp.float32)
+def _head(module, head_ch, num_classes, masked) -> Head:
+  """Head conv + BN + ReLU6, average pool, classifier (settings from ``module``)."""
+  return Head(num_classes, head_ch, "relu6", dropout_rate=module.dropout_rate, masked=masked,
+              bn_momentum=module.bn_momentum, bn_epsilon=module.bn_epsilon, dtype=module.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
 # The masked supernet
 # ----------------------------------------------------------------------------------------------
 class ChoiceLayer(nn.Module):
-  """One searchable layer: the largest bottleneck and the skip path (see module docstring)."""
+  """One searchable layer: the shared branch at its largest shape (h-swish, elastic kernel,
+  SE chosen by a weight) and the skip path (see module docstring)."""
+  branch: ElasticIBN
   layout: Any                 # spaces.scarlet.LayerLayout
-  kernel_sizes: Sequence[int]
-  has_se: bool
   els: bool
-  depthwise_impl: str = "auto"
-  kernel_transform: bool = True
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, skip, kernel_index, mid_mask, se_mask, se_on, train: bool):
     b = self.layout
-    run = ~skip
-    bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
-                                             name=name)
-    h = layers.conv(max(b.mid_choices), 1, name="expand", dtype=self.dtype)(x)
-    h = ops.hswish(bn("expand_bn")(h, train, mid_mask, run))
-    h = layers.ElasticDepthwiseConv2D(self.kernel_sizes, b.stride, self.depthwise_impl,
-                                      self.kernel_transform, self.dtype, name="dw")(h, kernel_index)
-    h = ops.hswish(bn("dw_bn")(h, train, mid_mask, run))
-    if self.has_se:
-      h = jnp.where(se_on, layers.SqueezeExcite(max(b.se_choices), self.dtype, name="se")(
-          h, se_mask), h)
-    h = bn("proj_bn")(layers.conv(b.out_ch, 1, name="proj", dtype=self.dtype)(h), train, None, run)
+    h = self.branch(x, kernel_index, mid_mask, train, update=~skip, se_mask=se_mask,
+                    se_weight=se_on.astype(jnp.float32))
     block = x + h if b.residual else h
     s = _subsample(x, b.stride)
     if self.els:
       k = self.param("els", _els_init, (1, 1, b.in_ch, b.out_ch), jnp.float32)
       s = jnp.einsum("nhwc,cd->nhwd", s, k[0, 0].astype(s.dtype))
     else:
-      s = _pad_channels(s, b.out_ch)
+      s = pad_channels(s, b.out_ch)
     return jnp.where(skip, s, block)
 
 
@@ -170,64 +152,26 @@ class ScarletSupernet(nn.Module):
     for i, b in enumerate(sp.layers):
       mid = jnp.asarray(b.mid_choices)[e[i]]
       se_h = jnp.asarray(b.se_choices)[e[i]]
-      x = ChoiceLayer(b, sp.kernel_choices, sp.has_se, sp.els, self.depthwise_impl,
-                      self.kernel_transform, self.bn_momentum, self.bn_epsilon, self.dtype,
-                      name=b.name)(
+      branch = ElasticIBN(max(b.mid_choices), b.out_ch, b.stride, "h_swish", sp.kernel_choices,
+                          "elastic", self.kernel_transform,
+                          max(b.se_choices) if sp.has_se else 0, "hsigmoid",
+                          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
+      x = ChoiceLayer(branch, b, sp.els, name=b.name)(
           x, skip[i] > 0, k[i], jnp.arange(max(b.mid_choices)) < mid,
           jnp.arange(max(b.se_choices)) < se_h, se[i] > 0, train)
-    return _head(x, bn, train, sp.widths[2], sp.num_classes, self.dropout_rate, self.dtype)
+    return _head(self, sp.widths[2], sp.num_classes, masked=True)(x, train)
 
 
 # ----------------------------------------------------------------------------------------------
 # The exact-shape subnet
 # ----------------------------------------------------------------------------------------------
-SHORTCUTS = ("none", "identity", "pad", "conv")
-
-
 @dataclasses.dataclass(frozen=True)
-class LayerSpec:
-  """Exact shape of one layer of an exported subnet.
-
-  ``kind`` is ``'mb'`` or ``'skip'`` (a plain subsample by ``stride``; channels unchanged).
-  ``shortcut`` of a bottleneck: ``'none'``, ``'identity'``, ``'pad'`` (zero-pad the input to
-  ``out_ch``) or ``'conv'`` (a 1x1 conv holding a folded ELS map).
-  """
+class SkipSpec:
+  """A skipped layer of an exported subnet: a plain subsample by ``stride``, ``ch`` channels
+  in and out (its ELS map is folded into the next convolution)."""
   name: str
-  kind: str
-  in_ch: int
-  out_ch: int
+  ch: int
   stride: int
-  mid_ch: int = 0
-  kernel: int = 0
-  se_ch: int = 0
-  shortcut: str = "none"
-
-
-class Bottleneck(nn.Module):
-  """Plain inverted bottleneck of an exported subnet (parameter names as in the supernet)."""
-  spec: LayerSpec
-  depthwise_impl: str = "auto"
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    s = self.spec
-    bn = lambda name: layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name)
-    h = ops.hswish(bn("expand_bn")(layers.conv(s.mid_ch, 1, name="expand", dtype=self.dtype)(x)))
-    h = layers.DepthwiseConv2D(s.kernel, s.stride, self.depthwise_impl, self.dtype, name="dw")(h)
-    h = ops.hswish(bn("dw_bn")(h))
-    if s.se_ch:
-      h = layers.SqueezeExcite(s.se_ch, self.dtype, name="se")(h)
-    h = bn("proj_bn")(layers.conv(s.out_ch, 1, name="proj", dtype=self.dtype)(h))
-    if s.shortcut == "identity":
-      return x + h
-    if s.shortcut == "pad":
-      return _pad_channels(x, s.out_ch) + h
-    if s.shortcut == "conv":
-      return layers.conv(s.out_ch, 1, name="shortcut", dtype=self.dtype)(x) + h
-    return h
 
 
 class ScarletNet(nn.Module):
@@ -238,7 +182,7 @@ class ScarletNet(nn.Module):
   stem_ch: int
   stem_stride: int
   sep_ch: int
-  layers: tuple[LayerSpec, ...]
+  layers: tuple            # IBNSpec (a bottleneck) or SkipSpec per layer
   head_ch: int
   num_classes: int
   depthwise_impl: str = "auto"
@@ -254,34 +198,34 @@ class ScarletNet(nn.Module):
     x = _stem(images.astype(self.dtype), bn, train, (self.stem_ch, self.sep_ch),
               self.stem_stride, self.depthwise_impl, self.dtype)
     for s in self.layers:
-      if s.kind == "skip":
+      if isinstance(s, SkipSpec):
         x = _subsample(x, s.stride)
       else:
-        x = Bottleneck(s, self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
-                       name=s.name)(x, train)
-    return _head(x, bn, train, self.head_ch, self.num_classes, self.dropout_rate, self.dtype)
+        x = IBN(s, self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
+                name=s.name)(x, train)
+    return _head(self, self.head_ch, self.num_classes, masked=False)(x, train)
 
 
 # ----------------------------------------------------------------------------------------------
 # Extraction with ELS folding
 # ----------------------------------------------------------------------------------------------
-def subnet_specs(space: ScarletS1Space, arch: ScarletArch) -> tuple[LayerSpec, ...]:
+def subnet_specs(space: ScarletS1Space, arch: ScarletArch) -> tuple:
   """Exact layer shapes of the exported subnet ``arch`` (concrete) selects."""
   a = space.validate(arch, population=False)
   skip, e, k, se = space.decode(a)
   out, real, pending = [], space.widths[1], False
   for i, b in enumerate(space.layers):
     if skip[i]:
-      out.append(LayerSpec(b.name, "skip", real, real, b.stride))
+      out.append(SkipSpec(b.name, real, b.stride))
       pending = True
       continue
     shortcut = "none"
     if b.residual:
       shortcut = ("conv" if space.els and pending else
                   "identity" if real == b.out_ch else "pad")
-    out.append(LayerSpec(b.name, "mb", real, b.out_ch, b.stride, int(b.mid_choices[e[i]]),
-                         int(space.kernel_choices[k[i]]),
-                         int(b.se_choices[e[i]]) if se[i] else 0, shortcut))
+    out.append(IBNSpec(b.name, real, b.out_ch, int(b.mid_choices[e[i]]),
+                       int(space.kernel_choices[k[i]]), b.stride, "h_swish",
+                       int(b.se_choices[e[i]]) if se[i] else 0, "hsigmoid", shortcut))
     real, pending = b.out_ch, False
   return tuple(out)
 
@@ -325,7 +269,7 @@ def extract(model: ScarletSupernet, variables, arch: ScarletArch):
   pending = None  # (c_real, c_stream) map of the skips since the last bottleneck
   for s, b in zip(specs, sp.layers):
     p = params[b.name]
-    if s.kind == "skip":
+    if isinstance(s, SkipSpec):
       m = (jnp.asarray(p["els"][0, 0]) if sp.els else
            jnp.eye(b.in_ch, b.out_ch, dtype=jnp.float32))
       pending = m if pending is None else jnp.matmul(pending, m,

@@ -26,6 +26,10 @@ What a new supernet must provide (:class:`Supernet`; :func:`register_supernet` c
 Optional class attributes: ``cpu_subnet_loop`` (``'scan'`` or ``'vmap'``: how the training
 step runs several subnets on a CPU, default ``'scan'``) and ``op_average`` (``True`` when
 ``__call__`` takes TuNAS's op-warmup flags as ``average=``).
+
+Inverted-bottleneck supernets build their layers from ``nn/blocks.py`` (the masked branch, its
+exact twin, the head).  Tests: the contract tests run for every registered supernet with the
+space's entry in ``tests/contract.py`` ``CONFIGS`` (supernet options included).
 """
 
 from __future__ import annotations

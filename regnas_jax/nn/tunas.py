@@ -17,6 +17,10 @@ one parameter tree so that a subnet is *data* (one compiled program serves every
 * **zero / optional layers** -- a gate on a residual branch (``x + g * branch(x)``); a gated-off
   layer does not update its BN statistics.
 
+The IBN branch (``blocks.ElasticIBN`` with ``depthwise='mixed'``, sigmoid SE chosen by a
+weight), its exact twin (``blocks.IBN``) and the head (``blocks.Head``) are the ones the OFA and
+SCARLET supernets use.
+
 **Op warmup** (TuNAS: with probability p run all ops of a choice and average them) is the
 optional ``average`` argument: a bool per op decision (``stem_kernel``, ``sep_kernel``,
 ``sep_on``, ``on``, ``kernel``, ``se``) that replaces that decision's one-hot weights by uniform
@@ -28,14 +32,15 @@ it is the arch with the largest widths and expansions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from regnas_jax.nn import layers, ops
+from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec
+from regnas_jax.nn.layers import MixedConv
 from regnas_jax.nn.common import bn_slice
 from regnas_jax.spaces.tunas import TunasArch, TunasSpace, scale_filters
 
@@ -59,68 +64,18 @@ def _scale(v):
   return jnp.maximum(8.0, jnp.floor(v / 8.0 + 0.5) * 8.0)
 
 
-class MixedConv(nn.Module):
-  """A conv with one kernel per size (``kernel_{k}``: ``(k, k, C_in, C_out)``, or
-  ``(k, k, 1, C)`` when ``depthwise``), run as one conv of the largest size with the
-  ``weights``-mixture of the zero-padded kernels."""
-  kernel_sizes: Sequence[int]
-  features: int = 0            # output channels of a full conv (ignored when depthwise)
-  strides: int = 1
-  depthwise: bool = False
-  impl: str = "auto"
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x, weights):
-    big = max(self.kernel_sizes)
-    c = x.shape[-1]
-    shape = (lambda k: (k, k, 1, c)) if self.depthwise else (lambda k: (k, k, c, self.features))
-    ks = [self.param(f"kernel_{k}", layers.conv_init, shape(k), jnp.float32)
-          for k in self.kernel_sizes]
-    w = sum(weights[i] * ops.pad_kernel(k, big) for i, k in enumerate(ks))
-    dt = self.dtype or x.dtype
-    if self.depthwise:
-      return ops.depthwise_conv(x.astype(dt), w.astype(dt), self.strides, self.impl)
-    p = big // 2
-    return lax.conv_general_dilated(x.astype(dt), w.astype(dt), (self.strides,) * 2,
-                                    ((p, p), (p, p)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 class IBNLayer(nn.Module):
-  """One inverted-bottleneck layer of the supernet (largest shapes, subnet chosen by data)."""
-  layout: Any               # spaces.tunas.LayerLayout
-  in_max: int
-  out_max: int
-  mid_max: int
-  se_max: int
-  kernel_sizes: Sequence[int]
-  has_se: bool
-  depthwise_impl: str = "auto"
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  dtype: Any = None
+  """One IBN layer of the supernet: the shared branch (per-size depthwise kernels mixed by
+  weights, sigmoid SE chosen by a weight) plus TuNAS's gated shortcut on optional layers
+  (``x + gate * branch(x)``; a gated-off layer keeps its BN statistics)."""
+  branch: ElasticIBN
+  optional: bool
 
   @nn.compact
   def __call__(self, x, gate, k_w, mid_mask, se_mask, se_w, out_mask, train: bool):
-    b = self.layout
-    act = ops.activation(b.act)
-    run = gate > 0
-    bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
-                                             name=name)
-    h = layers.conv(self.mid_max, 1, name="expand", dtype=self.dtype)(x)
-    h = act(bn("expand_bn")(h, train, mid_mask, run))
-    h = MixedConv(self.kernel_sizes, strides=b.stride, depthwise=True, impl=self.depthwise_impl,
-                  dtype=self.dtype, name="dw")(h, k_w)
-    h = act(bn("dw_bn")(h, train, mid_mask, run))
-    if self.has_se:
-      g = layers.SqueezeExcite(self.se_max, self.dtype, "sigmoid", name="se")(h, se_mask)
-      h = se_w[0] * h + se_w[1] * g
-    h = layers.conv(self.out_max, 1, name="proj", dtype=self.dtype)(h)
-    h = bn("proj_bn")(h, train, out_mask, run)
-    if b.optional >= 0:
-      return x + gate.astype(h.dtype) * h
-    return h
+    h = self.branch(x, k_w, mid_mask, train, update=gate > 0, se_mask=se_mask,
+                    se_weight=se_w[1] if self.branch.se_ch else None, out_mask=out_mask)
+    return x + gate.astype(h.dtype) * h if self.optional else h
 
 
 class TunasSupernet(nn.Module):
@@ -177,7 +132,7 @@ class TunasSupernet(nn.Module):
     width = sp.widths(arch)
     gmask = lambda g: _first(wmax[g], width[g])
     ks = sp.kernel_choices
-    first_act = ops.activation("h_swish" if sp.v3 else "relu")
+    first_act = ops.activation(_stem_act(sp))
 
     x = images.astype(self.dtype)
     x = MixedConv(sp.stem_kernels, wmax[0], sp.stem_stride, dtype=self.dtype, name="stem_conv")(
@@ -203,40 +158,34 @@ class TunasSupernet(nn.Module):
       se_max = scale_filters(mid_max, 0.25)
       mid = _scale(width[b.in_group] * exp[arch.expand[b.index]])
       gate = on_w[b.optional] if b.optional >= 0 else jnp.float32(1.0)
-      x = IBNLayer(b, in_max, out_max, mid_max, se_max, ks, sp.v3, self.depthwise_impl,
-                   self.bn_momentum, self.bn_epsilon, self.dtype, name=b.name)(
+      branch = ElasticIBN(mid_max, out_max, b.stride, b.act, ks, "mixed", False,
+                          se_max if sp.v3 else 0, "sigmoid", self.depthwise_impl,
+                          self.bn_momentum, self.bn_epsilon, self.dtype)
+      x = IBNLayer(branch, b.optional >= 0, name=b.name)(
           x, gate, k_w[b.index], _first(mid_max, mid), _first(se_max, _scale(mid * 0.25)),
           se_w[b.index], gmask(b.out_group), train)
 
     hg = sp.head_groups
-    x = layers.conv(wmax[hg[0]], 1, name="head_conv", dtype=self.dtype)(x)
-    x = first_act(bn("head_bn")(x, train, gmask(hg[0])))
-    x = jnp.mean(x, axis=(1, 2))
-    if sp.v3:
-      x = nn.Dense(wmax[hg[1]], dtype=self.dtype, name="head_dense")(x)
-      x = ops.hswish(x * gmask(hg[1]))
-    if self.dropout_rate > 0:
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(sp.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+    head = _head(self, sp.num_classes, _stem_act(sp), wmax[hg[0]], wmax[hg[1]] if sp.v3 else 0,
+                 masked=True)
+    return head(x, train, gmask(hg[0]), gmask(hg[1]) if sp.v3 else None)
+
+
+def _stem_act(space) -> str:
+  """Activation of the stem and the head conv."""
+  return "h_swish" if space.v3 else "relu"
+
+
+def _head(module, num_classes, act, head_ch, dense_ch, masked) -> Head:
+  """Head conv + BN + ``act``, average pool, on MobileNetV3-Like a dense layer (``head_dense``,
+  with bias) + h-swish (``dense_ch`` 0: none), classifier."""
+  return Head(num_classes, head_ch, act, dense_ch, "head_dense", True, "h_swish",
+              module.dropout_rate, masked, module.bn_momentum, module.bn_epsilon, module.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
 # The exact-shape subnet
 # ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class LayerSpec:
-  """Exact shape of one running IBN layer of a subnet (zero layers are left out)."""
-  name: str
-  in_ch: int
-  out_ch: int
-  mid_ch: int
-  kernel: int
-  stride: int
-  se_ch: int
-  act: str
-  residual: bool
-
-
 @dataclasses.dataclass(frozen=True)
 class NetSpec:
   """Exact shape of a whole subnet."""
@@ -247,31 +196,9 @@ class NetSpec:
   sep_kernel: int          # 0: no sepconv (an off optional one)
   sep_ch: int
   sep_residual: bool
-  layers: tuple
+  layers: tuple            # of blocks.IBNSpec
   head_ch: int
   head2_ch: int            # 0: no second head conv (ProxylessNAS)
-
-
-class IBN(nn.Module):
-  """Plain inverted bottleneck (parameter names as in the supernet)."""
-  spec: LayerSpec
-  depthwise_impl: str = "auto"
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    s = self.spec
-    act = ops.activation(s.act)
-    bn = lambda name: layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, name)
-    h = act(bn("expand_bn")(layers.conv(s.mid_ch, 1, name="expand", dtype=self.dtype)(x)))
-    h = layers.DepthwiseConv2D(s.kernel, s.stride, self.depthwise_impl, self.dtype, name="dw")(h)
-    h = act(bn("dw_bn")(h))
-    if s.se_ch:
-      h = layers.SqueezeExcite(s.se_ch, self.dtype, "sigmoid", name="se")(h)
-    h = bn("proj_bn")(layers.conv(s.out_ch, 1, name="proj", dtype=self.dtype)(h))
-    return x + h if s.residual else h
 
 
 class TunasNet(nn.Module):
@@ -304,14 +231,8 @@ class TunasNet(nn.Module):
     for ls in s.layers:
       x = IBN(ls, self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
               name=ls.name)(x, train)
-    x = layers.conv(s.head_ch, 1, name="head_conv", dtype=self.dtype)(x)
-    x = act(bn("head_bn")(x))
-    x = jnp.mean(x, axis=(1, 2))
-    if s.head2_ch:
-      x = ops.hswish(nn.Dense(s.head2_ch, dtype=self.dtype, name="head_dense")(x))
-    if self.dropout_rate > 0:
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+    return _head(self, self.num_classes, s.stem_act, s.head_ch, s.head2_ch, masked=False)(
+        x, train)
 
 
 def subnet_specs(space: TunasSpace, arch: TunasArch) -> NetSpec:
@@ -324,13 +245,13 @@ def subnet_specs(space: TunasSpace, arch: TunasArch) -> NetSpec:
     if not on[b.index]:
       continue
     mid = scale_filters(w[b.in_group], space.expand_choices[a.expand[b.index]])
-    out.append(LayerSpec(b.name, w[b.in_group], w[b.out_group], mid,
-                         space.kernel_choices[a.kernel[b.index]], b.stride,
-                         scale_filters(mid, 0.25) if a.se[b.index] else 0, b.act, b.optional >= 0))
+    out.append(IBNSpec(b.name, w[b.in_group], w[b.out_group], mid,
+                       space.kernel_choices[a.kernel[b.index]], b.stride, b.act,
+                       scale_filters(mid, 0.25) if a.se[b.index] else 0, "sigmoid",
+                       "identity" if b.optional >= 0 else "none"))
   hg = space.head_groups
   sep = bool(space.sep_active(a))
-  return NetSpec(space.stem_kernels[a.stem_kernel], space.stem_stride, w[0],
-                 "h_swish" if space.v3 else "relu",
+  return NetSpec(space.stem_kernels[a.stem_kernel], space.stem_stride, w[0], _stem_act(space),
                  space.kernel_choices[a.sep_kernel] if sep else 0, w[space.sep_group], space.v3,
                  tuple(out), w[hg[0]], w[hg[1]] if space.v3 else 0)
 

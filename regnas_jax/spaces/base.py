@@ -90,6 +90,13 @@ class SearchSpace(abc.ABC):
 
   Every space also needs a supernet registered for it (``regnas_jax.nn.supernet``) and a
   ``resolutions`` and ``num_classes`` field (the jobs read them).
+
+  Tests: the contract tests (``tests/test_contract_*.py``) run for every registered space; each
+  needs one entry in ``tests/contract.py`` ``CONFIGS`` -- a small, CPU-sized configuration of the
+  space and its supernet (a registered space without one fails them with a message saying so).
+  They check JSON round trips and error messages, validation, ``contains`` against the
+  parameters ``extract`` slices, ``macs``/``params`` against the exact subnet, masked against
+  extracted logits and vmap against member-by-member.
   """
 
   name: str = ""
@@ -255,9 +262,9 @@ class SearchSpace(abc.ABC):
       elif x.shape[:extra_dims] != lead:
         raise InvalidArchError(
             f"{f.name}: population size {x.shape[:extra_dims]} differs from other fields {lead}")
-      bad = np.argwhere((x < 0) | (x >= f.size))
-      if bad.size:
-        idx = tuple(int(i) for i in bad[0])
+      bad = (x < 0) | (x >= f.size)
+      if bad.any():   # (np.argwhere of a 0-d array has no entries to count)
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
         where = f"{f.name}[{', '.join(map(str, idx))}]" if idx else f.name
         raise InvalidArchError(
             f"{where}: choice index {int(x[idx])} not in 0..{f.size - 1} "

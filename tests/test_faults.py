@@ -183,6 +183,7 @@ NSGA2 = os.path.join(ROOT, "configs", "digits_scarlet.py:smoke")
 TUNAS_SMOKE = os.path.join(ROOT, "configs", "digits_tunas.py:smoke")
 
 
+@pytest.mark.slow   # ~4 min each (two runs, two compiles); CI runs the family search's case above
 @pytest.mark.parametrize("job", ["nsga2", "tunas"])
 def test_sigterm_in_the_nsga2_and_tunas_searches_exits_143_and_resumes(job, tmp_path):
   """SIGTERM inside each job's own search loop (NSGA-II between generations, TuNAS in its

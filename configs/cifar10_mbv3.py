@@ -21,8 +21,8 @@ section drives REG-NAS's tables:
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, score_defaults,
-                                 search_defaults, supernet_defaults, train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, runtime_defaults,
+                                 score_defaults, search_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(dict(steps=16000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=3e-5,
                       checkpoint_every=1000, log_every=50, progress_every=200))
   c.score = score_defaults("cifar10")
+  c.runtime = runtime_defaults()
   # A family of three under 30%, 55% and 85% of the largest subnet's MACs at 32 px, OFA's
   # evolution settings except 50 generations (each candidate is scored on 5,000 images).
   c.search = search_defaults()

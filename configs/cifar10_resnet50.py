@@ -11,8 +11,8 @@ validation split are as in ``cifar10_mbv3.py``.
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, search_defaults,
-                                 supernet_defaults, train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
+                                 search_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(dict(steps=16000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=3e-5,
                       checkpoint_every=1000, log_every=50, progress_every=200))
   c.score = score_defaults("cifar10")
+  c.runtime = runtime_defaults()
   c.search = search_defaults()
   c.search.update(dict(budgets=(0.25, 0.45, 0.65, 0.9), budget_unit="fraction", generations=50))
   if arg == "smoke":

@@ -15,8 +15,9 @@ the comparison of SCARLET's Fig. 2 (see docs/results.md).
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, scarlet_variants,
-                                 score_defaults, supernet_defaults, train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, runtime_defaults,
+                                 scarlet_variants, score_defaults, supernet_defaults,
+                                 train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -36,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       batch_size=256, lr=0.05, warmup_steps=300, weight_decay=4e-5,
                       kd_ratio=0.0, checkpoint_every=1000, log_every=50, progress_every=200))
   c.score = score_defaults("cifar10")
+  c.runtime = runtime_defaults()
   c.search = nsga2_defaults()
   c.search.update(dict(generations=30, max_macs=0.8, num_models=4))
   if "smoke" in tokens:

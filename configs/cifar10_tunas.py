@@ -16,8 +16,8 @@ scaled up 4x for the ~3x shorter search.
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, supernet_defaults,
-                                 train_defaults, tunas_defaults, tunas_variants)
+from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
+                                 supernet_defaults, train_defaults, tunas_defaults, tunas_variants)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       weight_decay=4e-5, kd_ratio=0.0, checkpoint_every=1000, log_every=50,
                       progress_every=200))
   c.score = score_defaults("cifar10")
+  c.runtime = runtime_defaults()
   c.score.block_size = 8
   c.search = tunas_defaults()
   c.search.update(dict(rl_learning_rate=0.0012, beta=-0.1, target=0.5, val_batch_size=1024,

@@ -11,8 +11,8 @@ several; the CIFAR-10 config uses 24/28/32).
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, score_defaults,
-                                 search_defaults, supernet_defaults, train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, runtime_defaults,
+                                 score_defaults, search_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(dict(steps=128, batch_size=32, lr=0.02, warmup_steps=10, checkpoint_every=32,
                       progress_every=20))
   c.score = score_defaults("digits")
+  c.runtime = runtime_defaults()
   # A family of three under 35%, 60% and 90% of the largest subnet's MACs, each searched with a
   # small evolution (OFA's default is population 100, 500 generations): fits a 2-core CPU.
   c.search = search_defaults()

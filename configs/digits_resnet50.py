@@ -12,8 +12,8 @@ has four members, like REG-NAS's ResNet50 table (budgets 2000/3000/4000 MMACs on
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, search_defaults,
-                                 supernet_defaults, train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
+                                 search_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(dict(steps=128, batch_size=32, lr=0.02, warmup_steps=10, checkpoint_every=32,
                       progress_every=20))
   c.score = score_defaults("digits")
+  c.runtime = runtime_defaults()
   c.search = search_defaults()
   c.search.update(dict(budgets=(0.25, 0.45, 0.65, 0.9), budget_unit="fraction",
                        population_size=10, generations=3))

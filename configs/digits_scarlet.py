@@ -14,8 +14,9 @@ population; objectives validation Top-1 and MACs, MACs capped at 90% of the larg
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, scarlet_variants,
-                                 score_defaults, supernet_defaults, train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, runtime_defaults,
+                                 scarlet_variants, score_defaults, supernet_defaults,
+                                 train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       batch_size=32, lr=0.02, warmup_steps=8, checkpoint_every=32,
                       progress_every=16, kd_ratio=0.0))
   c.score = score_defaults("digits")
+  c.runtime = runtime_defaults()
   c.search = nsga2_defaults()
   c.search.update(dict(population_size=20, generations=6, max_macs=0.9, num_models=4))
   if "smoke" in v:

@@ -15,8 +15,8 @@ the target is half the largest subnet's MACs.
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, score_defaults, supernet_defaults,
-                                 train_defaults, tunas_defaults, tunas_variants)
+from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
+                                 supernet_defaults, train_defaults, tunas_defaults, tunas_variants)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(dict(method="tunas", steps=600, batch_size=64, lr=0.05, warmup_steps=20,
                       checkpoint_every=100, progress_every=50, log_every=5, kd_ratio=0.0))
   c.score = score_defaults("digits")
+  c.runtime = runtime_defaults()
   c.search = tunas_defaults()
   c.search.update(dict(rl_learning_rate=0.05, beta=-0.5, target=0.5, val_batch_size=128,
                        random_samples=4))

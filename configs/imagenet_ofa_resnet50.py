@@ -28,7 +28,7 @@ import os
 
 import ml_collections
 
-from regnas_jax.defaults import score_defaults, search_defaults, train_defaults
+from regnas_jax.defaults import runtime_defaults, score_defaults, search_defaults, train_defaults
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
                         "fixtures")
@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       calib_images=2000, calib_batch_size=200))
   c.train.augment.update(dict(pad=16, flip=True))
   c.score = score_defaults()
+  c.runtime = runtime_defaults()
   c.score.update(dict(block_size=8, chunk_size=1, batch_size=250))
   c.search = search_defaults()  # OFA's evolution settings
   c.search.update(dict(budgets=(2000, 3000, 4000, 5000), budget_unit="mmacs", reward="R2",

@@ -16,6 +16,13 @@ process killed mid-save leaves the previous checkpoint as the latest one.
 damaged (a warning names it, and the damaged directory is moved aside to
 ``<directory>/damaged-<step>`` so that nothing is lost and the step can be saved again).  A save
 that fails (disk full, read-only work dir) is a :class:`CheckpointError` naming the intact step.
+
+Saves are asynchronous: :meth:`Checkpointer.save` returns once the arrays are copied to the
+host, and they are written while training goes on.  The next save, :meth:`Checkpointer.wait`
+and :meth:`Checkpointer.close` wait for it (a failed write is reported there, naming its step),
+and so does a process that ends through :func:`regnas_jax.stopping.exit_now` (SIGTERM, an
+error): the save in flight completes first.  Every process of a multi-process run calls
+``save`` (orbax writes collectively); directories may be local or ``gs://``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from regnas_jax import fs, stopping
 from regnas_jax.errors import StateError
 from regnas_jax.persist import first_difference, jsonable
 
@@ -52,22 +60,28 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, identity: dict, max_to_keep: int = 2):
-    self.directory = os.path.abspath(directory)
+    self.directory = os.path.abspath(directory) if fs.is_local(directory) else directory
     self.identity = jsonable(identity)
     self._max_to_keep = max_to_keep
     self._mngr = None
+    self._pending = None       # the step of the save in flight
+    self._quiet = None         # orbax's logging silenced while a save is in flight
 
   @property
   def manager(self):
     if self._mngr is None:
       ocp = _ocp()
       opts = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True,
-                                          enable_async_checkpointing=False)
-      self._mngr = ocp.CheckpointManager(self.directory, options=opts)
+                                          enable_async_checkpointing=True)
+      self._mngr = ocp.CheckpointManager(fs.path(self.directory), options=opts)
     return self._mngr
 
+  def _join(self, *parts) -> str:
+    return fs.join(self.directory, *parts)
+
   def latest_step(self) -> int | None:
-    if not os.path.isdir(self.directory):
+    self.wait()
+    if not fs.isdir(self.directory):
       return None
     try:
       return self.manager.latest_step()
@@ -75,19 +89,54 @@ class Checkpointer:
       raise CheckpointError(f"cannot list checkpoints in {self.directory}: {e}") from None
 
   def save(self, step: int, state: Any, extra: dict | None = None) -> None:
+    """Start saving ``state`` as ``step`` (module docstring: asynchronous); a failure of the
+    previous save is raised here first."""
     ocp = _ocp()
+    self.wait()
     meta = {"identity": self.identity, "extra": jsonable(extra or {})}
+    self._quiet = _quiet_orbax()   # its writer threads log the traceback a failed save raises
+    self._quiet.__enter__()
+    self._pending = step
+    stopping.on_exit(self._finish_on_exit)
     try:
-      with _quiet_orbax():   # its writer threads log the traceback a failed save raises below
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
-        self.manager.wait_until_finished()
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # noqa: BLE001 - disk full, read-only dir, ...: one line, not 200
-      intact = self._steps_on_disk()
-      raise CheckpointError(
-          f"cannot save the checkpoint of step {step} in {self.directory} ({_reason(e)}); "
-          f"{'step ' + str(intact[-1]) + ' is intact' if intact else 'no earlier checkpoint'}"
-      ) from None
+      self._failed(e)
+
+  def wait(self) -> None:
+    """Wait for the save in flight; :class:`CheckpointError` if it failed."""
+    if self._pending is None:
+      return
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      self._failed(e)
+    self._settle(ok=True)
+
+  def _settle(self, ok: bool) -> None:
+    self._pending = None
+    stopping.on_exit(self._finish_on_exit, remove=True)
+    quiet, self._quiet = self._quiet, None
+    if quiet is not None:
+      if ok:
+        quiet.__exit__(None, None, None)
+      else:
+        quiet.__exit__(CheckpointError, CheckpointError(""), None)
+
+  def _failed(self, e: BaseException) -> None:
+    step = self._pending
+    self._settle(ok=False)
+    intact = self._steps_on_disk()
+    raise CheckpointError(
+        f"cannot save the checkpoint of step {step} in {self.directory} ({_reason(e)}); "
+        f"{'step ' + str(intact[-1]) + ' is intact' if intact else 'no earlier checkpoint'}"
+    ) from None
+
+  def _finish_on_exit(self) -> None:
+    """The process ends (:func:`regnas_jax.stopping.exit_now`): let the save in flight end."""
+    if self._mngr is not None:
+      self._mngr.wait_until_finished()
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
     """``(state, extra)`` of ``step`` (default: the latest), shaped like ``target``."""
@@ -95,7 +144,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    where = f"checkpoint {os.path.join(self.directory, str(step))}"
+    where = f"checkpoint {self._join(str(step))}"
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001
@@ -119,22 +168,23 @@ class Checkpointer:
     return state, meta.get("extra", {})
 
   def _steps_on_disk(self) -> list[int]:
-    if not os.path.isdir(self.directory):
+    if not fs.isdir(self.directory):
       return []
-    return sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
+    return sorted(int(d.name) for d in fs.path(self.directory).iterdir() if d.name.isdigit())
 
   def restore_latest(self, target: Any, warn: Callable[[str], None] = print):
     """``(state, extra, step)`` of the newest intact checkpoint, or ``(None, {}, None)`` when
     there is none.  A damaged newer step is moved aside with a warning (module docstring); a
     checkpoint of another run is an error (never skipped)."""
+    self.wait()
     for step in reversed(self._steps_on_disk()):
       try:
         state, extra = self.restore(target, step)
         return state, extra, step
       except _Damaged as e:
-        aside = os.path.join(self.directory, f"damaged-{step}")
+        aside = self._join(f"damaged-{step}")
         self.close()
-        os.replace(os.path.join(self.directory, str(step)), aside)
+        fs.path(self._join(str(step))).rename(aside)
         warn(f"warning: {e}; moved it to {aside} and resuming from the newest intact "
              f"checkpoint")
     return None, {}, None
@@ -150,14 +200,17 @@ class Checkpointer:
       return self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"checkpoint {os.path.join(self.directory, str(step))}: cannot "
+      raise CheckpointError(f"checkpoint {self._join(str(step))}: cannot "
                             f"restore the arrays ({_short(e)})") from None
 
   def close(self) -> None:
+    """Wait for the save in flight (raising its failure) and release orbax's resources."""
     if self._mngr is not None:
-      self._mngr.wait_until_finished()
-      self._mngr.close()
-      self._mngr = None
+      try:
+        self.wait()
+      finally:
+        self._mngr.close()
+        self._mngr = None
 
 
 class _Damaged(CheckpointError):

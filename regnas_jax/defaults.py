@@ -6,6 +6,7 @@ A config builds its sections from these and overrides what differs:
   c.train = train_defaults("digits")     # shared training settings + the dataset's (augmentation, ...)
   c.score = score_defaults("digits")     # how subnets are scored on that dataset
   c.search = search_defaults()           # or nsga2_defaults() / tunas_defaults()
+  c.runtime = runtime_defaults()         # how the process runs (caches, logs, traces): no result
   if smoke: apply_smoke(c, "digits")     # the dataset's seconds-scale settings
 
 The per-dataset values live in :data:`DATASETS`, so every config on a dataset reads the same data,
@@ -120,6 +121,17 @@ def score_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
   if dataset is not None:
     c.update(_dataset(dataset)["score"])
   return c
+
+
+def runtime_defaults() -> ml_collections.ConfigDict:
+  """How a run uses its machine: none of these change a result, so no saved state's identity
+  reads this section (a run may resume with other values; regnas_jax/runtime.py)."""
+  return ml_collections.ConfigDict(dict(
+      compilation_cache_dir="",         # XLA's persistent compilation cache ('' = off; gs:// works)
+      compilation_cache_min_compile_s=1.0,  # cache programs that took at least this to compile
+      tensorboard=False,                # also write metrics as TensorBoard events (workdir/tensorboard)
+      profile_steps=(),                 # (start, stop): jax.profiler trace of steps start..stop-1
+  ))
 
 
 def experiment_defaults() -> ml_collections.ConfigDict:

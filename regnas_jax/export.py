@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regnas_jax import fs
 from regnas_jax import nn as nets
 from regnas_jax import spaces
 from regnas_jax.checkpoint import CheckpointError, _ocp, _short
@@ -30,35 +30,50 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def save_subnet(directory: str, space, arch, supernet_options: dict, variables,
                 metrics: dict | None = None) -> None:
-  """Write an extracted subnet (``variables`` from ``nn.extract``) to ``directory``.
+  """Write an extracted subnet (``variables`` from ``nn.extract``) to ``directory`` (local or
+  ``gs://``); only by the writer process (:func:`regnas_jax.fs.is_writer`).
 
-  The directory is replaced as a whole: written next to it, then renamed into place.
+  The directory is replaced as a whole: written next to it, then renamed into place (on an
+  object store the rename copies, so a reader may briefly see it incomplete there).
   """
-  directory = os.path.abspath(directory)
-  tmp = directory + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  if not fs.is_writer():
+    return
+  directory = os.fspath(fs.path(directory))
+  tmp = fs.path(directory + ".tmp")
+  if tmp.exists():
+    tmp.rmtree()
+  tmp.mkdir(parents=True)
   opts = {k: v for k, v in supernet_options.items()}
   info = {"format": "regnas-jax subnet v1", "space": space.config(), "arch": space.to_json(arch),
           "summary": space.format(arch), "supernet": opts, "metrics": metrics or {}}
-  with open(os.path.join(tmp, "subnet.json"), "w") as f:
-    json.dump(info, f, indent=1)
-  ckptr = _ocp().StandardCheckpointer()
-  ckptr.save(os.path.join(tmp, "variables"), jax.tree.map(np.asarray, variables))
+  (tmp / "subnet.json").write_text(json.dumps(info, indent=1))
+  ckptr = _writer_checkpointer()
+  ckptr.save(tmp / "variables", jax.tree.map(np.asarray, variables))
   ckptr.wait_until_finished()
-  old = directory + ".old"
-  if os.path.exists(directory):
-    os.replace(directory, old)
-  os.replace(tmp, directory)
-  shutil.rmtree(old, ignore_errors=True)
+  old, target = fs.path(directory + ".old"), fs.path(directory)
+  if old.exists():
+    old.rmtree()
+  if target.exists():
+    target.rename(old)
+  tmp.rename(target)
+  if old.exists():
+    old.rmtree()
+
+
+def _writer_checkpointer():
+  """An orbax checkpointer of this process alone: the other processes of a multi-process run do
+  not take part in an export (no barrier to wait at)."""
+  ocp = _ocp()
+  opts = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                            active_processes={jax.process_index()})
+  return ocp.StandardCheckpointer(multiprocessing_options=opts)
 
 
 def load_subnet(directory: str) -> tuple[Any, Any, Any, dict]:
   """``(module, variables, arch, info)`` of a subnet saved by :func:`save_subnet`."""
-  path = os.path.join(directory, "subnet.json")
+  path = fs.join(directory, "subnet.json")
   try:
-    with open(path) as f:
-      info = json.load(f)
+    info = json.loads(fs.read_text(path))
   except OSError as e:
     raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
   except ValueError as e:
@@ -75,8 +90,7 @@ def load_subnet(directory: str) -> tuple[Any, Any, Any, dict]:
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{path}: not a saved subnet ({type(e).__name__}: {e})") from None
   try:
-    variables = _ocp().StandardCheckpointer().restore(os.path.join(os.path.abspath(directory),
-                                                                   "variables"))
+    variables = _ocp().StandardCheckpointer().restore(fs.path(directory) / "variables")
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f"{directory}: cannot restore the variables ({_short(e)})") from None
   return module, variables, arch, info

@@ -9,6 +9,9 @@
   owner's pid and host; a second run is refused with one line naming them, and a lock left by
   a process that died is taken over with a warning.
 
+Paths may be local or ``gs://`` (:mod:`regnas_jax.fs`); only the writer process (process 0,
+:func:`regnas_jax.fs.is_writer`) writes.
+
 Faults become :class:`~regnas_jax.errors.StateError` with one-line messages.
 """
 
@@ -23,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from regnas_jax import fs
 from regnas_jax.errors import StateError
 
 
@@ -62,12 +66,12 @@ def array_fingerprint(tree) -> str:
 
 
 def write_json(path: str, obj: Any, indent: int | None = None) -> None:
-  """Write ``obj`` as JSON via ``path.tmp`` and a rename (atomic on POSIX file systems)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=indent, default=_json_default)
-  os.replace(tmp, path)
+  """Write ``obj`` as JSON to ``path`` as a whole (:func:`regnas_jax.fs.write_bytes`: via
+  ``path.tmp`` and a rename locally, one object write on ``gs://``); only by the writer
+  process."""
+  text = json.dumps(obj, indent=indent, default=_json_default)
+  if fs.is_writer():
+    fs.write_text(path, text)
 
 
 def first_difference(saved: Any, current: Any, where: str = "") -> str | None:
@@ -109,11 +113,10 @@ def read_state(path: str, identity: Any, parse: Callable[[dict], Any] | None = N
   With ``other_run='ignore'`` a file of another run reads as ``None`` (for caches that are
   simply recomputed, e.g. latency measurements for other settings).
   """
-  if not os.path.exists(path):
+  if not fs.exists(path):
     return None
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(fs.read_text(path))
   except OSError as e:
     raise StateError(f"{path}: cannot read the saved state ({e.strerror})") from None
   except ValueError as e:
@@ -163,13 +166,23 @@ class WorkdirLock:
   :class:`StateError` naming it; an owner on this host whose process is gone left a stale lock,
   which is taken over with a warning through ``warn``.  ``release()`` removes the file if this
   process still owns it.  Use as a context manager.
+
+  On an object store (``gs://``) there is no ``O_EXCL``: the lock is an object with the same
+  record, written when none exists and read back, and taken only if the record read back is this
+  process's (so of two runs racing for it at most one goes on, unless both write and read back
+  within one object store round trip of each other).  The rest is as above.  A lock object on
+  ``gs://`` is the simplest guard that needs no extra service (no lease, no generation
+  preconditions, which etils does not expose); it catches what it is for, a second run started
+  on a work dir in use.  Only the writer process (:func:`regnas_jax.fs.is_writer`) takes the
+  lock: the other processes of a multi-process run share it.
   """
 
   NAME = ".lock"
 
   def __init__(self, workdir: str, warn: Callable[[str], None] = print):
     self.workdir = workdir
-    self.path = os.path.join(workdir, self.NAME)
+    self.path = fs.join(workdir, self.NAME)
+    self.local = fs.is_local(workdir)
     self.warn = warn
     self.held = False
 
@@ -179,18 +192,33 @@ class WorkdirLock:
 
   def _owner(self) -> dict:
     try:
-      with open(self.path) as f:
-        rec = json.load(f)
+      rec = json.loads(fs.read_text(self.path))
       return rec if isinstance(rec, dict) else {}
     except (OSError, ValueError):
       return {}
 
+  def _create(self) -> None:
+    """Create the lock with this process's record; ``FileExistsError`` if there is one."""
+    if self.local:
+      fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+      with os.fdopen(fd, "w") as f:
+        json.dump(self._record(), f)
+      return
+    if fs.exists(self.path):
+      raise FileExistsError(self.path)
+    rec = self._record()
+    fs.write_text(self.path, json.dumps(rec))
+    if self._owner() != rec:   # another run wrote its record meanwhile
+      raise FileExistsError(self.path)
+
   def acquire(self) -> "WorkdirLock":
+    if not fs.is_writer():
+      return self
     for _ in range(3):
       try:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._create()
       except FileExistsError:
-        if os.path.isdir(self.path):
+        if fs.isdir(self.path):
           raise StateError(f"{self.path}: expected the work-dir lock file, found a directory")
         owner = self._owner()
         pid, host = owner.get("pid"), owner.get("host")
@@ -198,10 +226,7 @@ class WorkdirLock:
             and not _alive(pid):
           self.warn(f"warning: {self.path}: taking over the lock of process {pid}, which is no "
                     f"longer running (started {owner.get('started', '?')})")
-          try:
-            os.remove(self.path)
-          except FileNotFoundError:
-            pass
+          fs.remove(self.path)
           continue
         if pid == os.getpid() and host == socket.gethostname():
           self.held = True
@@ -211,9 +236,8 @@ class WorkdirLock:
         raise StateError(f"{self.workdir}: work dir in use by {who}; wait for it to end, use "
                          f"another --workdir, or remove {self.path} if that run is dead")
       except OSError as e:
-        raise StateError(f"--workdir: cannot write in {self.workdir} ({e.strerror})") from None
-      with os.fdopen(fd, "w") as f:
-        json.dump(self._record(), f)
+        raise StateError(f"--workdir: cannot write in {self.workdir} "
+                         f"({e.strerror or e})") from None
       self.held = True
       return self
     raise StateError(f"{self.path}: could not take the work-dir lock")
@@ -222,11 +246,8 @@ class WorkdirLock:
     if not self.held:
       return
     owner = self._owner()
-    if owner.get("pid") == os.getpid():
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+    if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+      fs.remove(self.path)
     self.held = False
 
   def __enter__(self):

@@ -1,17 +1,31 @@
-"""Progress output for long loops and JSON-lines metric logs.
+"""Progress output for long loops, JSON-lines metric logs and TensorBoard event files.
 
 :class:`Progress` draws a one-line bar redrawn in place on a terminal, and prints a plain line
 every ``every`` updates (and at the end) when the output is a file or pipe, so logs stay short.
 :class:`MetricsLog` appends one JSON object per line; when a run resumes at step ``s`` the lines
 for steps after ``s`` (written after the checkpoint the run resumes from) are dropped first.
+With a TensorBoard directory it also writes the numbers of each record there
+(:class:`EventWriter`).  Only the writer process (:func:`regnas_jax.fs.is_writer`) writes.
+
+TensorBoard without TensorFlow: ``clu.metric_writers`` cannot be imported without TensorFlow
+(its package ``__init__`` imports the TF summary writer), and tensorboardX would add a
+dependency that writes only to local files and S3.  An event file is a TFRecord file of
+``Event`` protocol buffers; :class:`EventWriter` encodes the three messages a scalar needs by
+hand (a few dozen lines, no dependency) and writes through :mod:`regnas_jax.fs`, so ``gs://``
+works too.  Its interface is clu's ``MetricWriter`` subset we use (``write_scalars``,
+``flush``, ``close``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import sys
 import time
+
+from regnas_jax import fs
 
 
 def _fmt_time(s: float) -> str:
@@ -59,35 +73,174 @@ class Progress:
 
 
 class MetricsLog:
-  """Append-only JSON lines in ``path``; ``truncate_after(step)`` drops later entries."""
+  """Append-only JSON lines in ``path``; ``truncate_after(step)`` drops later entries.
 
-  def __init__(self, path: str):
+  ``tensorboard_dir``: also write every number of a record (lists as ``key/i``) as a scalar
+  event there.  On an object store (``gs://``, no appending) each write replaces the object
+  with all lines so far.  Processes other than the writer write nothing.
+  """
+
+  def __init__(self, path: str, tensorboard_dir: str | None = None):
     self.path = path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    self.writer = fs.is_writer()
+    self._lines: list[str] | None = None   # object stores: the object's lines
+    self.tb = EventWriter(tensorboard_dir) if tensorboard_dir and self.writer else None
+    if self.writer:
+      fs.makedirs(os.path.dirname(os.path.abspath(path)) if fs.is_local(path)
+                  else fs.path(path).parent)
+
+  def _read_lines(self) -> list[str]:
+    try:
+      text = fs.read_text(self.path)
+    except FileNotFoundError:
+      return []
+    return [ln + "\n" for ln in text.split("\n") if ln]
 
   def truncate_after(self, step: int) -> None:
-    if not os.path.exists(self.path):
+    if not self.writer or not fs.exists(self.path):
       return
     keep = []
-    with open(self.path) as f:
-      for ln in f:
-        try:
-          rec = json.loads(ln)
-        except json.JSONDecodeError:
-          continue  # a line cut by a kill
-        if rec.get("step", -1) <= step:
-          keep.append(ln if ln.endswith("\n") else ln + "\n")
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(keep)
-    os.replace(tmp, self.path)
+    for ln in self._read_lines():
+      try:
+        rec = json.loads(ln)
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill
+      if rec.get("step", -1) <= step:
+        keep.append(ln)
+    fs.write_text(self.path, "".join(keep))
+    self._lines = keep
 
   def write(self, record: dict) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    if not self.writer:
+      return
+    line = json.dumps(record) + "\n"
+    if fs.is_local(self.path):
+      with open(self.path, "a") as f:
+        f.write(line)
+    else:
+      if self._lines is None:
+        self._lines = self._read_lines()
+      self._lines.append(line)
+      fs.write_text(self.path, "".join(self._lines))
+    if self.tb is not None and "step" in record:
+      self.tb.write_scalars(int(record["step"]), scalars_of(record))
 
   def read(self) -> list[dict]:
-    if not os.path.exists(self.path):
+    if not fs.exists(self.path):
       return []
-    with open(self.path) as f:
-      return [json.loads(ln) for ln in f if ln.strip()]
+    return [json.loads(ln) for ln in self._read_lines() if ln.strip()]
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def scalars_of(record: dict) -> dict[str, float]:
+  """The numbers of a metrics record as TensorBoard scalars: ``{key: x}`` and ``{key/i: x[i]}``
+  for lists of numbers (``step``, strings and the wall-clock ``time`` left out)."""
+  out = {}
+  for k, v in record.items():
+    if k in ("step", "time") or isinstance(v, bool):
+      continue
+    if isinstance(v, (int, float)):
+      out[k] = float(v)
+    elif isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                     for x in v):
+      out.update({f"{k}/{i}": float(x) for i, x in enumerate(v)})
+  return out
+
+
+# -- TensorBoard event files ---------------------------------------------------------------------
+def _crc32c_table() -> list[int]:
+  table = []
+  for i in range(256):
+    c = i
+    for _ in range(8):
+      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    table.append(c)
+  return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli) of ``data``, as TFRecord files use it."""
+  c = 0xFFFFFFFF
+  for b in data:
+    c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+  return c ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+  c = crc32c(data)
+  return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+  n &= (1 << 64) - 1   # int64 as protobuf encodes it (two's complement)
+  out = bytearray()
+  while True:
+    b = n & 0x7F
+    n >>= 7
+    out.append(b | (0x80 if n else 0))
+    if not n:
+      return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+  """A length-delimited protobuf field (wire type 2)."""
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_event(wall_time: float, step: int = 0, scalars: dict | None = None,
+                 file_version: str | None = None) -> bytes:
+  """One ``tensorflow.Event`` message: ``wall_time`` (1, double), ``step`` (2, int64),
+  ``file_version`` (3, string) or ``summary`` (5) with one ``Summary.Value`` per scalar
+  (``tag`` = 1, ``simple_value`` = 2, float)."""
+  msg = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
+  if file_version is not None:
+    msg += _field(3, file_version.encode())
+  if scalars:
+    values = b"".join(_field(1, _field(1, tag.encode()) + b"\x15" + struct.pack("<f", v))
+                      for tag, v in scalars.items())
+    msg += _field(5, values)
+  return msg
+
+
+def tfrecord(data: bytes) -> bytes:
+  """``data`` framed as one TFRecord: length, its masked CRC, data, its masked CRC."""
+  n = struct.pack("<Q", len(data))
+  return n + struct.pack("<I", _masked_crc(n)) + data + struct.pack("<I", _masked_crc(data))
+
+
+class EventWriter:
+  """Scalars as a TensorBoard event file in ``logdir`` (module docstring), one file per process
+  start (``events.out.tfevents.<time>.<host>.<pid>``, as TensorFlow names them; TensorBoard
+  reads all files of a directory).  Locally every write is appended and flushed; on an object
+  store the object is replaced with everything written so far."""
+
+  def __init__(self, logdir: str):
+    fs.makedirs(logdir)
+    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+    self.path = fs.join(logdir, name)
+    self._data = bytearray()
+    self._append(tfrecord(encode_event(time.time(), file_version="brain.Event:2")))
+
+  def _append(self, rec: bytes) -> None:
+    if fs.is_local(self.path):
+      with open(self.path, "ab") as f:
+        f.write(rec)
+    else:
+      self._data += rec
+      fs.write_bytes(self.path, bytes(self._data))
+
+  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    if scalars:
+      self._append(tfrecord(encode_event(time.time(), step, scalars)))
+
+  def flush(self) -> None:
+    """Every write is on disk when it returns; here for clu's interface."""
+
+  def close(self) -> None:
+    self.flush()

@@ -13,13 +13,14 @@ M(other)`` for M in {Top-1, NFR}, so the proposed method's own row reads 0.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 
 import numpy as np
 
-from regnas_jax import spaces
+from regnas_jax import fs, spaces
 
 
 def _pct(x) -> str:
@@ -86,6 +87,14 @@ def compare_table(rows: list[dict]) -> str:
     lines.append(f"| {r['member']} | {r['variant']} | {r['mmacs']:.3f} | {_pct(r['test_top1'])} | "
                  f"{c1} | {_pct(r['nfr_prev'])} | {c2} | {_pct(r['nfr_first'])} |")
   return "\n".join(lines)
+
+
+def save_figure(fig, path: str, dpi: int) -> None:
+  """Write ``fig`` as a PNG to ``path``, local or ``gs://`` (rendered to bytes, then written as
+  a whole through :mod:`regnas_jax.fs`)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
+  fs.write_bytes(path, buf.getvalue())
 
 
 def _plt():
@@ -158,7 +167,7 @@ def save_top1_vs_macs(plt, fig, ax, path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc="lower right")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -186,7 +195,7 @@ def plot_nfr_matrix(path: str, fam: dict, title: str = "") -> None:
   ax.set_title((f"{title}\n" if title else "") + "pairwise negative flip rate (test)",
                fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -284,7 +293,7 @@ def plot_trajectory(path: str, records: list[dict], target: float, unit: str,
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -365,7 +374,7 @@ def plot_top1_vs_nfr(path: str, res: dict) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
+  save_figure(fig, path, dpi=130)
   plt.close(fig)
 
 
@@ -424,10 +433,9 @@ def main(argv: list[str]) -> int:
     return 2
   named = {}
   for d in argv:
-    path = os.path.join(d, "results.json")
+    path = fs.join(d, "results.json")
     try:
-      with open(path) as f:
-        res = json.load(f)
+      res = json.loads(fs.read_text(path))
     except (OSError, ValueError) as e:
       print(f"error: {path}: cannot read ({e})", file=sys.stderr)
       return 2

@@ -67,3 +67,30 @@ def test_shape_mismatch_and_damage_are_clear_errors(tmp_path):
   shutil.rmtree(step_dir / "meta")
   with pytest.raises(CheckpointError, match="unreadable metadata"):
     Checkpointer(str(tmp_path), IDENT).restore(state())
+
+
+_SAVE_THEN_EXIT = """
+import sys, jax.numpy as jnp
+from regnas_jax import stopping
+from regnas_jax.checkpoint import Checkpointer
+ck = Checkpointer(sys.argv[1], {"seed": 0})
+ck.save(1, {"w": jnp.arange(1 << 20, dtype=jnp.float32)})
+stopping.exit_now("stopped", 143)   # what SIGTERM and the CLI's errors end with
+"""
+
+
+def test_a_save_in_flight_completes_before_the_process_exits(tmp_path):
+  """Saves are asynchronous; ``stopping.exit_now`` (os._exit: no interpreter teardown) waits
+  for the one in flight, so the step is on disk and restores."""
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", _SAVE_THEN_EXIT, str(tmp_path / "ck")],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=root))
+  assert out.returncode == 143, out.stderr
+  ck = Checkpointer(str(tmp_path / "ck"), {"seed": 0})
+  got, _ = ck.restore({"w": jnp.zeros(1 << 20, jnp.float32)})
+  np.testing.assert_array_equal(got["w"], np.arange(1 << 20, dtype=np.float32))
+  ck.close()

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from regnas_jax import evaluate, metrics, persist, report, search, spaces, training
+from regnas_jax import evaluate, fs, metrics, persist, report, search, spaces, training
 from regnas_jax.errors import ConfigError
 from regnas_jax.jobs import JobContext, build, family as family_job
 from regnas_jax.jobs import supernet as supernet_job
@@ -184,11 +184,11 @@ class Experiment:
                "test_images": int(len(a1_test)),
                "supernet": {"fingerprint": self.trained().fingerprint,
                             "test_top1_max_min": self._ends()}}
-    persist.write_json(self.path("results.json"), results, indent=1)
     table = report.regnas_tables_markdown(results)
-    with open(self.path("results.md"), "w") as f:
-      f.write(table + "\n")
-    report.plot_top1_vs_nfr(self.path("top1_vs_nfr.png"), results)
+    if fs.is_writer():
+      persist.write_json(self.path("results.json"), results, indent=1)
+      fs.write_text(self.path("results.md"), table + "\n")
+      report.plot_top1_vs_nfr(self.path("top1_vs_nfr.png"), results)
     print(table)
     self.log(f"wrote results.json, results.md and top1_vs_nfr.png to {self.workdir}")
     return results

@@ -14,9 +14,7 @@ Nothing is written to the work dir before the whole config (and the dataset) che
 
 from __future__ import annotations
 
-import os
-
-from regnas_jax import persist, stopping, training
+from regnas_jax import fs, persist, runtime, stopping, training
 from regnas_jax.errors import ConfigError, StateError
 from regnas_jax.jobs import build, family, nsga2, supernet, tunas
 from regnas_jax.jobs.base import (JOBS, STAGES, Job, JobContext, get_job, log_line,
@@ -29,6 +27,8 @@ def prepare(cfg, workdir: str, stop_after: str = "search", log=log_line):
     raise ConfigError(f"--stop_after: {stop_after!r} is not one of {STAGES}")
   job = get_job(cfg.search.algorithm)
   build.check_common(cfg)
+  runtime.check(cfg)
+  runtime.setup(cfg, log)   # before the first compile (the compilation cache)
   space = build.build_space(cfg)
   net = build.build_supernet(cfg, space)
   if cfg.train.method in training.METHODS and cfg.train.steps:   # 0 steps: imported weights as is
@@ -48,9 +48,10 @@ def run(cfg, workdir: str, stop_after: str = "search", log=log_line) -> dict:
   """
   job, ctx = prepare(cfg, workdir, stop_after, log)
   try:
-    os.makedirs(workdir, exist_ok=True)
+    if fs.is_writer():
+      fs.makedirs(workdir)
   except OSError as e:
-    raise StateError(f"--workdir: cannot create {workdir} ({e.strerror})") from None
+    raise StateError(f"--workdir: cannot create {workdir} ({e.strerror or e})") from None
   lock = persist.WorkdirLock(workdir, warn=log)
   with lock, stopping.GracefulStop():   # SIGTERM: exit 143 at a safe point, in every stage
     stopping.on_exit(lock.release)

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import os
 import time
 from typing import Any, Callable
 
 import jax
 
-from regnas_jax import persist, stopping
+from regnas_jax import fs, persist, runtime, stopping
 from regnas_jax.errors import ConfigError
 
 STAGES = ("train", "search")
@@ -52,8 +51,8 @@ class JobContext:
   log: Callable[[str], None] = log_line
 
   def path(self, *parts: str) -> str:
-    """A path inside the work dir."""
-    return os.path.join(self.workdir, *parts)
+    """A path inside the work dir (local or ``gs://``)."""
+    return fs.join(self.workdir, *parts)
 
 
 class Job(abc.ABC):
@@ -96,10 +95,11 @@ def get_job(algorithm: str) -> Job:
 
 
 def run_record(ctx: JobContext, macs_note: str, training=None, ends_ok=None) -> dict:
-  """The part of ``results.json`` every job writes: config, space, versions, and (when given)
-  the training summary and the test Top-1 of the largest and smallest subnets."""
+  """The part of ``results.json`` every job writes: config, space, versions, the run's machine
+  and code (``run``: :func:`regnas_jax.runtime.run_metadata`), and (when given) the training
+  summary and the test Top-1 of the largest and smallest subnets."""
   out = {"config": ctx.cfg.to_dict(), "space": ctx.space.config(), "jax": jax.__version__,
-         "backend": jax.default_backend(), "macs_note": macs_note}
+         "backend": jax.default_backend(), "run": runtime.run_metadata(), "macs_note": macs_note}
   if training is not None:
     out["training"] = {"steps": training.steps,
                        "seconds_this_process": round(training.seconds, 2),
@@ -115,13 +115,15 @@ def write_results(ctx: JobContext, results: dict, table: str,
                   plots: dict[str, Callable[[str], None]] | None = None,
                   also: tuple[str, ...] = ()) -> None:
   """The tail every job ends with: plots (``name -> fn(path)``), ``results.md`` (the table,
-  also printed), ``results.json`` (atomic), and one log line listing what was written."""
+  also printed), ``results.json`` (atomic), and one log line listing what was written; by the
+  writer process only (:func:`regnas_jax.fs.is_writer`)."""
   plots = plots or {}
+  if not fs.is_writer():   # the other processes of a multi-process run write nothing
+    return
   with stopping.critical("writing the results"):
     for name, fn in plots.items():
       fn(ctx.path(name))
-    with open(ctx.path("results.md"), "w") as f:
-      f.write(table + "\n")
+    fs.write_text(ctx.path("results.md"), table + "\n")
     persist.write_json(ctx.path("results.json"), results, indent=1)
   print(table)
   names = ["results.json", "results.md", *plots, *also]

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from regnas_jax import evaluate, metrics, report, search, spaces
+from regnas_jax import evaluate, fs, metrics, report, search, spaces
 from regnas_jax.errors import ConfigError, InvalidArchError
 from regnas_jax.jobs import supernet
 from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
@@ -57,8 +57,7 @@ def load_reference(cfg, space):
   if not path:
     return None
   try:
-    with open(path) as f:
-      obj = json.load(f)
+    obj = json.loads(fs.read_text(path))
   except OSError as e:
     raise ConfigError(f"config.search.reference: cannot read {path}: {e.strerror}") from None
   except ValueError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Callable
 
 import jax
@@ -74,6 +75,7 @@ def warm_up(ctx: JobContext, proposals: bool = True) -> Callable[[], None]:
   cfg, net, space, dataset = ctx.cfg, ctx.net, ctx.space, ctx.dataset
 
   def work():
+    t0 = time.time()
     try:
       r = max(space.resolutions)
       abstract = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, r, r, 3)),
@@ -96,6 +98,8 @@ def warm_up(ctx: JobContext, proposals: bool = True) -> Callable[[], None]:
                                           batch_size=cfg.score.batch_size, **kw)
       if proposals:
         _warm_proposals(cfg, space)
+      ctx.log(f"scoring programs compiled in the background in {time.time() - t0:.1f} s "
+              f"({len(space.resolutions)} resolution(s))")
     except Exception as e:  # noqa: BLE001 - an optimisation only
       if os.environ.get("REGNAS_DEBUG"):
         raise
@@ -117,8 +121,6 @@ def _warm_proposals(cfg, space) -> None:
 
 def score_ends(ctx: JobContext, scorer: evaluate.Scorer) -> np.ndarray:
   """Per-sample test correctness of the largest and smallest subnets ``(2, N)``, logged."""
-  import time
-
   t0 = time.time()
   ends = spaces.stack([ctx.space.max_arch(), ctx.space.min_arch()])
   ok = scorer.correct(ends, "test")

@@ -37,7 +37,7 @@ import optax
 
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
-from regnas_jax import evaluate, latency, persist, report, spaces, training
+from regnas_jax import evaluate, latency, persist, report, runtime, spaces, training
 from regnas_jax.errors import ConfigError
 from regnas_jax.jobs import supernet
 from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
@@ -347,7 +347,7 @@ class TunasJob(Job):
     fresh = SearchState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
                         tx.init(v["params"]), tunas.init(space, controller_config(se)))
     restored, _, resumed = ck.restore_latest(fresh, warn=ctx.log)
-    traj = MetricsLog(ctx.path("trajectory.jsonl"))
+    traj = MetricsLog(ctx.path("trajectory.jsonl"), runtime.tensorboard_dir(cfg, ctx.workdir))
     if resumed is not None:
       ctx.log(f"resumed from {ck.directory}/{resumed} (step {int(restored.step)}/{total})")
     traj.truncate_after(int(restored.step) if resumed is not None else 0)
@@ -382,8 +382,10 @@ class TunasJob(Job):
           save_extra=lambda s: {"step": s}, checkpoint_every=tc.checkpoint_every,
           log_every=tc.log_every, progress_every=tc.progress_every,
           max_nonfinite=int(tc.get("max_nonfinite_steps", 0)),
-          lr_hint=f"; a smaller config.train.lr (now {tc.lr}) may help")
+          lr_hint=f"; a smaller config.train.lr (now {tc.lr}) may help",
+          profile=runtime.ProfileWindow(cfg, ctx.workdir, ctx.log))
     finally:
+      traj.close()
       ck.close()
     return state, start
 

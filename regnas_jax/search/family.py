@@ -16,8 +16,8 @@ resumes where it stopped, reaches the same family and reports the same scored su
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 import time
 from typing import Any, Callable
 
@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from regnas_jax import metrics as metrics_lib
-from regnas_jax import persist
+from regnas_jax import fs, persist
 from regnas_jax.errors import SearchError, StateError
 from regnas_jax.search import evolution, random_search, rewards
 from regnas_jax.search.constraints import Constraint
@@ -73,7 +73,7 @@ class EvalCache:
     self.archs: dict[bytes, Any] = {}
     self.scored_now = 0      # scored by this process
     self._saved = 0
-    if path and os.path.exists(path):
+    if path and fs.exists(path):
       self._load()
 
   @property
@@ -114,16 +114,16 @@ class EvalCache:
     archs = {f"arch_{k}": np.stack([np.asarray(getattr(self.archs[h], k)) for h in keys])
              for k in self.space.arch_type._fields}
     correct = np.stack([self.table[h] for h in keys])
-    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    tmp = self.path + ".tmp.npz"
-    np.savez(tmp, identity=np.array(json.dumps(self.identity, sort_keys=True)),
+    buf = io.BytesIO()
+    np.savez(buf, identity=np.array(json.dumps(self.identity, sort_keys=True)),
              samples=np.int64(correct.shape[1]), correct=np.packbits(correct, axis=1), **archs)
-    os.replace(tmp, self.path)
+    if fs.is_writer():
+      fs.write_bytes(self.path, buf.getvalue())   # as a whole: the old cache or the new one
     self._saved = len(keys)
 
   def _load(self) -> None:
     try:
-      with np.load(self.path, allow_pickle=False) as z:
+      with np.load(io.BytesIO(fs.read_bytes(self.path)), allow_pickle=False) as z:
         saved_id = json.loads(str(z["identity"]))
         diff = persist.first_difference(saved_id, self.identity)
         if diff:

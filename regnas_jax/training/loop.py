@@ -23,6 +23,7 @@ and started again ends bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable
 
@@ -58,7 +59,8 @@ def run_loop(state, step: Callable[[int, Any], tuple[Any, dict]], *, start: int,
              must_save: Callable[[int], bool] = lambda s: False,
              params_of: Callable[[Any], Any] = lambda st: st.params,
              checkpoint_every: int = 100, log_every: int = 10, progress_every: int = 50,
-             max_nonfinite: int = 0, loss_key: str = "loss", lr_hint: str = ""):
+             max_nonfinite: int = 0, loss_key: str = "loss", lr_hint: str = "",
+             profile=None):
   """Run steps ``start .. total - 1`` (module docstring); returns the final state.
 
   Args:
@@ -75,6 +77,8 @@ def run_loop(state, step: Callable[[int, Any], tuple[Any, dict]], *, start: int,
     params_of: the parameters of a state (checked for finiteness before a save).
     max_nonfinite: how many steps with a non-finite loss to tolerate (default 0).
     lr_hint: appended to the non-finite error (e.g. the learning rate in use).
+    profile: a :class:`~regnas_jax.runtime.ProfileWindow` (``before(s)`` / ``after(s, state)``
+      around each step), or None.
   Raises:
     Preempted: after SIGTERM, once the state is saved.
     NonFiniteError: too many non-finite steps, or non-finite parameters at a save.
@@ -82,12 +86,17 @@ def run_loop(state, step: Callable[[int, Any], tuple[Any, dict]], *, start: int,
   guard = _FiniteGuard(checkpointer, max_nonfinite, loss_key, lr_hint)
   pending: list = []
   with stopping.GracefulStop() as stop, Progress(total, desc, start=start,
-                                                 every=progress_every) as bar:
+                                                 every=progress_every) as bar, \
+      _profiling(profile):
     s = start
     while s < total:
+      if profile is not None:
+        profile.before(s)
       state, m = step(s, state)   # a SIGTERM while the first step after a save compiles or
       stop.dirty = True            # runs ends the process at once: nothing would be lost
       s += 1
+      if profile is not None:
+        profile.after(s, state)
       pending.append(m)
       save = s % checkpoint_every == 0 or s == total or must_save(s) or stop.requested
       if s % log_every == 0 or s == total or must_save(s):
@@ -110,6 +119,16 @@ def run_loop(state, step: Callable[[int, Any], tuple[Any, dict]], *, start: int,
                                    f"{checkpointer.directory}")
     stop.dirty = False
   return state
+
+
+@contextlib.contextmanager
+def _profiling(profile):
+  """Stops a trace the loop left running (an error inside the profiled window)."""
+  try:
+    yield
+  finally:
+    if profile is not None:
+      profile.close()
 
 
 class _FiniteGuard:

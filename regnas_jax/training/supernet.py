@@ -28,7 +28,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import os
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -39,7 +38,7 @@ import optax
 
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
-from regnas_jax import persist
+from regnas_jax import fs, persist, runtime
 from regnas_jax.errors import ConfigError
 from regnas_jax.nn.common import init_variables
 from regnas_jax.progress import MetricsLog
@@ -476,12 +475,12 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
   data_lib.epoch_batch_indices(n_train, tc.batch_size, 0, cfg.seed)  # validates batch size
 
   ident = identity(cfg, space, phases, init_identity)
-  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), ident,
+  ck = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), ident,
                              max_to_keep=tc.max_to_keep)
   k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
   state, resumed = _initial_state(ck, init_fn, k_init, tc, phases, log)
   start = int(state.step)
-  metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  metrics = MetricsLog(fs.join(workdir, "metrics.jsonl"), runtime.tensorboard_dir(cfg, workdir))
   metrics.truncate_after(start)   # lines of steps after the checkpoint (or of an older run)
   if start >= total:
     ck.close()
@@ -501,9 +500,11 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
         must_save=steps.end_of_phase, checkpoint_every=tc.checkpoint_every,
         log_every=tc.log_every, progress_every=tc.progress_every,
         max_nonfinite=int(tc.get("max_nonfinite_steps", 0)),
-        lr_hint=f"; a smaller config.train.lr (now {tc.lr}) may help")
+        lr_hint=f"; a smaller config.train.lr (now {tc.lr}) may help",
+        profile=runtime.ProfileWindow(cfg, workdir, log))
   finally:
     steps.close()
+    metrics.close()
     ck.close()
   secs = time.time() - t0
   log(f"trained {total - start} steps in {secs:.1f} s")
@@ -535,7 +536,8 @@ def _initial_state(ck, init_fn, k_init, tc, phases, log):
 
 def _bar_fields(rec: dict) -> dict:
   return dict(phase=rec["phase"], loss=rec["loss"], acc_max=float(rec["acc"][0]),
-              acc_last=float(rec["acc"][-1]), img_s=round(rec["images_per_s"]))
+              acc_last=float(rec["acc"][-1]),
+              img_s=round(rec["images_per_s"]) if rec["images_per_s"] is not None else "-")
 
 
 class _StepRunner:
@@ -551,7 +553,7 @@ class _StepRunner:
     self.lr_tables: dict[int, np.ndarray] = {}
     self.pool = concurrent.futures.ThreadPoolExecutor(1)
     self.next = None
-    self.seen, self.last_log = 0, time.time()
+    self.clock = runtime.CompileClock()
 
   def host_batch(self, s):
     tc = self.cfg.train
@@ -602,26 +604,36 @@ class _StepRunner:
       self.lr_tables[pi] = np.asarray(jax.jit(jax.vmap(sched))(jnp.arange(phase.steps)))
     if local == 0:  # phase start (never part of a saved state: saves follow steps)
       state = self._start_phase(pi, state, tx)
-    fn = self._fn(pi, self.res_at(s), tx)
+    res = self.res_at(s)
+    first = (pi, res) not in self.fns
+    fn = self._fn(pi, res, tx)
     if self.next is None:
       self.next = self.pool.submit(self.host_batch, s)
     imgs, labels = self.next.result()
     total = sum(p.steps for p in self.phases)
     self.next = self.pool.submit(self.host_batch, s + 1) if s + 1 < total else None
-    state, m = fn(state, imgs, labels, self.k_steps)
-    self.seen += len(labels)
+    # -- compile time apart from throughput: a program's first step is compile-bound ---------
+    if first:
+      (state, m), secs = self.clock.timed_first(
+          lambda: fn(state, imgs, labels, self.k_steps), len(labels))
+      self.log(f"train step of phase {phase.name} at resolution {res}: compiled and run once "
+               f"in {secs:.1f} s")
+    else:
+      state, m = fn(state, imgs, labels, self.k_steps)
+    self.clock.count(len(labels))
     return state, m
 
   def record(self, s, host) -> dict:
     pi, local = phase_at(self.phases, s - 1)
-    m, now = host[-1], time.time()
+    m = host[-1]
+    compile_s, run_s, images = self.clock.take()   # images/s without the compile-bound steps
     rec = {"phase": self.phases[pi].name, "loss": float(m["loss"]),
            "losses": np.asarray(m["losses"]).round(5).tolist(),
            "acc": np.asarray(m["acc"]).round(4).tolist(), "grad_norm": float(m["grad_norm"]),
            "lr": float(self.lr_tables[pi][local]),
-           "images_per_s": self.seen / max(now - self.last_log, 1e-9),
-           "resolution": self.res_at(s - 1), "time": now}
-    self.seen, self.last_log = 0, now
+           "images_per_s": images / max(run_s, 1e-9) if images else None,
+           "compile_s": round(compile_s, 3),
+           "resolution": self.res_at(s - 1), "time": time.time()}
     return rec
 
   def close(self):

@@ -1,0 +1,222 @@
+"""How a run uses its machine (``config.runtime``): settings that change no result.
+
+* ``compilation_cache_dir``: XLA's persistent compilation cache (local or ``gs://``), set once
+  at job start by :func:`setup`; a second run of the same programs loads them instead of
+  compiling (programs that compiled in under ``compilation_cache_min_compile_s`` are not kept).
+* ``tensorboard``: metrics also as TensorBoard events in ``<workdir>/tensorboard``
+  (:class:`regnas_jax.progress.EventWriter`, no TensorFlow needed).
+* ``profile_steps``: ``(start, stop)``, a ``jax.profiler`` trace of the training steps
+  ``start .. stop - 1`` in ``<workdir>/profile`` (:class:`ProfileWindow`).
+
+No saved state's identity reads this section, so a run may resume with other values.
+:func:`run_metadata` describes the process (devices, versions, the code's git revision) for
+``results.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import time
+from typing import Any, Callable
+
+from regnas_jax import fs
+from regnas_jax.errors import ConfigError
+
+KEYS = ("compilation_cache_dir", "compilation_cache_min_compile_s", "tensorboard",
+        "profile_steps")
+
+
+def settings(cfg) -> dict:
+  """``config.runtime`` as a dict, with the defaults for a config without that section."""
+  from regnas_jax.defaults import runtime_defaults
+
+  out = runtime_defaults().to_dict()
+  if "runtime" in cfg:
+    out.update(cfg.runtime.to_dict())
+  return out
+
+
+def check(cfg) -> None:
+  """Raise :class:`ConfigError` naming the first bad key of ``config.runtime``."""
+  if "runtime" not in cfg:
+    return
+  rt = cfg.runtime.to_dict()
+  unknown = sorted(set(rt) - set(KEYS))
+  if unknown:
+    raise ConfigError(f"config.runtime.{unknown[0]}: no such setting (known: {', '.join(KEYS)})")
+  d = rt.get("compilation_cache_dir", "")
+  if not isinstance(d, str):
+    raise ConfigError(f"config.runtime.compilation_cache_dir: must be a path or '', got {d!r}")
+  t = rt.get("compilation_cache_min_compile_s", 1.0)
+  if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
+    raise ConfigError(f"config.runtime.compilation_cache_min_compile_s: must be a number >= 0, "
+                      f"got {t!r}")
+  if not isinstance(rt.get("tensorboard", False), bool):
+    raise ConfigError(f"config.runtime.tensorboard: must be True or False, got "
+                      f"{rt['tensorboard']!r}")
+  ps = rt.get("profile_steps", ())
+  ok = isinstance(ps, (tuple, list)) and (
+      len(ps) == 0 or (len(ps) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                            for x in ps) and 0 <= ps[0] < ps[1]))
+  if not ok:
+    raise ConfigError(f"config.runtime.profile_steps: must be () or (start, stop) with "
+                      f"0 <= start < stop, got {ps!r}")
+
+
+_CACHE: dict = {}
+
+
+def setup(cfg, log: Callable[[str], None] = print) -> None:
+  """Apply the process-wide settings of ``config.runtime`` (the compilation cache) before the
+  first compile.  JAX reads the cache directory once, at its first compile: a later call with
+  another directory keeps the first one and says so."""
+  import jax
+
+  rt = settings(cfg)
+  d = rt["compilation_cache_dir"]
+  if not d:
+    return
+  if _CACHE.get("dir") not in (None, d):
+    log(f"warning: config.runtime.compilation_cache_dir: this process already uses "
+        f"{_CACHE['dir']}; {d} is not used")
+    return
+  if fs.is_local(d):
+    d = os.path.abspath(os.path.expanduser(d))
+  jax.config.update("jax_compilation_cache_dir", d)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(rt["compilation_cache_min_compile_s"]))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  _CACHE["dir"] = rt["compilation_cache_dir"]
+
+
+def tensorboard_dir(cfg, workdir: str) -> str | None:
+  """Where the TensorBoard events of ``workdir`` go, or None when ``config.runtime`` says
+  none."""
+  return fs.join(workdir, "tensorboard") if settings(cfg)["tensorboard"] else None
+
+
+class ProfileWindow:
+  """A ``jax.profiler`` trace of steps ``start .. stop - 1`` (``config.runtime.profile_steps``)
+  written to ``<workdir>/profile``: :meth:`before` starts it before step ``start`` runs,
+  :meth:`after` stops it once step ``stop - 1`` is done (waiting for its results, so the
+  trace holds the device work).  A window the run does not reach (e.g. a resumed run past it)
+  traces nothing.  Every process traces (TensorBoard's profile plugin reads one file per
+  host)."""
+
+  def __init__(self, cfg, workdir: str, log: Callable[[str], None] = print):
+    ps = tuple(settings(cfg)["profile_steps"])
+    self.start, self.stop = ps if ps else (None, None)
+    self.dir = fs.join(workdir, "profile")
+    self.log = log
+    self.active = False
+
+  def before(self, s: int) -> None:
+    if self.start is not None and s == self.start:
+      import jax
+
+      jax.profiler.start_trace(self.dir)
+      self.active = True
+
+  def after(self, s: int, state: Any) -> None:
+    """``s``: the steps done (the step just run is ``s - 1``)."""
+    if self.active and s >= self.stop:
+      import jax
+
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      self.log(f"profile of steps {self.start}..{self.stop - 1} written to {self.dir}")
+
+  def close(self) -> None:
+    if self.active:
+      import jax
+
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+class CompileClock:
+  """Splits the time of a loop's steps into compiling and running: a step that runs a program
+  for the first time (:meth:`first`) is compile-bound, so its time -- the compile plus one run,
+  waited for -- is counted apart.  :meth:`take` returns ``(compile seconds, run seconds, items
+  of the run steps)`` since the last call."""
+
+  def __init__(self):
+    self.compile_s, self.items, self.first_items, self.t0 = 0.0, 0, 0, time.time()
+
+  def timed_first(self, fn: Callable[[], Any], items: int) -> Any:
+    """``(fn(), seconds)``: run ``fn()`` (a program's first call), wait for its results and
+    count its time and ``items`` as compile."""
+    import jax
+
+    t = time.time()
+    out = jax.block_until_ready(fn())
+    secs = time.time() - t
+    self.compile_s += secs
+    self.first_items += items
+    return out, secs
+
+  def count(self, items: int) -> None:
+    self.items += items
+
+  def take(self) -> tuple[float, float, int]:
+    now = time.time()
+    total = now - self.t0
+    out = (self.compile_s, max(total - self.compile_s, 0.0), self.items - self.first_items)
+    self.compile_s, self.items, self.first_items, self.t0 = 0.0, 0, 0, now
+    return out
+
+
+# -- What results.json records about the process -----------------------------------------------
+@functools.lru_cache(maxsize=1)
+def code_revision() -> dict:
+  """The git revision of the code (``{"git": sha, "dirty": bool}``) when it runs from a git
+  checkout, else ``{"version": <package version>}``."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def git(*args):
+    return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()
+
+  try:
+    if os.path.exists(os.path.join(root, ".git")):
+      sha = git("rev-parse", "HEAD")
+      dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+      return {"git": sha, "dirty": dirty}
+  except (OSError, subprocess.SubprocessError):
+    pass
+  try:
+    from importlib import metadata
+    return {"version": metadata.version("regnas-jax")}
+  except Exception:  # noqa: BLE001 - not installed either
+    return {"version": "unknown"}
+
+
+def run_metadata() -> dict:
+  """Devices, processes, backend, library versions and the code's revision of this run."""
+  import flax
+  import jax
+
+  try:
+    import orbax.checkpoint as ocp
+    orbax_version = getattr(ocp, "__version__", None)
+  except ImportError:
+    orbax_version = None
+  devices = jax.devices()
+  return {"backend": jax.default_backend(),
+          "device_kind": devices[0].device_kind if devices else None,
+          "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),
+          "process_count": jax.process_count(),
+          "versions": {"jax": jax.__version__, "jaxlib": _jaxlib_version(),
+                       "flax": flax.__version__, "orbax": orbax_version},
+          "code": code_revision()}
+
+
+def _jaxlib_version() -> str | None:
+  try:
+    import jaxlib
+    return jaxlib.__version__
+  except (ImportError, AttributeError):
+    return None

@@ -1,0 +1,131 @@
+"""config.runtime: its checks, the persistent compilation cache across processes, and a short
+training run with the profiler window, TensorBoard events and compile time kept apart from the
+images per second; the run metadata of results.json."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from regnas_jax import runtime
+from regnas_jax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_config():
+  spec = importlib.util.spec_from_file_location("digits_mbv3_cfg",
+                                                os.path.join(ROOT, "configs", "digits_mbv3.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config("smoke")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("tensorboard", "yes", "config.runtime.tensorboard: must be True or False"),
+    ("profile_steps", (3, 3), "config.runtime.profile_steps: must be () or (start, stop)"),
+    ("profile_steps", (1,), "config.runtime.profile_steps: must be () or (start, stop)"),
+    ("compilation_cache_min_compile_s", -1.0,
+     "config.runtime.compilation_cache_min_compile_s: must be a number >= 0"),
+    ("compilation_cache_dir", None, "config.runtime.compilation_cache_dir: must be a path"),
+])
+def test_bad_runtime_values_are_one_line_errors(key, value, message):
+  cfg = smoke_config()
+  cfg.runtime = ml_collections.ConfigDict({**cfg.runtime.to_dict(), key: value})  # any type
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    runtime.check(cfg)
+
+
+def test_an_unknown_runtime_key_is_refused_before_anything_is_written(tmp_path):
+  from regnas_jax import jobs
+
+  cfg = smoke_config()
+  cfg.runtime.tensorbord = True
+  with pytest.raises(ConfigError, match=r"config.runtime.tensorbord: no such setting"):
+    jobs.run(cfg, str(tmp_path / "w"), log=lambda m: None)
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_config_without_a_runtime_section_runs_with_the_defaults():
+  cfg = ml_collections.ConfigDict({"name": "x"})
+  runtime.check(cfg)
+  assert runtime.settings(cfg) == {"compilation_cache_dir": "", "tensorboard": False,
+                                   "compilation_cache_min_compile_s": 1.0, "profile_steps": ()}
+  assert runtime.tensorboard_dir(cfg, "/w") is None
+
+
+_CACHED_PROGRAM = """
+import sys, jax, jax.numpy as jnp, ml_collections
+from regnas_jax import runtime
+hits = []
+jax.monitoring.register_event_listener(
+    lambda name, **kw: hits.append(name) if name.endswith("cache_hits") else None)
+cfg = ml_collections.ConfigDict({"runtime": {"compilation_cache_dir": sys.argv[1],
+                                             "compilation_cache_min_compile_s": 0.0}})
+runtime.setup(cfg)
+f = jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x).T + 3.0)
+f(jnp.ones((8, 8))).block_until_ready()
+print(len(hits))
+"""
+
+
+def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path):
+  cache = str(tmp_path / "cache")
+
+  def run():
+    out = subprocess.run([sys.executable, "-c", _CACHED_PROGRAM, cache], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+  assert run() == 0                         # first process: compiles and fills the cache
+  entries = os.listdir(cache)
+  assert any(e.startswith("jit_") for e in entries)
+  assert run() >= 1                         # second: the program comes from the cache
+  assert sorted(os.listdir(cache)) == sorted(entries)
+
+
+def test_a_three_step_run_traces_logs_events_and_keeps_compile_time_apart(tmp_path):
+  from regnas_jax import jobs, training
+  from regnas_jax.progress import MetricsLog
+
+  cfg = smoke_config()
+  cfg.train.update(dict(steps=3, log_every=1, checkpoint_every=3, progress_every=1,
+                        warmup_steps=1))
+  cfg.runtime.update(dict(tensorboard=True, profile_steps=(1, 2)))
+  work = str(tmp_path / "w")
+  lines = []
+  _, ctx = jobs.prepare(cfg, work, "train", log=lines.append)
+  training.train(ctx.cfg, ctx.net, ctx.space, ctx.dataset, work, log=lines.append)
+  # The trace of step 1 (the profiler's layout: plugins/profile/<run>/<host>.xplane.pb).
+  traces = [f for _, _, files in os.walk(os.path.join(work, "profile")) for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
+  assert any("profile of steps 1..1" in ln for ln in lines)
+  # Step 1 compiled the program: its time is compile_s, and no images/s comes of it.
+  recs = MetricsLog(os.path.join(work, "metrics.jsonl")).read()
+  assert [r["step"] for r in recs] == [1, 2, 3]
+  assert recs[0]["compile_s"] > 0 and recs[0]["images_per_s"] is None
+  assert all(r["compile_s"] == 0 and r["images_per_s"] > 0 for r in recs[1:])
+  assert sum("compiled and run once" in ln for ln in lines) == 1
+  events = os.listdir(os.path.join(work, "tensorboard"))
+  assert len(events) == 1 and events[0].startswith("events.out.tfevents.")
+
+
+def test_run_metadata_names_the_devices_and_the_code():
+  meta = runtime.run_metadata()
+  import jax
+
+  assert meta["device_count"] == jax.device_count() and meta["process_count"] == 1
+  assert meta["device_kind"] == jax.devices()[0].device_kind
+  assert meta["versions"]["jax"] == jax.__version__ and meta["versions"]["flax"]
+  json.dumps(meta)   # goes into results.json
+  if os.path.exists(os.path.join(ROOT, ".git")):
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert meta["code"]["git"] == head and isinstance(meta["code"]["dirty"], bool)
+  else:
+    assert "version" in meta["code"]

@@ -21,8 +21,8 @@ section drives REG-NAS's tables:
 
 import ml_collections
 
-from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, score_defaults,
-                                 search_defaults, supernet_defaults, train_defaults)
+from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, input_defaults,
+                                 score_defaults, search_defaults, supernet_defaults, train_defaults)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.supernet = supernet_defaults(
       depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.1)
   c.data = data_defaults("cifar10")
+  c.input = input_defaults()
   c.train = train_defaults("cifar10")
   # ~90 epochs of the 45,000 training images at batch 256.
   c.train.update(dict(steps=16000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=3e-5,

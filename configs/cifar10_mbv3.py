@@ -23,6 +23,7 @@ import ml_collections
 
 from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, runtime_defaults,
                                  score_defaults, search_defaults, supernet_defaults, train_defaults)
+from regnas_jax.defaults import input_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.supernet = supernet_defaults(
       depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.1)
   c.data = data_defaults("cifar10")
+  c.input = input_defaults()
   c.train = train_defaults("cifar10")
   # ~90 epochs of the 45,000 training images at batch 256.
   c.train.update(dict(steps=16000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=3e-5,

@@ -13,6 +13,7 @@ import ml_collections
 
 from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
                                  search_defaults, supernet_defaults, train_defaults)
+from regnas_jax.defaults import input_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -25,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width_choices=(0.65, 0.8, 1.0)))
   c.supernet = supernet_defaults(dtype="float32", dropout_rate=0.1)
   c.data = data_defaults("cifar10")
+  c.input = input_defaults()
   c.train = train_defaults("cifar10")
   c.train.update(dict(steps=16000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=3e-5,
                       checkpoint_every=1000, log_every=50, progress_every=200))

@@ -18,6 +18,7 @@ import ml_collections
 from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, runtime_defaults,
                                  scarlet_variants, score_defaults, supernet_defaults,
                                  train_defaults)
+from regnas_jax.defaults import input_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.supernet = supernet_defaults(
       depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.0)
   c.data = data_defaults("cifar10")
+  c.input = input_defaults()
   c.train = train_defaults("cifar10")
   c.train.update(dict(method="fair", num_subnets=7 if s == "s1" else 13, steps=10000,
                       batch_size=256, lr=0.05, warmup_steps=300, weight_decay=4e-5,

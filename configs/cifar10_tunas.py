@@ -18,6 +18,7 @@ import ml_collections
 
 from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
                                  supernet_defaults, train_defaults, tunas_defaults, tunas_variants)
+from regnas_jax.defaults import input_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -30,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.supernet = supernet_defaults(depthwise_impl="auto", dtype="float32",
                                  dropout_rate=0.0)
   c.data = data_defaults("cifar10")
+  c.input = input_defaults()
   c.train = train_defaults("cifar10")
   c.train.update(dict(method="tunas", steps=10000, batch_size=256, lr=0.1, warmup_steps=250,
                       weight_decay=4e-5, kd_ratio=0.0, checkpoint_every=1000, log_every=50,

@@ -13,6 +13,7 @@ import ml_collections
 
 from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, runtime_defaults,
                                  score_defaults, search_defaults, supernet_defaults, train_defaults)
+from regnas_jax.defaults import input_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -25,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.supernet = supernet_defaults(
       depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.0)
   c.data = data_defaults("digits")
+  c.input = input_defaults()
   c.train = train_defaults("digits")
   # Tuned on this machine class (2-core CPU): 128 steps at lr 0.02 bring the max and min subnets
   # above 90% test top-1; lr 0.1 (summed over 4 subnets) learns markedly slower at this step

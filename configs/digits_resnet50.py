@@ -14,6 +14,7 @@ import ml_collections
 
 from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
                                  search_defaults, supernet_defaults, train_defaults)
+from regnas_jax.defaults import input_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width_choices=(0.65, 0.8, 1.0)))
   c.supernet = supernet_defaults(dtype="float32", dropout_rate=0.0)
   c.data = data_defaults("digits")
+  c.input = input_defaults()
   c.train = train_defaults("digits")
   c.train.update(dict(steps=128, batch_size=32, lr=0.02, warmup_steps=10, checkpoint_every=32,
                       progress_every=20))

@@ -17,6 +17,7 @@ import ml_collections
 from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, runtime_defaults,
                                  scarlet_variants, score_defaults, supernet_defaults,
                                  train_defaults)
+from regnas_jax.defaults import input_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -31,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.supernet = supernet_defaults(
       depthwise_impl="auto", kernel_transform=True, dtype="float32", dropout_rate=0.0)
   c.data = data_defaults("digits")
+  c.input = input_defaults()
   c.train = train_defaults("digits")
   c.train.update(dict(method="fair", num_subnets=7 if s == "s1" else 13, steps=192,
                       batch_size=32, lr=0.02, warmup_steps=8, checkpoint_every=32,

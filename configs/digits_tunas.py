@@ -17,6 +17,7 @@ import ml_collections
 
 from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
                                  supernet_defaults, train_defaults, tunas_defaults, tunas_variants)
+from regnas_jax.defaults import input_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.supernet = supernet_defaults(depthwise_impl="auto", dtype="float32",
                                  dropout_rate=0.0)
   c.data = data_defaults("digits")
+  c.input = input_defaults()
   c.train = train_defaults("digits")   # the shared weights' optimiser; steps = search steps
   c.train.update(dict(method="tunas", steps=600, batch_size=64, lr=0.05, warmup_steps=20,
                       checkpoint_every=100, progress_every=50, log_every=5, kd_ratio=0.0))

@@ -34,6 +34,7 @@ import os
 import ml_collections
 
 from regnas_jax.defaults import runtime_defaults, score_defaults, search_defaults, train_defaults
+from regnas_jax.defaults import input_defaults
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
                         "fixtures")
@@ -53,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="tfds", path="", tfds_name="imagenet2012", tfds_dir="", image_size=224,
       val_size=10000, split_seed=0, cache_dir=""))
+  c.input = input_defaults()
   c.train = train_defaults()
   # steps=0: OFA's weights as they are.  For fine-tuning (steps > 0): OFA's last shrinking phase
   # (expand 3/4/6, 4 subnets per step, lr 7.5e-3 per 64 images) scaled to batch 256, sandwich.

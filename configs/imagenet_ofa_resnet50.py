@@ -29,6 +29,7 @@ import os
 import ml_collections
 
 from regnas_jax.defaults import runtime_defaults, score_defaults, search_defaults, train_defaults
+from regnas_jax.defaults import input_defaults
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
                         "fixtures")
@@ -48,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="tfds", path="", tfds_name="imagenet2012", tfds_dir="", image_size=224,
       val_size=10000, split_seed=0, cache_dir=""))
+  c.input = input_defaults()
   c.train = train_defaults()
   # steps=0: OFA's weights as they are; steps > 0 fine-tunes (sandwich rule, small rate).
   c.train.update(dict(steps=0, batch_size=256, lr=0.03, warmup_steps=0, weight_decay=3e-5,

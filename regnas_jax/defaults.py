@@ -5,6 +5,7 @@ A config builds its sections from these and overrides what differs:
   c.data = data_defaults("digits")       # the dataset's data section
   c.train = train_defaults("digits")     # shared training settings + the dataset's (augmentation, ...)
   c.score = score_defaults("digits")     # how subnets are scored on that dataset
+  c.input = input_defaults()             # the host input pipeline (not part of the data identity)
   c.search = search_defaults()           # or nsga2_defaults() / tunas_defaults()
   c.runtime = runtime_defaults()         # how the process runs (caches, logs, traces): no result
   if smoke: apply_smoke(c, "digits")     # the dataset's seconds-scale settings
@@ -58,6 +59,22 @@ def data_defaults(dataset: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name=dataset, path="", tfds_name="", tfds_dir="", image_size=d["image_size"],
       val_size=d["val_size"], split_seed=0, cache_dir=""))
+
+
+def input_defaults() -> ml_collections.ConfigDict:
+  """The host input pipeline of training (``regnas_jax/data/pipeline.py``).
+
+  ``pipeline``: 'auto' (grain when ``workers``, ``decode`` or ``augment`` ask for it, else the
+  in-memory path) | 'memory' | 'grain'; ``workers``: grain worker processes decoding and
+  augmenting (0: a thread in this process); ``prefetch``: batches kept ready; ``decode``: 'once'
+  (the packed-JPEG file decoded whole into memory) | 'on_demand' (per read, in the workers);
+  ``augment``: 'pad_crop' (padded random crop + flip on the device, ``config.train.augment``) |
+  'inception' (host-side random-resized crop + flip at the step's resolution, OFA's and TuNAS's
+  ImageNet augmentation).  Only ``augment`` changes the trained weights, and it enters a
+  checkpoint's identity only when it is not 'pad_crop'.
+  """
+  return ml_collections.ConfigDict(dict(pipeline="auto", workers=0, prefetch=2, decode="once",
+                                        augment="pad_crop"))
 
 
 def supernet_defaults(**options) -> ml_collections.ConfigDict:

@@ -168,6 +168,26 @@ def population_predictions(model, params, member_stats, population, images, *,
   return out
 
 
+def streamed_predictions(model, params, member_stats, population, batches, n: int, *,
+                         block_size: int | None = None,
+                         chunk_size: int | None = None) -> np.ndarray:
+  """Int32 ``(P, N)`` as :func:`population_predictions`, with the images streamed: ``batches``
+  yields ``(start, count, x, _)`` (``data.eval_batches``: fixed-size normalised batches, the last
+  one padded), each scored by every member block before the next is read.  Memory is bounded by
+  one image batch; every (block, batch) call is the one ``population_predictions`` makes.
+  """
+  blocks = [(start, count, block, jax.device_put(jax.tree.map(lambda s: np.asarray(s)[idx],
+                                                              member_stats)))
+            for start, count, idx, block in _padded_blocks(population, block_size)]
+  out = np.zeros((pop_size(population), n), np.int32)
+  for i, k, x, _ in batches:
+    for start, count, block, st in blocks:
+      pred = _member_predictions(model, {"params": params, "batch_stats": st}, x, block,
+                                 chunk_size=chunk_size)
+      out[start:start + count, i:i + k] = np.asarray(pred)[:count, :k]
+  return out
+
+
 def score_population(model, variables, population, calib_images, images, labels, *,
                      chunk_size: int | None = None, batch_size: int = 500,
                      block_size: int | None = None) -> np.ndarray:
@@ -207,9 +227,11 @@ class Scorer:
     calib_images, calib_batch_size: the calibration set (OFA: 2,000 training images);
     seed: picks the calibration images and the ``max_images`` subsets.
 
-  Calibration batches and evaluation images are prepared once per resolution; populations are
-  grouped by resolution and run in fixed-size member blocks, so every (resolution, split size)
-  compiles once.  ``seconds`` sums the time spent in :meth:`correct`.
+  Calibration batches are prepared once per resolution; evaluation images stay uint8 on the host
+  and are streamed through ``score.batch_size``-image batches (normalised on the device, one
+  batch at a time), so memory does not grow with the split.  Populations are grouped by
+  resolution and run in fixed-size member blocks, so every resolution compiles once.
+  ``seconds`` sums the time spent in :meth:`correct`.
   """
 
   def __init__(self, net, space, variables, dataset, score, *, calib_images: int,
@@ -217,7 +239,7 @@ class Scorer:
     self.net, self.space, self.dataset, self.score = net, space, dataset, score
     self.variables = uncommitted(variables)
     self.calib_images, self.calib_batch_size, self.seed = calib_images, calib_batch_size, seed
-    self._calib, self._images = {}, {}
+    self._calib, self._sources, self._labels = {}, {}, {}
     self.seconds = 0.0
 
   @classmethod
@@ -235,19 +257,27 @@ class Scorer:
           x, len(x), self.calib_batch_size, self.seed))  # on the device once
     return self._calib[r]
 
-  def images(self, split: str, r: int):
-    if (split, r) not in self._images:
+  def source(self, split: str):
+    """The split to score: the dataset's, or a fixed random ``score.max_images`` subset."""
+    if split not in self._sources:
       src = getattr(self.dataset, split)
       limit = int(self.score.max_images or 0)
       if 0 < limit < len(src):  # a fixed random subset (splits may be sorted by class)
         src = data_lib.SubsetSource(src, np.sort(np.random.default_rng(
             [self.seed, 13]).permutation(len(src))[:limit]))
-      x, y = data_lib.eval_images(src, r, self.dataset.mean, self.dataset.std)
-      self._images[split, r] = (jax.device_put(x), y)
-    return self._images[split, r]
+      self._sources[split] = src
+    return self._sources[split]
+
+  def images(self, split: str, r: int):
+    """The split's normalised images ``(N, R, R, 3)`` and labels, whole (small splits, tests)."""
+    return data_lib.eval_images(self.source(split), r, self.dataset.mean, self.dataset.std)
 
   def labels(self, split: str) -> np.ndarray:
-    return self.images(split, self.space.resolutions[0])[1]
+    if split not in self._labels:  # (kept from the first scoring pass otherwise)
+      src, b = self.source(split), 4096
+      self._labels[split] = np.concatenate([src.get(np.arange(i, min(i + b, len(src))))[1]
+                                            for i in range(0, len(src), b)])
+    return self._labels[split]
 
   def _groups(self, pop):
     res_idx = np.asarray(pop.resolution).reshape(-1)
@@ -272,13 +302,22 @@ class Scorer:
     """Bool ``(P, N)``: per member, which samples of ``split`` it classifies correctly."""
     t = time.time()
     out = None
+    src = self.source(split)
     for r, members, group in self._groups(pop):
-      x, y = self.images(split, r)
       st = recalibrate_population(self.net, self.variables, self.calib(r), group, **self._kw())
-      pred = population_predictions(self.net, self.variables["params"], st, group, x,
-                                    batch_size=self.score.batch_size, **self._kw())
+      labels = []
+
+      def batches(r=r):  # the labels are kept as the batches pass
+        for b in data_lib.eval_batches(src, r, self.dataset.mean, self.dataset.std,
+                                       self.score.batch_size):
+          labels.append(b[3])
+          yield b
+
+      pred = streamed_predictions(self.net, self.variables["params"], st, group, batches(),
+                                  len(src), **self._kw())
+      self._labels[split] = y = np.concatenate(labels)
       if out is None:
-        out = np.zeros((len(pop.resolution), len(y)), bool)
+        out = np.zeros((len(pop.resolution), len(src)), bool)
       out[members] = pred == y[None]
     self.seconds += time.time() - t
     return out

@@ -21,3 +21,27 @@ class ToySpaceBase(_base.SearchSpace):
 
   mutate = contains = grow_to_contain = macs = params = num_archs = _unused
   to_json = from_json = format = _unused
+
+
+def packed_npz(path, n_train=12, n_test=5, size=8, seed=0):
+  """A small file in the packed JPEG format, plus the decoded images PIL itself produces."""
+  import io
+
+  import numpy as np
+  from PIL import Image
+
+  rng = np.random.default_rng(seed)
+  arrays, decoded = {}, {}
+  for split, n in (("train", n_train), ("test", n_test)):
+    blobs, imgs = [], []
+    for _ in range(n):
+      buf = io.BytesIO()
+      Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+      blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+      imgs.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    arrays[f"{split}_jpeg"] = np.concatenate(blobs)
+    arrays[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
+    arrays[f"{split}_labels"] = rng.integers(0, 10, n).astype(np.uint8)
+    decoded[split] = np.stack(imgs)
+  np.savez(path, **arrays)
+  return arrays, decoded

@@ -7,6 +7,8 @@ import jax
 import numpy as np
 import pytest
 
+import helpers
+
 from regnas_jax import data
 
 
@@ -56,29 +58,9 @@ def test_holdout_split_is_fixed_and_disjoint():
     data.holdout_split(100, 100, 0)
 
 
-def _packed_npz(path, n_train=12, n_test=5, size=8, seed=0):
-  """A small file in the packed JPEG format, plus the decoded images PIL itself produces."""
-  from PIL import Image
-  rng = np.random.default_rng(seed)
-  arrays, decoded = {}, {}
-  for split, n in (("train", n_train), ("test", n_test)):
-    blobs, imgs = [], []
-    for _ in range(n):
-      buf = io.BytesIO()
-      Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
-      blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
-      imgs.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
-    arrays[f"{split}_jpeg"] = np.concatenate(blobs)
-    arrays[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
-    arrays[f"{split}_labels"] = rng.integers(0, 10, n).astype(np.uint8)
-    decoded[split] = np.stack(imgs)
-  np.savez(path, **arrays)
-  return arrays, decoded
-
-
 def test_packed_jpeg_file_decodes_and_caches(tmp_path, monkeypatch):
   path = tmp_path / "c.npz"
-  arrays, decoded = _packed_npz(path)
+  arrays, decoded = helpers.packed_npz(path)
   cache = tmp_path / "cache"
   ds = data.load_cifar10_npz(str(path), val_size=4, seed=0, cache_dir=str(cache))
   assert len(ds.train) == 8 and len(ds.val) == 4 and len(ds.test) == 5 and ds.image_size == 8

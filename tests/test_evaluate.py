@@ -119,3 +119,28 @@ def test_nfr_matrix_equals_pairwise_loop():
       flips = sum(ok[i, s] and not ok[j, s] for s in range(50)) / 50
       assert mat[i, j] == flips
   assert np.all(np.diag(mat) == 0)
+
+
+def test_scorer_streams_the_split_with_the_whole_split_results(tiny):
+  """Scorer.correct (uint8 split streamed in padded batches, normalised per batch) equals the
+  previous computation: the whole split normalised at once, then population_predictions."""
+  import ml_collections
+
+  from regnas_jax import data
+
+  sp, net, v, _ = tiny
+  ds = data.load_digits(12, seed=0)
+  score = ml_collections.ConfigDict(dict(block_size=2, chunk_size=1, batch_size=128,
+                                         max_images=300))
+  sc = evaluate.Scorer(net, sp, v, ds, score, calib_images=64, calib_batch_size=32, seed=0)
+  pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(6), 3))
+  got = sc.correct(pop, "test")
+  x, y = data.eval_images(sc.source("test"), 12, ds.mean, ds.std)   # the whole split
+  assert x.shape == (300, 12, 12, 3)
+  st = evaluate.recalibrate_population(net, sc.variables, sc.calib(12), pop, block_size=2,
+                                       chunk_size=1)
+  pred = evaluate.population_predictions(net, sc.variables["params"], st, pop, jax.device_put(x),
+                                         block_size=2, chunk_size=1, batch_size=128)
+  np.testing.assert_array_equal(got, pred == y[None])
+  np.testing.assert_array_equal(sc.labels("test"), y)
+  assert 0 < got.sum() < got.size

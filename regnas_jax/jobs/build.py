@@ -9,6 +9,7 @@ import math
 import jax.numpy as jnp
 
 from regnas_jax import data as data_lib
+from regnas_jax.data import pipeline
 from regnas_jax import nn as nets
 from regnas_jax import spaces
 from regnas_jax.errors import ConfigError, InvalidSpaceError
@@ -99,6 +100,7 @@ def build_supernet(cfg, space):
 def load_dataset(cfg, space) -> data_lib.Dataset:
   """The dataset of ``cfg.data`` (errors name the config key)."""
   dc = cfg.data
+  inp = pipeline.settings(cfg)   # config.input checked before anything is read
   val = int(dc.val_size) if dc.val_size else 5000
   size = int(dc.image_size) if dc.image_size else max(space.resolutions)
   if dc.name == "digits":
@@ -108,7 +110,7 @@ def load_dataset(cfg, space) -> data_lib.Dataset:
       raise ConfigError("config.data.path: give the packed CIFAR-10 file "
                         "(--config.data.path=/path/to/cifar10_jpeg.npz)")
     ds = data_lib.load_cifar10_npz(dc.path, val_size=val, seed=dc.split_seed,
-                                   cache_dir=dc.cache_dir or None)
+                                   cache_dir=dc.cache_dir or None, decode=inp["decode"])
   else:
     if not dc.tfds_name:
       raise ConfigError("config.data.tfds_name: name the tfds dataset (e.g. cifar10)")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regnas_jax import data as data_lib
 from regnas_jax import evaluate, persist, spaces, stopping, training
 from regnas_jax.errors import ConfigError, RegnasError, one_line
 from regnas_jax.jobs.base import JobContext
@@ -93,6 +94,9 @@ def warm_up(ctx: JobContext, proposals: bool = True) -> Callable[[], None]:
         st = evaluate.recalibrate_population(
             net, v, jax.device_put(np.zeros((n // b, b, r, r, 3), np.float32)), pop, **kw)
         for size in sizes:
+          s_img = dataset.image_size  # the streamed evaluation batches' preprocessing
+          data_lib.preprocess(np.zeros((min(cfg.score.batch_size, size), s_img, s_img, 3),
+                                       np.uint8), dataset.mean, dataset.std, resolution=r)
           evaluate.population_predictions(net, v["params"], st, pop,
                                           jax.device_put(np.zeros((size, r, r, 3), np.float32)),
                                           batch_size=cfg.score.batch_size, **kw)

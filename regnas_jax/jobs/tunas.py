@@ -37,6 +37,7 @@ import optax
 
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
+from regnas_jax.data import pipeline
 from regnas_jax import evaluate, latency, persist, report, runtime, spaces, training
 from regnas_jax.errors import ConfigError
 from regnas_jax.jobs import supernet
@@ -70,6 +71,8 @@ def controller_config(se) -> tunas.ControllerConfig:
 
 def check_search(cfg, space) -> None:
   """``config.search`` of a TuNAS run (module docstring); errors name the key."""
+  if pipeline.settings(cfg)["augment"] != "pad_crop":  # (its batches are read as before)
+    raise ConfigError("config.input.augment: the TuNAS job supports 'pad_crop' only")
   se = cfg.search
   if se.reward not in tunas.REWARDS:
     raise ConfigError(f"config.search.reward: {se.reward!r} is not one of {tunas.REWARDS}")

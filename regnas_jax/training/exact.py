@@ -30,6 +30,7 @@ import optax
 
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
+from regnas_jax.data import pipeline
 from regnas_jax import persist
 from regnas_jax.errors import ConfigError
 from regnas_jax.progress import MetricsLog
@@ -101,6 +102,8 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
   """
   tc = cfg.train
   steps = int(tc.steps if steps is None else steps)
+  if pipeline.settings(cfg)["augment"] != "pad_crop":
+    raise ConfigError("config.input.augment: exact-network training supports 'pad_crop' only")
   if fd is not None:
     fd.check()
   phase = Phase("exact", steps, (), "max", 1, "none", None, float(tc.lr),
@@ -185,15 +188,11 @@ def _make_step(module, tx, tc, dataset, resolution, fd, teacher):
 
 def evaluate_exact(module, variables, dataset, split: str, resolution: int,
                    batch: int = 500) -> np.ndarray:
-  """Bool ``(N,)``: which samples of ``split`` the exact network classifies correctly."""
-  src = getattr(dataset, split)
+  """Bool ``(N,)``: which samples of ``split`` the exact network classifies correctly (the
+  split streamed in ``batch``-image batches: ``data.eval_batches``)."""
   fn = jax.jit(lambda v, x: jnp.argmax(module.apply(v, x, train=False), -1))
   out = []
-  for i in range(0, len(src), batch):
-    x, y = data_lib.eval_images(data_lib.SubsetSource(src, np.arange(i, min(i + batch, len(src)))),
-                                resolution, dataset.mean, dataset.std)
-    pad = batch - len(x)
-    xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-    out.append(np.asarray(fn(variables, xp))[:len(y)] == y)
+  for _, count, x, y in data_lib.eval_batches(getattr(dataset, split), resolution, dataset.mean,
+                                              dataset.std, batch):
+    out.append(np.asarray(fn(variables, x))[:count] == y)
   return np.concatenate(out)
-

@@ -39,6 +39,7 @@ import optax
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
 from regnas_jax import fs, persist, runtime
+from regnas_jax.data import pipeline
 from regnas_jax.errors import ConfigError
 from regnas_jax.nn.common import init_variables
 from regnas_jax.progress import MetricsLog
@@ -411,6 +412,7 @@ def identity(cfg, space, phases, init_identity=None) -> dict:
          "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
   if init_identity is not None:   # (absent otherwise: identities of earlier runs stay valid)
     out["init_from"] = init_identity
+  out.update(pipeline.identity(cfg))   # {} unless config.input changes the weights
   return out
 
 
@@ -447,7 +449,8 @@ def check_schedule(tc, model, space) -> tuple[list[Phase], tuple]:
 
 def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
           init_fn: Callable | None = None, log: Callable[[str], None] = print,
-          on_start: Callable[[], Any] | None = None, init_identity=None) -> TrainResult:
+          on_start: Callable[[], Any] | None = None, init_identity=None,
+          put: Callable | None = None) -> TrainResult:
   """Train ``model`` on ``dataset`` as ``cfg.train`` says, resuming from ``workdir``.
 
   Args:
@@ -461,6 +464,9 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
     log: where one-line status messages go.
     on_start: called once the state is initialised or restored, before the first step (e.g.
       to start compiling other programs while the training step compiles).
+    put: with the grain pipeline (``config.input``), ``{'images', 'labels'}`` numpy host batch
+      -> device arrays, run for the next batch while a step computes (default
+      ``jax.device_put``; e.g. ``jax.make_array_from_process_local_data`` on a mesh).
   Returns:
     A :class:`TrainResult`.  Raises :class:`~regnas_jax.stopping.Preempted` after saving when
     SIGTERM arrives, :class:`~regnas_jax.training.loop.NonFiniteError` on a diverging run.
@@ -478,7 +484,7 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
   ck = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), ident,
                              max_to_keep=tc.max_to_keep)
   k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
-  state, resumed = _initial_state(ck, init_fn, k_init, tc, phases, log)
+  state, resumed, extra = _initial_state(ck, init_fn, k_init, tc, phases, log)
   start = int(state.step)
   metrics = MetricsLog(fs.join(workdir, "metrics.jsonl"), runtime.tensorboard_dir(cfg, workdir))
   metrics.truncate_after(start)   # lines of steps after the checkpoint (or of an older run)
@@ -486,7 +492,8 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
     ck.close()
     return _result(state, ident, total, 0.0, resumed, phases)
 
-  steps = _StepRunner(cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log)
+  steps = _StepRunner(cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log,
+                      put=put, input_state=extra.get("input_state"))
   if on_start is not None:
     on_start()
   log(f"training {total} steps in {len(phases)} phase(s) "
@@ -519,7 +526,8 @@ def _result(state, ident, total, secs, resumed, phases) -> TrainResult:
 
 
 def _initial_state(ck, init_fn, k_init, tc, phases, log):
-  """``(state, resumed step or None)``: the newest intact checkpoint, else a fresh state."""
+  """``(state, resumed step or None, extra)``: the newest intact checkpoint (and the metadata
+  saved with it), else a fresh state."""
   v = init_fn(k_init)
   tx0, _ = make_optimizer(tc, phases[0])
   teacher = (jax.tree.map(jnp.copy, {"params": v["params"], "batch_stats": v["batch_stats"]})
@@ -528,10 +536,10 @@ def _initial_state(ck, init_fn, k_init, tc, phases, log):
                      tx0.init(v["params"]), teacher)
   state, extra, resumed = ck.restore_latest(fresh, warn=log)
   if resumed is None:
-    return fresh, None
+    return fresh, None, {}
   log(f"resumed from {ck.directory}/{resumed} (step {int(state.step)}/"
       f"{sum(p.steps for p in phases)}, data position {extra.get('data_position')})")
-  return state, resumed
+  return state, resumed, extra or {}
 
 
 def _bar_fields(rec: dict) -> dict:
@@ -543,9 +551,11 @@ def _bar_fields(rec: dict) -> dict:
 class _StepRunner:
   """One training step of global step ``s`` for :func:`run_loop`: the phase's compiled step at
   the step's resolution, phase starts (fresh optimiser, teacher, channel re-ordering) and the
-  next host batch prefetched in a thread."""
+  next host batch prefetched in a thread -- or, with ``config.input`` asking for it, from the
+  grain pipeline (``data/pipeline.py``), whose iterator state is saved with each checkpoint."""
 
-  def __init__(self, cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log):
+  def __init__(self, cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log,
+               put=None, input_state=None):
     self.cfg, self.model, self.space, self.dataset = cfg, model, space, dataset
     self.phases, self.res_list, self.lc_base, self.k_steps, self.log = (
         phases, res_list, lc_base, k_steps, log)
@@ -554,6 +564,28 @@ class _StepRunner:
     self.pool = concurrent.futures.ThreadPoolExecutor(1)
     self.next = None
     self.clock = runtime.CompileClock()
+    # -- input pipeline hook (config.input) --
+    self.input = pipeline.settings(cfg)
+    self.batches, self.input_state = None, input_state
+    self.put = put or jax.device_put
+    self.use_grain = pipeline.uses_grain(cfg)
+
+  def grain_batch(self, s):
+    """``(images, labels)`` of step ``s`` from the grain pipeline, started at the checkpoint's
+    iterator state (or at ``s``; again at ``s`` if that state disagrees with the step)."""
+    for state in (self.input_state, None):
+      if self.batches is None:
+        self.batches = pipeline.train_batches(self.cfg, self.dataset, s,
+                                              sum(p.steps for p in self.phases),
+                                              resolutions=self.res_list, put=self.put,
+                                              state=state)
+      step, b = self.batches.next()
+      self.input_state = None
+      if step == s:
+        return b["images"], b["labels"]
+      self.batches.close()
+      self.batches = None
+    raise RuntimeError(f"input pipeline: the batch of step {step} came at step {s}")
 
   def host_batch(self, s):
     tc = self.cfg.train
@@ -561,8 +593,7 @@ class _StepRunner:
                                                                tc.batch_size, s, self.cfg.seed))
 
   def res_at(self, s):
-    rng = np.random.default_rng([self.cfg.seed, 7, s])
-    return self.res_list[int(rng.integers(len(self.res_list)))]
+    return pipeline.step_resolution(self.cfg.seed, self.res_list, s)
 
   def end_of_phase(self, s) -> bool:
     pi, local = phase_at(self.phases, s - 1)
@@ -570,7 +601,10 @@ class _StepRunner:
 
   def extra(self, s) -> dict:
     pi, _ = phase_at(self.phases, s - 1)
-    return {"data_position": s, "phase": self.phases[pi].name, "phase_index": pi}
+    out = {"data_position": s, "phase": self.phases[pi].name, "phase_index": pi}
+    if self.batches is not None:
+      out["input_state"] = self.batches.state()
+    return out
 
   def _start_phase(self, pi, state, tx):
     phase, phases = self.phases[pi], self.phases
@@ -590,8 +624,10 @@ class _StepRunner:
     if (pi, res) not in self.fns:
       tc, ds = self.cfg.train, self.dataset
       lc = LossConfig(distill=self.phases[pi].distill, **self.lc_base)
+      on_device = self.input["augment"] == "pad_crop"  # else cropped + flipped on the host
       aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=res,
-                              pad=tc.augment.pad, flip=tc.augment.flip)
+                              pad=tc.augment.pad if on_device else 0,
+                              flip=tc.augment.flip and on_device)
       self.fns[pi, res] = make_train_step(self.model, self.space, tx, self.phases[pi], lc,
                                           tc.subnet_loop, augment=lambda x, k, f=aug: f(x, key=k))
     return self.fns[pi, res]
@@ -607,11 +643,14 @@ class _StepRunner:
     res = self.res_at(s)
     first = (pi, res) not in self.fns
     fn = self._fn(pi, res, tx)
-    if self.next is None:
-      self.next = self.pool.submit(self.host_batch, s)
-    imgs, labels = self.next.result()
-    total = sum(p.steps for p in self.phases)
-    self.next = self.pool.submit(self.host_batch, s + 1) if s + 1 < total else None
+    if self.use_grain:
+      imgs, labels = self.grain_batch(s)
+    else:
+      if self.next is None:
+        self.next = self.pool.submit(self.host_batch, s)
+      imgs, labels = self.next.result()
+      total = sum(p.steps for p in self.phases)
+      self.next = self.pool.submit(self.host_batch, s + 1) if s + 1 < total else None
     # -- compile time apart from throughput: a program's first step is compile-bound ---------
     if first:
       (state, m), secs = self.clock.timed_first(
@@ -638,3 +677,5 @@ class _StepRunner:
 
   def close(self):
     self.pool.shutdown(wait=False, cancel_futures=True)
+    if self.batches is not None:
+      self.batches.close()

@@ -7,15 +7,20 @@ from the training data (the search only ever looks at it); ``test`` is for repor
 * ``load_digits``: the offline default, scikit-learn's 1,797 real 8x8 handwritten digits
   (they ship inside scikit-learn), upscaled to a size the small-image stem takes.
 * ``load_cifar10_npz``: CIFAR-10 from a local file in the packed JPEG format (``train_jpeg``,
-  ``train_offsets``, ``train_labels``, ``test_*``), decoded once and cached as uint8 arrays.
+  ``train_offsets``, ``train_labels``, ``test_*``), decoded once and cached as uint8 arrays, or
+  (``decode='on_demand'``) kept as JPEG bytes and decoded per read by :class:`PackedJpegSource`,
+  so decoding runs in the input pipeline's workers (``regnas_jax/pipeline.py``).
 * ``load_tfds``: a dataset the user prepared with TensorFlow Datasets, read through
   ``tfds.data_source`` (array_record; TensorFlow itself is not needed).  tfds is imported only
   here.  Images are read lazily, so ImageNet-sized datasets need not fit in memory.
 
 A split is a *source*: ``len(split)`` and ``split.get(indices) -> (images, labels)`` with images
-``(B, S, S, 3)`` uint8 and labels ``(B,)`` int32.  :class:`ArraySource` holds arrays in memory;
-:class:`TfdsSource` decodes on demand.  ``preprocess`` (random crop + flip, resize to the step's
-resolution, normalise) runs on the device and is deterministic given its key.
+``(B, S, S, 3)`` uint8 and labels ``(B,)`` int32; ``split.raw(i) -> (image (H, W, 3) uint8,
+label)`` is one example as stored (any size: what a random-resized crop starts from).
+:class:`ArraySource` holds arrays in memory; :class:`PackedJpegSource` and :class:`TfdsSource`
+decode on demand.  ``preprocess`` (random crop + flip, resize to the step's resolution,
+normalise) runs on the device and is deterministic given its key; ``eval_batches`` streams a split
+as fixed-size normalised batches, so scoring never holds a whole split as float32.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from regnas_jax.errors import DataError  # (also reachable as data.DataError)
 class Source(Protocol):
   def __len__(self) -> int: ...
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+  def raw(self, index: int) -> tuple[np.ndarray, int]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,9 @@ class ArraySource:
     indices = np.asarray(indices)
     return self.images[indices], self.labels[indices]
 
+  def raw(self, index):
+    return self.images[int(index)], int(self.labels[int(index)])
+
 
 @dataclasses.dataclass(frozen=True)
 class SubsetSource:
@@ -64,6 +73,9 @@ class SubsetSource:
 
   def get(self, indices):
     return self.base.get(self.indices[np.asarray(indices)])
+
+  def raw(self, index):
+    return self.base.raw(self.indices[int(index)])
 
 
 class Dataset(NamedTuple):
@@ -144,23 +156,30 @@ _NPZ_KEYS = ("train_jpeg", "train_offsets", "train_labels", "test_jpeg", "test_o
              "test_labels")
 
 
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, where: str) -> np.ndarray:
+def _decode_one(jpeg: np.ndarray, i: int, where: str) -> np.ndarray:
+  """One JPEG (a 1-D uint8 array) as ``(H, W, 3)`` uint8 RGB; PIL's faults as one DataError."""
   import io
 
   from PIL import Image
 
-  out = []
-  for i in range(len(offsets) - 1):
-    try:
-      with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())) as im:
-        out.append(np.asarray(im.convert("RGB"), np.uint8))
-    except Exception as e:  # noqa: BLE001 - PIL raises several types for bad data
-      raise DataError(f"{where}: image {i} cannot be decoded ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
-  shapes = {a.shape for a in out}
-  if len(shapes) != 1:
+  try:
+    with Image.open(io.BytesIO(jpeg.tobytes())) as im:
+      return np.asarray(im.convert("RGB"), np.uint8)
+  except Exception as e:  # noqa: BLE001 - PIL raises several types for bad data
+    raise DataError(f"{where}: image {i} cannot be decoded ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _stack(images: list, where: str) -> np.ndarray:
+  shapes = {a.shape for a in images}
+  if len(shapes) > 1:
     raise DataError(f"{where}: images of different shapes in one split: {sorted(shapes)[:3]}")
-  return np.stack(out)
+  return np.stack(images)
+
+
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, where: str) -> np.ndarray:
+  return _stack([_decode_one(blob[offsets[i]:offsets[i + 1]], i, where)
+                 for i in range(len(offsets) - 1)], where)
 
 
 def _file_key(path: str) -> str:
@@ -243,10 +262,67 @@ def decode_packed_jpeg(path: str, cache_dir: str | None = None, num_classes: int
   return tuple(out)
 
 
+_PACKED: dict = {}   # (path, split) -> (jpeg bytes, offsets, labels), read once per process
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedJpegSource:
+  """One split (``'train'`` / ``'test'``) of a packed JPEG file, decoded image by image on read.
+
+  It holds only the path and the split's name, so it pickles cheaply to the input pipeline's
+  worker processes; each process reads the split's compressed bytes (about 25 MB per CIFAR-10
+  split) once, on first use.  The pixels are exactly those of :func:`decode_packed_jpeg`.
+  """
+  path: str
+  split: str
+  num_classes: int = 10
+
+  def _arrays(self):
+    key = (self.path, self.split)
+    if key not in _PACKED:
+      names = [f"{self.split}_{k}" for k in ("jpeg", "offsets", "labels")]
+      arrays = _read_npz(self.path, names, "config.data.path")
+      _check_split(arrays, self.split, self.path, self.num_classes)
+      _PACKED[key] = (arrays[names[0]], arrays[names[1]], arrays[names[2]].astype(np.int32))
+    return _PACKED[key]
+
+  def __len__(self) -> int:
+    return len(self._arrays()[2])
+
+  def raw(self, index):
+    blob, off, labels = self._arrays()
+    i = int(index)
+    return (_decode_one(blob[off[i]:off[i + 1]], i, f"config.data.path: {self.path}: {self.split}"),
+            int(labels[i]))
+
+  def get(self, indices):
+    pairs = [self.raw(i) for i in np.asarray(indices).reshape(-1)]
+    return (_stack([p[0] for p in pairs], f"config.data.path: {self.path}: {self.split}"),
+            np.asarray([p[1] for p in pairs], np.int32))
+
+
+DECODES = ("once", "on_demand")
+
+
 def load_cifar10_npz(path: str, val_size: int = 5000, seed: int = 0,
-                     cache_dir: str | None = None) -> Dataset:
-  """CIFAR-10 from the packed JPEG file at ``path``; ``val_size`` holdout images from train."""
-  tr_x, tr_y, te_x, te_y = decode_packed_jpeg(os.fspath(path), cache_dir)
+                     cache_dir: str | None = None, decode: str = "once") -> Dataset:
+  """CIFAR-10 from the packed JPEG file at ``path``; ``val_size`` holdout images from train.
+
+  ``decode='once'`` decodes the whole file into uint8 arrays (cached, see
+  :func:`decode_packed_jpeg`); ``'on_demand'`` keeps the JPEG bytes and decodes per read (the
+  same pixels; what the grain pipeline's workers parallelise).
+  """
+  if decode not in DECODES:
+    raise DataError(f"config.input.decode: {decode!r} is not one of {DECODES}")
+  path = os.fspath(path)
+  if decode == "on_demand":
+    if not os.path.isfile(path):
+      raise DataError(f"config.data.path: no such file: {path}")
+    full, test = PackedJpegSource(path, "train"), PackedJpegSource(path, "test")
+    tr, va = holdout_split(len(full), val_size, seed)
+    return Dataset("cifar10", SubsetSource(full, tr), SubsetSource(full, va), test, 10,
+                   full.raw(0)[0].shape[0], CIFAR10_MEAN, CIFAR10_STD)
+  tr_x, tr_y, te_x, te_y = decode_packed_jpeg(path, cache_dir)
   tr, va = holdout_split(len(tr_y), val_size, seed)
   return Dataset("cifar10", ArraySource(tr_x[tr], tr_y[tr]), ArraySource(tr_x[va], tr_y[va]),
                  ArraySource(te_x, te_y), 10, tr_x.shape[1], CIFAR10_MEAN, CIFAR10_STD)
@@ -286,6 +362,13 @@ class TfdsSource:
 
   def __len__(self) -> int:
     return len(self.records)
+
+  def raw(self, index):
+    """The stored image (any size, RGB) and its label, for host-side random-resized crops."""
+    r = self.records[int(index)]
+    img = np.asarray(r[self.image_key], np.uint8)
+    img = img[..., None] if img.ndim == 2 else img
+    return (np.repeat(img, 3, -1) if img.shape[-1] == 1 else img), int(r[self.label_key])
 
   def get(self, indices):
     recs = [self.records[int(i)] for i in np.asarray(indices)]
@@ -361,6 +444,25 @@ def preprocess(images, mean, std, *, resolution: int, key=None, pad: int = 0, fl
   if (h, w) != (resolution, resolution):
     x = jax.image.resize(x, (b, resolution, resolution, c), "bilinear", antialias=True)
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def eval_batches(src, resolution: int, mean, std, batch_size: int):
+  """The split ``src`` streamed as ``(start, count, x, y)``: ``x`` normalised float32
+  ``(batch_size, R, R, 3)`` on the device (the last batch padded with zero images, so one
+  compiled program serves every batch), ``y`` the ``count`` int32 labels.
+
+  Only one batch is decoded and preprocessed at a time, so host and device memory are bounded by
+  the batch, not the split.  The pixels equal :func:`eval_images`' (same ``preprocess``, per
+  image).
+  """
+  n = len(src)
+  b = min(int(batch_size), n)
+  for start in range(0, n, b):
+    x, y = src.get(np.arange(start, min(start + b, n)))
+    count = len(y)
+    if count < b:
+      x = np.concatenate([x, np.zeros((b - count,) + x.shape[1:], x.dtype)])
+    yield start, count, preprocess(x, mean, std, resolution=resolution), y
 
 
 def eval_images(src, resolution: int, mean, std, batch_size: int = 1024):

@@ -1,0 +1,112 @@
+"""Input pipeline benchmark: grain throughput on the packed-JPEG CIFAR-10 file, and the peak host
+memory of scoring its test split whole (before) vs streamed (now).
+
+  python benchmarks/input_pipeline.py --path ../shared/data/cifar10/cifar10_jpeg.npz
+
+Throughput: training batches (batch 64, JPEG decoding on demand) per second from
+``data.pipeline.TrainBatches`` with 0 workers (a thread in this process: the baseline), 1 and 2
+worker processes, for today's augmentation (decode only; the crop runs on the device) and the
+host-side Inception crop at 32 px.  Memory: each case runs in a fresh process and reports its
+peak RSS during scoring (``VmHWM``, reset just before) minus its RSS then, for 2,500 and 10,000 test images.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def rss_mb() -> float:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def throughput(path, workers, augment, batches, batch=64):
+  from regnas_jax import data
+  from regnas_jax.data import pipeline
+
+  ds = data.load_cifar10_npz(path, 5000, decode="on_demand")
+  maker = pipeline.BatchMaker(ds.train, batch, 0, augment, (32,))
+  tb = pipeline.TrainBatches(maker, 0, batches + 2, workers=workers, prefetch=4)
+  tb.next(), tb.next()   # workers started, first batches out
+  t = time.perf_counter()
+  for _ in range(batches):
+    tb.next()
+  secs = time.perf_counter() - t
+  tb.close()
+  return batches * batch / secs
+
+
+def memory_case(path, n, mode) -> dict:
+  """Run in a child: score a 2-member population on ``n`` test images, whole or streamed."""
+  import jax
+
+  from regnas_jax import data, evaluate
+  from regnas_jax.nn import OFAMobileNetV3
+  from regnas_jax.nn.common import init_variables
+  from regnas_jax.spaces import OFAMobileNetV3Space
+  import ml_collections
+
+  sp = OFAMobileNetV3Space(width_mult=0.5, stem="small", num_classes=10, resolutions=(16,))
+  net = OFAMobileNetV3(sp)
+  v = init_variables(net, jax.random.key(0))
+  ds = data.load_cifar10_npz(path, 5000)
+  score = ml_collections.ConfigDict(dict(block_size=2, chunk_size=1, batch_size=500,
+                                         max_images=n))
+  sc = evaluate.Scorer(net, sp, v, ds, score, calib_images=500, calib_batch_size=250, seed=0)
+  pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(1), 2))
+  st = sc.stats(pop)   # calibration done and compiled outside the measured part
+  with open("/proc/self/clear_refs", "w") as f:   # reset the peak (VmHWM) to the current RSS
+    f.write("5")
+  before = rss_mb()
+  if mode == "whole":   # the previous Scorer: the split preprocessed whole, kept on the device
+    x, y = data.eval_images(sc.source("test"), 16, ds.mean, ds.std)
+    x = jax.device_put(x)
+    pred = evaluate.population_predictions(net, sc.variables["params"], st, pop, x,
+                                           block_size=2, chunk_size=1, batch_size=500)
+    ok = pred == y[None]
+  else:
+    ok = sc.correct(pop, "test")
+  with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+  return {"n": n, "mode": mode, "before_mb": before, "peak_mb": peak, "ok": int(ok.sum())}
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--path", default=os.environ.get(
+      "REGNAS_CIFAR10_NPZ", "../shared/data/cifar10/cifar10_jpeg.npz"))
+  p.add_argument("--batches", type=int, default=40)
+  p.add_argument("--memory-case", nargs=2)
+  a = p.parse_args()
+  if a.memory_case:
+    print(json.dumps(memory_case(a.path, int(a.memory_case[0]), a.memory_case[1])))
+    return
+
+  print("| augmentation | workers | images/s | vs 0 workers |\n|---|---|---|---|")
+  for augment in ("pad_crop", "inception"):
+    base = None
+    for w in (0, 1, 2):
+      ips = throughput(a.path, w, augment, a.batches)
+      base = base or ips
+      print(f"| {augment} | {w} | {ips:,.0f} | {ips / base:.2f}x |", flush=True)
+
+  print("\n| scoring the test split | images | peak RSS - RSS before scoring (MB) | "
+        "vs whole, 2,500 |\n|---|---|---|---|")
+  ref = None
+  for mode in ("whole", "streamed"):
+    for n in (2500, 10000):
+      out = subprocess.run([sys.executable, __file__, "--path", a.path, "--memory-case", str(n),
+                            mode], capture_output=True, text=True, check=True)
+      r = json.loads(out.stdout.strip().splitlines()[-1])
+      grow = r["peak_mb"] - r["before_mb"]
+      ref = ref or grow
+      print(f"| {mode} | {n:,} | {grow:,.0f} | {grow / ref:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

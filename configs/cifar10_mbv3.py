@@ -23,13 +23,14 @@ import ml_collections
 
 from regnas_jax.defaults import (apply_smoke, data_defaults, experiment_defaults, runtime_defaults,
                                  score_defaults, search_defaults, supernet_defaults, train_defaults)
-from regnas_jax.defaults import input_defaults
+from regnas_jax.defaults import input_defaults, mesh_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "cifar10_mbv3"
   c.seed = 0
+  c.mesh = mesh_defaults()
   c.space = ml_collections.ConfigDict(dict(
       name="ofa_mbv3", width_mult=1.0, stem="small", num_classes=10, resolutions=(24, 28, 32),
       kernel_choices=(3, 5, 7), expand_choices=(3, 4, 6), depth_choices=(2, 3, 4)))

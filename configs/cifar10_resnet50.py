@@ -13,13 +13,14 @@ import ml_collections
 
 from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
                                  search_defaults, supernet_defaults, train_defaults)
-from regnas_jax.defaults import input_defaults
+from regnas_jax.defaults import input_defaults, mesh_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "cifar10_resnet50"
   c.seed = 0
+  c.mesh = mesh_defaults()
   c.space = ml_collections.ConfigDict(dict(
       name="ofa_resnet50", width_mult=1.0, stem="small", num_classes=10, resolutions=(24, 28, 32),
       base_depths=(2, 2, 4, 2), depth_choices=(0, 1, 2), expand_choices=(0.2, 0.25, 0.35),

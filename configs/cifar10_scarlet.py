@@ -18,7 +18,7 @@ import ml_collections
 from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, runtime_defaults,
                                  scarlet_variants, score_defaults, supernet_defaults,
                                  train_defaults)
-from regnas_jax.defaults import input_defaults
+from regnas_jax.defaults import input_defaults, mesh_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = f"cifar10_scarlet_{s}" + ("_no_els" if "no_els" in tokens else "")
   c.seed = 0
+  c.mesh = mesh_defaults()
   c.space = ml_collections.ConfigDict(dict(
       name=f"scarlet_{s}", width_mult=1.0, stem="small", num_classes=10, resolutions=(32,),
       els="no_els" not in tokens, expand_choices=(3, 6), kernel_choices=(3, 5, 7)))

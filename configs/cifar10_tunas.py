@@ -18,7 +18,7 @@ import ml_collections
 
 from regnas_jax.defaults import (apply_smoke, data_defaults, runtime_defaults, score_defaults,
                                  supernet_defaults, train_defaults, tunas_defaults, tunas_variants)
-from regnas_jax.defaults import input_defaults
+from regnas_jax.defaults import input_defaults, mesh_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = f"cifar10_tunas_{space}" + ("_latency" if "latency" in tokens else "")
   c.seed = 0
+  c.mesh = mesh_defaults()
   c.space = ml_collections.ConfigDict(dict(
       name=space, width_mult=1.0, stem="small", num_classes=10, resolutions=(32,)))
   c.supernet = supernet_defaults(depthwise_impl="auto", dtype="float32",

@@ -17,7 +17,7 @@ import ml_collections
 from regnas_jax.defaults import (apply_smoke, data_defaults, nsga2_defaults, runtime_defaults,
                                  scarlet_variants, score_defaults, supernet_defaults,
                                  train_defaults)
-from regnas_jax.defaults import input_defaults
+from regnas_jax.defaults import input_defaults, mesh_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = f"digits_scarlet_{s}" + ("_no_els" if "no_els" in v else "")
   c.seed = 0
+  c.mesh = mesh_defaults()
   c.space = ml_collections.ConfigDict(dict(
       name=f"scarlet_{s}", width_mult=0.25, stem="small", num_classes=10, resolutions=(8,),
       els="no_els" not in v, expand_choices=(3, 6), kernel_choices=(3, 5, 7)))

@@ -34,7 +34,7 @@ import os
 import ml_collections
 
 from regnas_jax.defaults import runtime_defaults, score_defaults, search_defaults, train_defaults
-from regnas_jax.defaults import input_defaults
+from regnas_jax.defaults import input_defaults, mesh_defaults
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
                         "fixtures")
@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "imagenet_ofa_mbv3"
   c.seed = 0
+  c.mesh = mesh_defaults()
   c.space = ml_collections.ConfigDict(dict(
       name="ofa_mbv3", width_mult=1.2, stem="imagenet", num_classes=1000,
       resolutions=(160, 176, 192, 208, 224), kernel_choices=(3, 5, 7), expand_choices=(3, 4, 6),

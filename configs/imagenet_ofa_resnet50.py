@@ -29,7 +29,7 @@ import os
 import ml_collections
 
 from regnas_jax.defaults import runtime_defaults, score_defaults, search_defaults, train_defaults
-from regnas_jax.defaults import input_defaults
+from regnas_jax.defaults import input_defaults, mesh_defaults
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
                         "fixtures")
@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "imagenet_ofa_resnet50"
   c.seed = 0
+  c.mesh = mesh_defaults()
   c.space = ml_collections.ConfigDict(dict(
       name="ofa_resnet50", width_mult=1.0, stem="imagenet", num_classes=1000,
       resolutions=(128, 144, 160, 176, 192, 208, 224), base_depths=(2, 2, 4, 2),

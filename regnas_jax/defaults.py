@@ -151,6 +151,16 @@ def runtime_defaults() -> ml_collections.ConfigDict:
   ))
 
 
+def mesh_defaults() -> ml_collections.ConfigDict:
+  """Devices of a run (regnas_jax/parallel.py): ``devices`` 0 = all, n = the first n;
+  ``params`` 'replicate' | 'fsdp' (split large arrays over the devices); ``coordinator``
+  'host:port' of process 0 with ``num_processes``/``process_id`` (-1: from the environment) for a
+  multi-host run through ``jax.distributed``.  Not part of any identity: a checkpoint resumes on
+  another mesh."""
+  return ml_collections.ConfigDict(dict(devices=0, params="replicate", fsdp_min_size=2 ** 16,
+                                        coordinator="", num_processes=-1, process_id=-1))
+
+
 def experiment_defaults() -> ml_collections.ConfigDict:
   """REG-NAS's tables on one supernet (``python -m regnas_jax.experiments.regnas_tables``)."""
   return ml_collections.ConfigDict(dict(

@@ -38,7 +38,7 @@ import optax
 
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
-from regnas_jax import fs, persist, runtime
+from regnas_jax import fs, parallel, persist, runtime
 from regnas_jax.data import pipeline
 from regnas_jax.errors import ConfigError
 from regnas_jax.nn.common import init_variables
@@ -353,13 +353,16 @@ class TrainState(NamedTuple):
 
 
 def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = "vmap", *,
-                    augment: Callable | None = None):
+                    augment: Callable | None = None, shardings: Any = None):
   """A jit-compiled ``step(state, images, labels, base_key) -> (state, metrics)`` for one phase.
 
   ``augment(images, key) -> inputs`` (e.g. :func:`data.preprocess` with the step's resolution)
   runs inside the compiled step, so a step dispatches one program and nothing else; all
   randomness comes from ``step_key(base_key, state.step)``.  Without ``augment`` the images
-  are used as given.
+  are used as given.  ``shardings`` (a tree of ``NamedSharding`` shaped like the state, see
+  :func:`regnas_jax.parallel.state_shardings`) keeps the new state where the old one lives; the
+  batch may be split over the mesh (the compiler then averages gradients and BN moments across
+  it, so the result is the one-device step's).
   """
   max_arch = space.max_arch()
 
@@ -379,6 +382,8 @@ def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = 
     acc = (jnp.argmax(logits, -1) == labels[None]).mean(-1)
     new = TrainState(state.step + 1, params, merge_batch_stats(state.batch_stats, stats),
                      opt_state, state.teacher)
+    if shardings is not None:
+      new = jax.lax.with_sharding_constraint(new, shardings)
     return new, {"loss": losses.sum(), "losses": losses, "acc": acc,
                  "grad_norm": optax.global_norm(grads)}
 
@@ -479,12 +484,15 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
                  kd_ratio=float(tc.kd_ratio), student_label_loss=bool(tc.student_label_loss))
   n_train = len(dataset.train)
   data_lib.epoch_batch_indices(n_train, tc.batch_size, 0, cfg.seed)  # validates batch size
+  mc = parallel.mesh_config(cfg)
+  mesh = parallel.make_mesh(mc)
+  parallel.check_batch(tc.batch_size, mesh, "config.train.batch_size")
 
   ident = identity(cfg, space, phases, init_identity)
   ck = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), ident,
                              max_to_keep=tc.max_to_keep)
   k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
-  state, resumed, extra = _initial_state(ck, init_fn, k_init, tc, phases, log)
+  state, resumed, extra = _initial_state(ck, init_fn, k_init, tc, phases, log, mesh, mc)
   start = int(state.step)
   metrics = MetricsLog(fs.join(workdir, "metrics.jsonl"), runtime.tensorboard_dir(cfg, workdir))
   metrics.truncate_after(start)   # lines of steps after the checkpoint (or of an older run)
@@ -493,7 +501,7 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
     return _result(state, ident, total, 0.0, resumed, phases)
 
   steps = _StepRunner(cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log,
-                      put=put, input_state=extra.get("input_state"))
+                      mesh, mc, put=put, input_state=extra.get("input_state"))
   if on_start is not None:
     on_start()
   log(f"training {total} steps in {len(phases)} phase(s) "
@@ -525,15 +533,17 @@ def _result(state, ident, total, secs, resumed, phases) -> TrainResult:
   return TrainResult(v, total, secs, resumed, phases, fp)
 
 
-def _initial_state(ck, init_fn, k_init, tc, phases, log):
+def _initial_state(ck, init_fn, k_init, tc, phases, log, mesh, mc):
   """``(state, resumed step or None, extra)``: the newest intact checkpoint (and the metadata
-  saved with it), else a fresh state."""
+  saved with it), else a fresh state; laid out on ``mesh`` as ``config.mesh`` says (a
+  checkpoint restores straight into that layout)."""
   v = init_fn(k_init)
   tx0, _ = make_optimizer(tc, phases[0])
   teacher = (jax.tree.map(jnp.copy, {"params": v["params"], "batch_stats": v["batch_stats"]})
              if any(p.distill == "teacher" for p in phases) else None)
   fresh = TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
                      tx0.init(v["params"]), teacher)
+  fresh = parallel.place(fresh, parallel.state_shardings(fresh, mesh, mc))
   state, extra, resumed = ck.restore_latest(fresh, warn=log)
   if resumed is None:
     return fresh, None, {}
@@ -555,8 +565,9 @@ class _StepRunner:
   grain pipeline (``data/pipeline.py``), whose iterator state is saved with each checkpoint."""
 
   def __init__(self, cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log,
-               put=None, input_state=None):
+               mesh, mc, put=None, input_state=None):
     self.cfg, self.model, self.space, self.dataset = cfg, model, space, dataset
+    self.mesh, self.mc = mesh, mc
     self.phases, self.res_list, self.lc_base, self.k_steps, self.log = (
         phases, res_list, lc_base, k_steps, log)
     self.fns: dict[tuple, Any] = {}
@@ -567,7 +578,7 @@ class _StepRunner:
     # -- input pipeline hook (config.input) --
     self.input = pipeline.settings(cfg)
     self.batches, self.input_state = None, input_state
-    self.put = put or jax.device_put
+    self.put = put or (lambda b: parallel.put_batch(b, mesh))
     self.use_grain = pipeline.uses_grain(cfg)
 
   def grain_batch(self, s):
@@ -588,9 +599,11 @@ class _StepRunner:
     raise RuntimeError(f"input pipeline: the batch of step {step} came at step {s}")
 
   def host_batch(self, s):
+    """Step ``s``'s batch as global arrays split over the mesh (each process reads its part)."""
     tc = self.cfg.train
-    return self.dataset.train.get(data_lib.epoch_batch_indices(len(self.dataset.train),
-                                                               tc.batch_size, s, self.cfg.seed))
+    idx = data_lib.epoch_batch_indices(len(self.dataset.train), tc.batch_size, s, self.cfg.seed)
+    return parallel.put_batch(self.dataset.train.get(idx[parallel.process_slice(len(idx))]),
+                              self.mesh)
 
   def res_at(self, s):
     return pipeline.step_resolution(self.cfg.seed, self.res_list, s)
@@ -618,9 +631,10 @@ class _StepRunner:
       params, stats = v["params"], v["batch_stats"]
       self.log(f"phase {phase.name}: channels re-ordered by importance "
                f"(kept widths of expand {list(phase.reorder_keep)})")
-    return TrainState(state.step, params, stats, tx.init(params), teacher)
+    new = TrainState(state.step, params, stats, tx.init(params), teacher)
+    return jax.device_put(new, parallel.state_shardings(new, self.mesh, self.mc))
 
-  def _fn(self, pi, res, tx):
+  def _fn(self, pi, res, tx, state):
     if (pi, res) not in self.fns:
       tc, ds = self.cfg.train, self.dataset
       lc = LossConfig(distill=self.phases[pi].distill, **self.lc_base)
@@ -629,7 +643,9 @@ class _StepRunner:
                               pad=tc.augment.pad if on_device else 0,
                               flip=tc.augment.flip and on_device)
       self.fns[pi, res] = make_train_step(self.model, self.space, tx, self.phases[pi], lc,
-                                          tc.subnet_loop, augment=lambda x, k, f=aug: f(x, key=k))
+                                          tc.subnet_loop, augment=lambda x, k, f=aug: f(x, key=k),
+                                          shardings=parallel.state_shardings(state, self.mesh,
+                                                                             self.mc))
     return self.fns[pi, res]
 
   def __call__(self, s, state):
@@ -642,7 +658,7 @@ class _StepRunner:
       state = self._start_phase(pi, state, tx)
     res = self.res_at(s)
     first = (pi, res) not in self.fns
-    fn = self._fn(pi, res, tx)
+    fn = self._fn(pi, res, tx, state)
     if self.use_grain:
       imgs, labels = self.grain_batch(s)
     else:

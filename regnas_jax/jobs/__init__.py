@@ -14,7 +14,7 @@ Nothing is written to the work dir before the whole config (and the dataset) che
 
 from __future__ import annotations
 
-from regnas_jax import fs, persist, runtime, stopping, training
+from regnas_jax import fs, parallel, persist, runtime, stopping, training
 from regnas_jax.errors import ConfigError, StateError
 from regnas_jax.jobs import build, family, nsga2, supernet, tunas
 from regnas_jax.jobs.base import (JOBS, STAGES, Job, JobContext, get_job, log_line,
@@ -28,7 +28,10 @@ def prepare(cfg, workdir: str, stop_after: str = "search", log=log_line):
   job = get_job(cfg.search.algorithm)
   build.check_common(cfg)
   runtime.check(cfg)
+  mesh_cfg = parallel.mesh_config(cfg)
   runtime.setup(cfg, log)   # before the first compile (the compilation cache)
+  parallel.initialize(mesh_cfg, log)   # a multi-host run: before any device is touched
+  parallel.make_mesh(mesh_cfg)         # (checks config.mesh.devices)
   space = build.build_space(cfg)
   net = build.build_supernet(cfg, space)
   if cfg.train.method in training.METHODS and cfg.train.steps:   # 0 steps: imported weights as is

@@ -166,3 +166,42 @@ def test_invalid_choices_are_never_sampled_and_never_learned():
   lg = np.asarray(st.logits["filters"])
   assert np.all(lg[~mask] == tunas.INVALID_LOGIT) and np.all(np.isfinite(lg))
   assert np.abs(lg[mask]).max() > 0   # valid logits moved
+
+
+def test_sharded_update_is_the_mean_of_the_shards_reinforce_gradients():
+  """Three shards, each with its own architecture and reward: the policy moves by one Adam
+  (b1 = 0) step on the mean of ``-(r_s - b) * d log p(a_s)``, written out here by hand, and the
+  baseline takes in the mean reward."""
+  cfg = tunas.ControllerConfig(learning_rate=0.01, delay_fraction=0.0)
+  st = tunas.init(SP, cfg)
+  st = st._replace(baseline_num=jnp.float32(0.02), baseline_den=jnp.float32(0.05))  # b = 0.4
+  adam = st.opt_state[0]   # second moments of 1 so far: the step is linear in the gradient
+  st = st._replace(opt_state=(adam._replace(nu=jax.tree.map(jnp.ones_like, adam.nu)),)
+                   + tuple(st.opt_state[1:]))
+  archs = jax.vmap(lambda k: tunas.sample(SP, st.logits, k))(jax.random.split(jax.random.key(3), 3))
+  rewards = np.array([0.2, 0.9, 0.5], np.float32)
+  new, m = tunas.update_shards(SP, st, archs, rewards, 100, cfg)
+
+  grads = []
+  for s in range(3):
+    a = jax.tree.map(lambda x: x[s], archs)
+    g = jax.grad(lambda lg: tunas.log_prob(SP, lg, a))(st.logits)
+    grads.append(jax.tree.map(lambda t: -(rewards[s] - 0.4) * np.asarray(t), g))
+  g = jax.tree.map(lambda *t: np.mean(t, 0), *grads)
+  # Adam's first step with b1 = 0 (m = g) and nu = 1 before it:
+  # v = b2 + (1 - b2) g^2, v_hat = v / (1 - b2), step -lr g / (sqrt(v_hat) + eps).
+  v_hat = jax.tree.map(lambda gg: (cfg.beta2 + (1 - cfg.beta2) * gg ** 2) / (1 - cfg.beta2), g)
+  want = jax.tree.map(lambda lg, gg, v: np.asarray(lg) - 0.01 * gg / (np.sqrt(v) + cfg.eps),
+                      st.logits, g, v_hat)
+  for f in want:
+    np.testing.assert_allclose(np.asarray(new.logits[f]), want[f], rtol=1e-5, atol=1e-6)
+  assert any(np.abs(want[f] - np.asarray(st.logits[f])).max() > 1e-5 for f in want)
+  b = (0.95 * 0.02 + 0.05 * rewards.mean()) / (0.95 * 0.05 + 0.05)
+  np.testing.assert_allclose(float(tunas.baseline(new)), b, rtol=1e-6)
+  np.testing.assert_allclose(float(m["advantage"]), rewards.mean() - 0.4, rtol=1e-5)
+  # one shard: the single-architecture update
+  one, _ = tunas.update(SP, st, jax.tree.map(lambda x: x[1], archs), rewards[1], 100, cfg)
+  solo, _ = tunas.update_shards(SP, st, jax.tree.map(lambda x: x[1:2], archs), rewards[1:2],
+                                100, cfg)
+  for f in want:
+    np.testing.assert_array_equal(np.asarray(one.logits[f]), np.asarray(solo.logits[f]))

@@ -210,22 +210,37 @@ def update(space, state: ControllerState, arch, rew, total_steps: int,
   The advantage is ``rew`` minus the baseline of the *previous* rewards (then the baseline takes
   ``rew`` in); with a zero learning rate (the delay) the policy does not move but the baseline
   still learns.  Returns ``(state, metrics)``; pure, jit it with ``space``/``total_steps``/
-  ``cfg`` static.
+  ``cfg`` static.  :func:`update_shards` with one shard.
   """
-  adv = jax.lax.stop_gradient(rew - baseline(state))
+  return update_shards(space, state, jax.tree.map(lambda x: jnp.asarray(x)[None], arch),
+                       jnp.asarray(rew)[None], total_steps, cfg)
+
+
+def update_shards(space, state: ControllerState, archs, rewards, total_steps: int,
+                  cfg: ControllerConfig = ControllerConfig()):
+  """One REINFORCE step from ``S`` shards, as TuNAS runs on ``S`` accelerator cores: shard
+  ``s`` sampled ``archs[s]`` and measured ``rewards[s]`` (``(S,)``) on its own slice of the RL
+  batch.  Each shard's advantage is its reward minus the shared baseline of previous steps; the
+  policy gradient is the mean of the shards' gradients (a cross-replica mean) and the baseline
+  takes in the mean reward.  Returns ``(state, metrics)`` (metrics averaged over the shards).
+  """
+  rewards = jnp.asarray(rewards, jnp.float32)
+  adv = jax.lax.stop_gradient(rewards - baseline(state))
 
   def loss(lg):
-    obj = adv * log_prob(space, lg, arch, cfg.temperature)
-    if cfg.entropy_weight:
-      obj = obj + cfg.entropy_weight * entropy(space, lg, arch, cfg.temperature)
-    return -obj
+    def one(arch, a):
+      obj = a * log_prob(space, lg, arch, cfg.temperature)
+      if cfg.entropy_weight:
+        obj = obj + cfg.entropy_weight * entropy(space, lg, arch, cfg.temperature)
+      return -obj
+    return jax.vmap(one)(archs, adv).mean()
 
   grads = jax.grad(loss)(state.logits)
   lr = rl_learning_rate(state.step, total_steps, cfg)
   updates, opt_state = _adam(cfg, lr).update(grads, state.opt_state, state.logits)
-  m = cfg.baseline_momentum
+  m, r = cfg.baseline_momentum, rewards.mean()
   new = ControllerState(optax.apply_updates(state.logits, updates), opt_state,
-                        m * state.baseline_num + (1 - m) * rew, m * state.baseline_den + (1 - m),
+                        m * state.baseline_num + (1 - m) * r, m * state.baseline_den + (1 - m),
                         state.step + 1)
-  return new, {"advantage": adv, "lr": lr, "baseline": baseline(new),
-               "entropy": entropy(space, state.logits, arch, cfg.temperature)}
+  ent = jax.vmap(lambda a: entropy(space, state.logits, a, cfg.temperature))(archs).mean()
+  return new, {"advantage": adv.mean(), "lr": lr, "baseline": baseline(new), "entropy": ent}

@@ -1,6 +1,8 @@
 """Helpers shared by the tests (imported as ``helpers``: pytest puts tests/ on the path).  The
 contract tests' configurations and shared supernet programs are in ``contract.py``."""
 
+import os
+
 import jax
 
 from regnas_jax.spaces import base as _base
@@ -9,6 +11,13 @@ from regnas_jax.spaces import base as _base
 def flat(tree):
   """{'path': leaf} of a pytree."""
   return {jax.tree_util.keystr(p): x for p, x in jax.tree.flatten_with_path(tree)[0]}
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The packed-JPEG CIFAR-10 file: $REGNAS_CIFAR10_NPZ, else where the project's machines keep it
+# (beside the checkout); tests that need it skip when neither exists.
+CIFAR10_NPZ = os.environ.get("REGNAS_CIFAR10_NPZ") or os.path.join(
+    ROOT, "..", "shared", "data", "cifar10", "cifar10_jpeg.npz")
 
 
 class ToySpaceBase(_base.SearchSpace):

@@ -95,10 +95,10 @@ def test_packed_jpeg_errors_name_the_problem(tmp_path):
     data.load_cifar10_npz(str(partial))
 
 
-@pytest.mark.skipif(not os.environ.get("REGNAS_CIFAR10_NPZ"),
-                    reason="set REGNAS_CIFAR10_NPZ to the packed CIFAR-10 file to run")
+@pytest.mark.skipif(not os.path.isfile(helpers.CIFAR10_NPZ),
+                    reason=f"no packed CIFAR-10 file at {helpers.CIFAR10_NPZ} (set REGNAS_CIFAR10_NPZ)")
 def test_real_cifar10_file():
-  ds = data.load_cifar10_npz(os.environ["REGNAS_CIFAR10_NPZ"], val_size=5000)
+  ds = data.load_cifar10_npz(helpers.CIFAR10_NPZ, val_size=5000)
   assert (len(ds.train), len(ds.val), len(ds.test)) == (45000, 5000, 10000)
   assert ds.train.images.shape[1:] == (32, 32, 3)
   assert np.bincount(ds.test.labels).tolist() == [1000] * 10

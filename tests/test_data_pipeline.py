@@ -18,8 +18,7 @@ from regnas_jax.defaults import data_defaults, input_defaults, train_defaults
 from regnas_jax.training import supernet as train_sn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR = os.environ.get("REGNAS_CIFAR10_NPZ") or os.path.join(
-    ROOT, "..", "shared", "data", "cifar10", "cifar10_jpeg.npz")
+CIFAR = helpers.CIFAR10_NPZ
 
 
 @pytest.fixture(scope="module")

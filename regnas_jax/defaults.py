@@ -232,6 +232,11 @@ def tunas_defaults() -> ml_collections.ConfigDict:
       warmup_fraction=0.25,       # filter / op warmup probability 1 -> 0 over this share
       filter_warmup=True, op_warmup=True,
       val_batch_size=256,         # Q: accuracy on one validation batch per step
+      rl_batch_size_multiplier=0,  # >0: the RL batch is this x train.batch_size (TuNAS: 4)
+      shards=1,                   # archs sampled per step, one per slice of both batches
+                                  # (TuNAS: one per core; 0 = one per device of the mesh)
+      scale_lr_by_batch=False,    # True: train.lr and rl_learning_rate are per 256 images
+                                  # and scaled by train.batch_size / 256 (TuNAS)
       random_samples=4,           # random-search baseline: archs inside the cost window
       random_window=0.05,         # the window: target * [1 - w, 1 + w]
       random_tries=200_000,       # uniform draws at most

@@ -119,7 +119,15 @@ def test_config_errors_name_the_key(tmp_path):
          ({"search.target_unit": "mmacs", "search.target": 1e6}, "is outside the space's range"),
          ({"search.beta": 0.1}, "config.search.beta: must be < 0"),
          ({"search.warmup_fraction": 0.5}, "config.search.warmup_fraction: must be in"),
-         ({"search.val_batch_size": 10_000}, "config.search.val_batch_size: 10000 exceeds"),
+         ({"search.val_batch_size": 10_000},
+          "config.search.val_batch_size: an RL batch of 10000 exceeds"),
+         ({"search.rl_batch_size_multiplier": 1000},
+          "config.search.rl_batch_size_multiplier: an RL batch of 64000 exceeds"),
+         ({"search.rl_batch_size_multiplier": -1}, "config.search.rl_batch_size_multiplier: must"),
+         ({"search.shards": -1}, "config.search.shards: must be an integer >= 0"),
+         ({"search.shards": 3}, "config.train.batch_size: 64 does not split into the 3 shards"),
+         ({"search.shards": 2, "search.val_batch_size": 63},
+          "the RL batch .* 63 does not split into the 2 shards"),
          ({"space.name": "scarlet_s1"}, "TuNAS needs one of its spaces")]
   for overrides, msg in bad:
     cfg = smoke_config()
@@ -167,3 +175,23 @@ def test_cli_bad_input_one_error_line_and_nothing_written(tmp_path, args, messag
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
   assert not work.exists()
+
+
+def test_shards_rl_batch_and_lr_scaling_settings():
+  """TuNAS's settings: the RL batch as a multiple of the training batch, learning rates per 256
+  images, one architecture per device with ``shards=0``; a search saved before these keys
+  existed keeps its identity (it still resumes) while a set key changes it."""
+  from regnas_jax.jobs import tunas as tunas_job
+  cfg = smoke_config()
+  base = tunas_job.identity(cfg, build.build_space(cfg))
+  assert not {"shards", "rl_batch_size_multiplier", "scale_lr_by_batch"} & set(base["search"])
+  assert tunas_job.rl_batch_size(cfg) == cfg.search.val_batch_size
+  assert tunas_job.lr_scale(cfg) == 1.0 and tunas_job.shard_count(cfg) == 1
+  cfg.search.update(dict(rl_batch_size_multiplier=4, scale_lr_by_batch=True, shards=0))
+  assert tunas_job.rl_batch_size(cfg) == 4 * cfg.train.batch_size
+  assert tunas_job.lr_scale(cfg) == cfg.train.batch_size / 256
+  ccfg = tunas_job.controller_config(cfg.search, tunas_job.lr_scale(cfg))
+  assert abs(ccfg.learning_rate - cfg.search.rl_learning_rate * cfg.train.batch_size / 256) < 1e-12
+  assert tunas_job.shard_count(cfg) == jax.device_count()   # 0: one per device of the mesh
+  ident = tunas_job.identity(cfg, build.build_space(cfg))["search"]
+  assert ident["rl_batch_size_multiplier"] == 4 and ident["scale_lr_by_batch"] is True

@@ -67,3 +67,16 @@ def test_sharded_training_equals_one_device_training():
     assert d["params_abs"] < 1e-4, (label, d)
     assert d["stats_rel"] < 1e-3, (label, d)
   assert r["8-fsdp"]["split_leaves"] > 10
+
+
+def test_tunas_shards_on_a_mesh_equal_one_device():
+  """TuNAS as it ran on TPU cores: 2 architectures per step, each on its slice of the batches.
+  On a mesh of 2 devices (``shards=0``: one per device) the search ends where the one-device
+  2-shard search ends: weights, BN statistics, policy and baseline."""
+  r = multidevice.run("tunas", 2)
+  assert set(r) == {"2x0"}
+  for label, d in r.items():
+    assert d["params_abs"] < 1e-4, (label, d)
+    assert d["stats_rel"] < 1e-3, (label, d)
+    assert d["logits_abs"] < 1e-5 and d["baseline_abs"] < 1e-6, (label, d)
+    assert d["policy_moved"] > 1e-4, (label, d)   # the policy did learn in these steps

@@ -38,7 +38,7 @@ import optax
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
 from regnas_jax.data import pipeline
-from regnas_jax import evaluate, latency, persist, report, runtime, spaces, training
+from regnas_jax import evaluate, latency, parallel, persist, report, runtime, spaces, training
 from regnas_jax.errors import ConfigError
 from regnas_jax.jobs import supernet
 from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
@@ -62,9 +62,30 @@ class SearchState(NamedTuple):
   ctrl: tunas.ControllerState
 
 
-def controller_config(se) -> tunas.ControllerConfig:
+def lr_scale(cfg) -> float:
+  """``train.batch_size / 256`` when ``search.scale_lr_by_batch`` (TuNAS gives both learning
+  rates per 256 images and multiplies them by the global batch over 256), else 1."""
+  return cfg.train.batch_size / 256 if cfg.search.get("scale_lr_by_batch", False) else 1.0
+
+
+def shard_count(cfg, mesh=None) -> int:
+  """Architectures sampled per step (``search.shards``; 0: one per device of the mesh)."""
+  s = int(cfg.search.get("shards", 1))
+  return s if s > 0 else (parallel.size(mesh) if mesh is not None else
+                          parallel.size(parallel.make_mesh(parallel.mesh_config(cfg))))
+
+
+def rl_batch_size(cfg) -> int:
+  """Validation (RL) images per step: ``rl_batch_size_multiplier`` x the training batch when
+  set (TuNAS: 4), else ``val_batch_size``."""
+  m = float(cfg.search.get("rl_batch_size_multiplier", 0) or 0)
+  return int(round(m * cfg.train.batch_size)) if m > 0 else int(cfg.search.val_batch_size)
+
+
+def controller_config(se, scale: float = 1.0) -> tunas.ControllerConfig:
   return tunas.ControllerConfig(
-      learning_rate=float(se.rl_learning_rate), baseline_momentum=float(se.baseline_momentum),
+      learning_rate=float(se.rl_learning_rate) * scale,
+      baseline_momentum=float(se.baseline_momentum),
       delay_fraction=float(se.rl_delay_fraction), increase=float(se.rl_increase),
       entropy_weight=float(se.entropy_weight))
 
@@ -103,11 +124,38 @@ def check_search(cfg, space) -> None:
     v = se[k]
     if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
       raise ConfigError(f"config.search.{k}: must be an integer >= {lo}, got {v!r}")
+  check_shards(cfg)
   if not 0 < se.random_window < 1:
     raise ConfigError(f"config.search.random_window: must be in (0, 1), got {se.random_window!r}")
   if se.cost == "macs":   # the latency target is checked once the model is fitted
     cost, target, _, _ = macs_cost(cfg, space)
     check_target(cost, target, "MMACs", space)
+
+
+def check_shards(cfg) -> None:
+  """``search.shards``, ``rl_batch_size_multiplier`` and ``scale_lr_by_batch`` (errors name the
+  key): both batches must split evenly into the shards and over the mesh's devices."""
+  se = cfg.search
+  s = se.get("shards", 1)
+  if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+    raise ConfigError(f"config.search.shards: must be an integer >= 0 (0: one per device), "
+                      f"got {s!r}")
+  m = se.get("rl_batch_size_multiplier", 0)
+  if isinstance(m, bool) or not isinstance(m, (int, float)) or m < 0:
+    raise ConfigError(f"config.search.rl_batch_size_multiplier: must be a number >= 0 (0: use "
+                      f"val_batch_size), got {m!r}")
+  if not isinstance(se.get("scale_lr_by_batch", False), bool):
+    raise ConfigError(f"config.search.scale_lr_by_batch: must be true or false, got "
+                      f"{se.scale_lr_by_batch!r}")
+  mesh = parallel.make_mesh(parallel.mesh_config(cfg))
+  n = shard_count(cfg, mesh)
+  for what, b in (("config.train.batch_size", int(cfg.train.batch_size)),
+                  ("the RL batch (config.search.val_batch_size or rl_batch_size_multiplier x "
+                   "config.train.batch_size)", rl_batch_size(cfg))):
+    if b < 1 or b % n:
+      raise ConfigError(f"{what}: {b} does not split into the {n} shards of "
+                        f"config.search.shards")
+    parallel.check_batch(b, mesh, what)
 
 
 def macs_cost(cfg, space):
@@ -212,42 +260,76 @@ def op_average(net, space, p, key):
           for k, n in zip(jax.random.split(key, len(names)), names)}
 
 
+def _keys(key, n: int):
+  """``n`` keys from ``key``; one shard keeps ``key`` itself (a one-shard step is the step of
+  a single-architecture search, draw for draw)."""
+  return key[None] if n == 1 else jax.random.split(key, n)
+
+
 def make_search_step(model, space, tx, cost_fn, target: float, total: int, cfg, lc, augment,
-                     val_augment):
-  """A jit-compiled ``step(state, images, labels, val_images, val_labels, base_key)``."""
+                     val_augment, shards: int = 1, state_sharding=None):
+  """A jit-compiled ``step(state, images, labels, val_images, val_labels, base_key)``.
+
+  ``shards`` (S) is TuNAS's one architecture per accelerator core: the training batch ``(B, ...)``
+  and the RL batch ``(V, ...)`` are cut into S equal slices; shard ``s`` samples its own
+  architecture, computes the weight gradient and its BN statistics on its training slice and
+  its reward on its RL slice.  The weights take the mean of the shards' gradients (a
+  cross-replica mean), BN statistics the mean of theirs, and the policy one
+  :func:`tunas.update_shards` step.  On a mesh the slices are laid out along its ``data`` axis
+  (contiguous rows per device), so shard ``s`` runs where its images are; ``state_sharding``
+  keeps the new state where the old one lives.
+  """
   se = cfg.search
-  ccfg = controller_config(se)
+  ccfg = controller_config(se, lr_scale(cfg))
+  n = int(shards)
 
   def step(state: SearchState, images, labels, val_images, val_labels, base_key):
     k_aug, k_arch, k_fw, k_ow, k_drop = jax.random.split(training.step_key(base_key, state.step), 5)
-    arch = tunas.sample(space, state.ctrl.logits, k_arch, ccfg.temperature)
+    logits_now = state.ctrl.logits
+    archs = jax.vmap(lambda k: tunas.sample(space, logits_now, k, ccfg.temperature))(
+        _keys(k_arch, n))
     p = tunas.warmup_probability(state.step, total, float(se.warmup_fraction))
-    train_arch = warmup_arch(space, arch, p, k_fw) if se.filter_warmup else arch
-    average = op_average(model, space, p, k_ow) if se.op_warmup else None
-    x = augment(images, k_aug)
+    train_archs = (jax.vmap(lambda a, k: warmup_arch(space, a, p, k))(archs, _keys(k_fw, n))
+                   if se.filter_warmup else archs)
+    average = (jax.vmap(lambda k: op_average(model, space, p, k))(_keys(k_ow, n))
+               if se.op_warmup else None)
+    cut = lambda t: t.reshape((n, t.shape[0] // n) + t.shape[1:])
+    xs, ys = cut(augment(images, k_aug)), cut(labels)
+
+    def shard_loss(params, arch, avg, x, y, k):
+      logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                arch, train=True, average=avg, mutable=["batch_stats"],
+                                rngs={"dropout": k})
+      return training.subnet_losses(logits[None], y, lc)[0], (logits, upd["batch_stats"])
 
     def loss_fn(params):
-      logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                                train_arch, train=True, average=average,
-                                mutable=["batch_stats"], rngs={"dropout": k_drop})
-      return training.subnet_losses(logits[None], labels, lc)[0], (logits, upd["batch_stats"])
+      losses, (logits, stats) = jax.vmap(shard_loss, in_axes=(None, 0, 0, 0, 0, 0))(
+          params, train_archs, average, xs, ys, _keys(k_drop, n))
+      return losses.mean(), (logits, jax.tree.map(lambda t: t.mean(0), stats))
 
     (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    # Q: the sampled arch on one validation batch, batch statistics (stateless BN).
-    v_logits, _ = model.apply({"params": params, "batch_stats": stats}, val_augment(val_images),
-                              arch, train=True, mutable=["batch_stats"])
-    q = (jnp.argmax(v_logits, -1) == val_labels).mean()
-    cost = cost_fn(arch)
+
+    # Q: each shard's arch on its slice of the RL batch, batch statistics (stateless BN).
+    def quality(arch, vx, vy):
+      v_logits, _ = model.apply({"params": params, "batch_stats": stats}, vx, arch, train=True,
+                                mutable=["batch_stats"])
+      return (jnp.argmax(v_logits, -1) == vy).mean()
+
+    q = jax.vmap(quality)(archs, cut(val_augment(val_images)), cut(val_labels))
+    cost = jax.vmap(cost_fn)(archs)
     r = tunas.reward(se.reward, q, cost, target, float(se.beta))
-    ctrl, cm = tunas.update(space, state.ctrl, arch, r, total, ccfg)
-    metrics = {"reward": r, "quality": q, "cost": cost, "loss": loss,
-               "train_acc": (jnp.argmax(logits, -1) == labels).mean(),
+    ctrl, cm = tunas.update_shards(space, state.ctrl, archs, r, total, ccfg)
+    metrics = {"reward": r.mean(), "quality": q.mean(), "cost": cost.mean(), "loss": loss,
+               "train_acc": (jnp.argmax(logits, -1) == ys).mean(),
                "policy_entropy": tunas.policy_entropy(space, ctrl.logits, ccfg.temperature),
                "argmax_cost": cost_fn(tunas.argmax_arch(space, ctrl.logits)), "warmup_p": p,
                "rl_lr": cm["lr"], "baseline": cm["baseline"], "advantage": cm["advantage"]}
-    return SearchState(state.step + 1, params, stats, opt_state, ctrl), metrics
+    new = SearchState(state.step + 1, params, stats, opt_state, ctrl)
+    if state_sharding is not None:
+      new = jax.lax.with_sharding_constraint(new, state_sharding)
+    return new, metrics
 
   return jax.jit(step, donate_argnums=0)
 
@@ -312,10 +394,12 @@ class TunasJob(Job):
     check_search(cfg, space)
 
   def check_data(self, cfg, space, dataset) -> None:
-    n_val = len(dataset.val)
-    if cfg.search.val_batch_size > n_val:
-      raise ConfigError(f"config.search.val_batch_size: {cfg.search.val_batch_size} exceeds "
-                        f"the {n_val} validation images")
+    n_val, n_rl = len(dataset.val), rl_batch_size(cfg)
+    if n_rl > n_val:
+      key = ("rl_batch_size_multiplier" if cfg.search.get("rl_batch_size_multiplier", 0)
+             else "val_batch_size")
+      raise ConfigError(f"config.search.{key}: an RL batch of {n_rl} exceeds the {n_val} "
+                        f"validation images")
 
   def run(self, ctx: JobContext) -> dict:
     cfg, space, se, tc = ctx.cfg, ctx.space, ctx.cfg.search, ctx.cfg.train
@@ -338,8 +422,8 @@ class TunasJob(Job):
     cfg, space, net, ds = ctx.cfg, ctx.space, ctx.net, ctx.dataset
     se, tc = cfg.search, cfg.train
     total = int(tc.steps)
-    phase = training.Phase("tunas", total, (), "policy", 1, "none", None, float(tc.lr),
-                           min(int(tc.warmup_steps), total - 1))
+    phase = training.Phase("tunas", total, (), "policy", 1, "none", None,
+                           float(tc.lr) * lr_scale(cfg), min(int(tc.warmup_steps), total - 1))
     tx, sched = training.make_optimizer(tc, phase)
     init, init_ident = supernet.initial_weights(ctx)
     ident = dict(identity(cfg, space), init_from=init_ident)
@@ -349,6 +433,9 @@ class TunasJob(Job):
     v = init(k_init)
     fresh = SearchState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
                         tx.init(v["params"]), tunas.init(space, controller_config(se)))
+    mc = parallel.mesh_config(cfg)
+    mesh = parallel.make_mesh(mc)
+    shards = shard_count(cfg, mesh)
     restored, _, resumed = ck.restore_latest(fresh, warn=ctx.log)
     traj = MetricsLog(ctx.path("trajectory.jsonl"), runtime.tensorboard_dir(cfg, ctx.workdir))
     if resumed is not None:
@@ -356,15 +443,24 @@ class TunasJob(Job):
     traj.truncate_after(int(restored.step) if resumed is not None else 0)
     # Fresh and restored states as the same kind of array (uncommitted, on the default device):
     # jit's cache key includes it, so a resumed search in the same process compiles nothing.
-    state = evaluate.uncommitted(restored if resumed is not None else fresh)
+    state = restored if resumed is not None else fresh
+    if parallel.size(mesh) == 1:
+      state, sharding, put = evaluate.uncommitted(state), None, (lambda b: b)
+    else:  # replicated (or FSDP-split) on the mesh; each process reads its part of a batch
+      sharding = parallel.state_shardings(state, mesh, mc)
+      state = parallel.place(jax.tree.map(np.asarray, state), sharding)
+      put = lambda b: parallel.put_batch(b, mesh)
     start = int(state.step)
-    step_fn = self._compiled_step(ctx, tx, cost_fn, target, fit, ident, total)
-    n_train, n_val = len(ds.train), len(ds.val)
+    step_fn = self._compiled_step(ctx, tx, cost_fn, target, fit, ident, total, shards, sharding)
+    n_train, n_val, n_rl = len(ds.train), len(ds.val), rl_batch_size(cfg)
+
+    def batch(split, n, size, s, seed):
+      idx = data_lib.epoch_batch_indices(n, size, s, seed)
+      return put(split.get(idx[parallel.process_slice(len(idx))]))
 
     def step(s, st):
-      x, y = ds.train.get(data_lib.epoch_batch_indices(n_train, tc.batch_size, s, cfg.seed))
-      vx, vy = ds.val.get(data_lib.epoch_batch_indices(n_val, se.val_batch_size, s,
-                                                       cfg.seed + 1))
+      x, y = batch(ds.train, n_train, tc.batch_size, s, cfg.seed)
+      vx, vy = batch(ds.val, n_val, n_rl, s, cfg.seed + 1)
       return step_fn(st, x, y, vx, vy, k_steps)
 
     def record(s, host):
@@ -374,8 +470,8 @@ class TunasJob(Job):
       return rec
 
     if start < total:
-      ctx.log(f"searching steps {start}..{total}, batch {tc.batch_size}, validation batch "
-              f"{se.val_batch_size}")
+      ctx.log(f"searching steps {start}..{total}, batch {tc.batch_size}, RL batch {n_rl}, "
+              f"{shards} architecture(s) per step on {parallel.size(mesh)} device(s)")
     try:
       state = training.run_loop(
           state, step, start=start, total=total, checkpointer=ck, metrics=traj, desc="tunas",
@@ -392,11 +488,14 @@ class TunasJob(Job):
       ck.close()
     return state, start
 
-  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total):
-    """The search step, compiled once per configuration and process."""
+  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total, shards=1,
+                     sharding=None):
+    """The search step, compiled once per configuration, layout and process."""
     ds, tc = ctx.dataset, ctx.cfg.train
     key = json.dumps([ident, target, fit, [np.asarray(ds.mean).tolist(),
-                                           np.asarray(ds.std).tolist()]],
+                                           np.asarray(ds.std).tolist()], shards,
+                      str(jax.tree.leaves(sharding)[:1]), dict(ctx.cfg.mesh.to_dict())
+                      if "mesh" in ctx.cfg else None],
                      sort_keys=True, default=str)
     if key not in _STEPS:
       r = max(ctx.space.resolutions)
@@ -405,7 +504,7 @@ class TunasJob(Job):
                               pad=tc.augment.pad, flip=tc.augment.flip)
       val_aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=r)
       _STEPS[key] = make_search_step(ctx.net, ctx.space, tx, cost_fn, target, total, ctx.cfg,
-                                     lc, lambda x, k: aug(x, key=k), val_aug)
+                                     lc, lambda x, k: aug(x, key=k), val_aug, shards, sharding)
     return _STEPS[key]
 
   def report(self, ctx: JobContext, state, cost_fn, target, unit, fit, seconds) -> dict:
@@ -446,7 +545,10 @@ class TunasJob(Job):
     results = run_record(ctx, MACS_NOTE)
     results.update({"tunas": summary, "models": rows, "cost_model": fit,
                     "policy": tunas.probabilities(space, logits),
-                    "search": {"steps": int(cfg.train.steps),
+                    "search": {"steps": int(cfg.train.steps), "shards": shard_count(cfg),
+                               "batch": int(cfg.train.batch_size), "rl_batch": rl_batch_size(cfg),
+                               "lr": float(cfg.train.lr) * lr_scale(cfg),
+                               "rl_learning_rate": float(se.rl_learning_rate) * lr_scale(cfg),
                                "seconds_this_process": round(seconds, 2),
                                "final": records[-1] if records else None}})
     write_results(ctx, results, report.tunas_table(rows, summary, bool(se.retrain_steps)),
@@ -459,10 +561,17 @@ class TunasJob(Job):
 def identity(cfg, space) -> dict:
   """What the search state depends on (checked against a checkpoint before it is restored)."""
   se, tc = cfg.search, cfg.train
+  search = {k: v for k, v in se.to_dict().items()
+            if k not in ("random_samples", "random_tries", "retrain_steps", "shards")}
+  for k, default in (("rl_batch_size_multiplier", 0), ("scale_lr_by_batch", False)):
+    if search.get(k, default) == default:   # runs saved before these keys existed still resume
+      search.pop(k, None)
+  n = shard_count(cfg)
+  if n != 1:   # the shard count in effect (0 means one per device: it follows the mesh)
+    search["shards"] = n
   return {"space": space.config(), "supernet": cfg.supernet.to_dict(),
           "train": {k: v for k, v in tc.to_dict().items() if k not in training.OPERATIONAL_KEYS},
-          "search": {k: v for k, v in se.to_dict().items()
-                     if k not in ("random_samples", "random_tries", "retrain_steps")},
+          "search": search,
           "seed": cfg.seed,
           "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
 

@@ -1,9 +1,13 @@
-"""Every config file and its smoke variant loads, builds its space and training schedule."""
+"""Every config file and its smoke variant loads, builds its space and training schedule;
+TuNAS's ImageNet setting (configs/imagenet_tunas.py) checked against TuNAS's numbers and run end
+to end on tfds mock data (needs ``tensorflow-datasets``, not TensorFlow; skipped without it)."""
 
 import glob
 import importlib.util
+import json
 import os
 
+import numpy as np
 import pytest
 
 from regnas_jax import jobs, training
@@ -74,7 +78,7 @@ SHARED = [p for p in CONFIGS if os.path.basename(p).split("_")[0] in DATASETS]
 
 def test_every_config_but_imagenet_shares_its_dataset_sections():
   assert {os.path.basename(p) for p in CONFIGS} - {os.path.basename(p) for p in SHARED} == {
-      "imagenet_ofa_mbv3.py", "imagenet_ofa_resnet50.py"}
+      "imagenet_ofa_mbv3.py", "imagenet_ofa_resnet50.py", "imagenet_tunas.py"}
 
 
 @pytest.mark.parametrize("path", SHARED, ids=os.path.basename)
@@ -96,3 +100,54 @@ def test_configs_take_the_shared_sections_of_their_dataset(path):
       base.update(shared["smoke"].get("score", {}))
     own = {k for k in base if cfg.score[k] != base[k]}
     assert own <= {"block_size"}, own   # only cifar10_tunas sets its own block size
+
+
+def test_imagenet_tunas_is_tunas_search_setting():
+  """TuNAS's released search settings: 90 epochs of 1,231,121 images at batch 4,096, learning
+  rates per 256 images scaled to that batch, validation batch 4 x the training batch."""
+  cfg = load(os.path.join(ROOT, "configs", "imagenet_tunas.py"), None)
+  space = build.build_space(cfg)
+  build.check_common(cfg)
+  jobs.get_job(cfg.search.algorithm).check(cfg, space)
+  assert (space.name, space.width_mult, space.resolutions) == ("proxylessnas", 1.0, (224,))
+  assert (cfg.data.name, cfg.data.tfds_name, cfg.data.image_size) == ("tfds", "imagenet2012", 224)
+  assert cfg.data.val_size == 50_046                     # TuNAS's held-out validation images
+  tc, se = cfg.train, cfg.search
+  assert tc.batch_size == 4096 and tc.steps == int(90 * (1_281_167 - 50_046) / 4096) == 27_050
+  assert tc.lr == pytest.approx(0.165 * 4096 / 256)        # 2.64
+  assert tc.warmup_steps == round(0.025 * 27_050) == 676
+  assert (tc.optimizer, tc.momentum, tc.nesterov) == ("sgd", 0.9, False)
+  assert (tc.weight_decay, tc.label_smoothing, tc.kd_ratio) == (4e-5, 0.1, 0.0)
+  assert se.rl_learning_rate == pytest.approx(0.0003 * 4096 / 256)   # 0.0048
+  assert se.val_batch_size == 4 * tc.batch_size
+  assert (se.reward, se.beta, se.rl_delay_fraction, se.rl_increase, se.baseline_momentum,
+          se.entropy_weight, se.warmup_fraction) == ("abs", -0.1, 0.25, 10.0, 0.95, 0.0, 0.25)
+  assert (se.cost, se.target, se.target_unit) == ("macs", 320.0, "mmacs")
+  # T0: ProxylessNAS-Mobile (TuNAS's model archive: op indices per layer) in this space.
+  ops = (1, 0, 6, 6, 2, 0, 1, 1, 5, 1, 1, 1, 4, 1, 1, 1, 5, 5, 2, 2, 5)
+  names = ["e3_k3", "e3_k5", "e3_k7", "e6_k3", "e6_k5", "e6_k7", "zero"]
+  arch = space.from_json({"space": "proxylessnas", "resolution": 224, "stem_kernel": 3,
+                          "sepconv": "k3", "widths": [32, 16, 32, 40, 80, 96, 192, 320, 1280],
+                          "layers": [names[i] for i in ops]})
+  assert float(space.macs(arch)) / 1e6 == pytest.approx(se.target, rel=0.01)
+
+
+def test_imagenet_tunas_smoke_end_to_end(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  cfg = load(os.path.join(ROOT, "configs", "imagenet_tunas.py"), "smoke")
+  with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
+    results = jobs.run(cfg, str(tmp_path))
+  assert results["search"]["steps"] == cfg.train.steps == 4
+  final = results["search"]["final"]
+  assert final["step"] == 4
+  for k in ("reward", "quality", "cost", "loss", "baseline", "policy_entropy", "rl_lr"):
+    assert np.isfinite(final[k]), k
+  traj = [json.loads(line) for line in open(tmp_path / "trajectory.jsonl")]
+  assert [r["step"] for r in traj] == [1, 2, 3, 4]
+  assert traj[0]["warmup_p"] > traj[-1]["warmup_p"]          # filter / op warmup decays
+  rows = results["models"]
+  assert rows[0]["name"] == "TuNAS argmax" and 0 <= rows[0]["test_top1"] <= 1
+  assert results["tunas"]["unit"] == "MMACs" and results["tunas"]["target"] > 0
+  assert os.path.isdir(tmp_path / "subnets" / "tunas")
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["search"]["steps"] == 4

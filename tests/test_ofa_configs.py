@@ -5,6 +5,7 @@ needed; the CI installs it) and is skipped without it.
 """
 
 import importlib.util
+import json
 import os
 
 import jax
@@ -79,3 +80,71 @@ def test_smoke_end_to_end_on_imported_weights(tmp_path, name):
     _, v, arch, _ = export.load_subnet(os.path.join(tmp_path, "subnets", m["name"]))
     _, want = nets.extract(net, imported, arch)
     jax.tree.map(np.testing.assert_allclose, v["params"], jax.tree.map(np.asarray, want["params"]))
+
+
+def test_train_variant_is_ofas_progressive_shrinking():
+  """``:train``: OFA's schedule (epochs, learning rates, subnets per step at batch 2,048) on
+  OFA's w1.0 network at its 25 training resolutions, checked as the job checks it."""
+  cfg = load("imagenet_ofa_mbv3.py", "train")
+  assert cfg.name == "imagenet_ofa_mbv3_train" and cfg.supernet.init_from == ""
+  sp = build.build_space(cfg)
+  net = build.build_supernet(cfg, sp)
+  jobs.get_job(cfg.search.algorithm).check(cfg, sp)
+  assert (sp.width_mult, sp.resolutions) == (1.0, tuple(range(128, 225, 4)))
+  assert len(sp.resolutions) == 25
+  tc = cfg.train
+  assert (tc.method, tc.batch_size, tc.optimizer, tc.momentum, tc.nesterov) == (
+      "progressive", 2048, "sgd", 0.9, True)
+  assert (tc.weight_decay, tc.label_smoothing, tc.kd_ratio, cfg.supernet.dropout_rate) == (
+      3e-5, 0.1, 1.0, 0.1)
+  assert cfg.input.augment == "inception"
+  per_epoch = (1_281_167 - 10_000) / 2048        # ImageNet's train split minus OFA's holdout
+  assert tc.steps == round(590 * per_epoch) == 366_205
+  assert tc.warmup_steps == round(5 * per_epoch)
+  phases, res = training.supernet.check_schedule(tc, net, sp)
+  assert res == sp.resolutions
+  assert [p.name for p in phases] == ["full", "kernel", "depth-1", "depth-2", "expand-1",
+                                      "expand-2"]
+  steps = [p.steps for p in phases]
+  assert sum(steps) == tc.steps
+  epochs = [s / per_epoch for s in steps]
+  np.testing.assert_allclose([epochs[0], epochs[1], epochs[2] + epochs[3], epochs[4] + epochs[5]],
+                             [180, 120, 145, 145], atol=0.01)
+  np.testing.assert_allclose([p.lr for p in phases], [2.6, 0.96, 0.24, 0.24, 0.24, 0.24])
+  assert [p.num_subnets for p in phases] == [1, 1, 2, 2, 4, 4]
+  assert [p.distill for p in phases] == ["none"] + ["teacher"] * 5
+  assert phases[0].sampler == "max" and {p.sampler for p in phases[1:]} == {"uniform"}
+  allowed = [p.allowed_dict() for p in phases]
+  assert [len(a["kernel"]) for a in allowed] == [1, 3, 3, 3, 3, 3]
+  assert [len(a["depth"]) for a in allowed] == [1, 1, 2, 3, 3, 3]
+  assert [len(a["expand"]) for a in allowed] == [1, 1, 1, 1, 2, 3]
+  assert [p.reorder_keep for p in phases][4:] == [(), (4,)]   # channel re-ordering per stage
+  with pytest.raises(ValueError, match="unknown variant"):
+    load("imagenet_ofa_mbv3.py", "train,nope")
+
+
+def test_train_smoke_end_to_end_from_scratch(tmp_path):
+  """``:train,smoke`` trains from scratch through every phase on tfds mock data, then searches."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  cfg = load("imagenet_ofa_mbv3.py", "train,smoke")
+  assert cfg.name == "imagenet_ofa_mbv3_train_smoke" and cfg.supernet.init_from == ""
+  with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
+    results = run_job(cfg, str(tmp_path))
+  tr = results["training"]
+  assert tr["steps"] == 4 and tr["resumed_from"] is None
+  assert [p["name"] for p in tr["phases"]] == ["full", "kernel", "depth", "expand"]
+  assert [p["steps"] for p in tr["phases"]] == [1, 1, 1, 1]
+  assert [p["distill"] for p in tr["phases"]] == ["none", "teacher", "teacher", "teacher"]
+  assert list(tr["phases"][-1]["reorder_keep"]) == []   # re-ordered, no earlier width kept
+  metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [(m["step"], m["phase"]) for m in metrics] == [
+      (1, "full"), (2, "kernel"), (3, "depth"), (4, "expand")]
+  assert all(np.isfinite(m["loss"]) for m in metrics)
+  assert all(np.isfinite(v) for v in results["test_top1"].values())
+  members = results["family"]["members"]
+  assert len(members) == len(cfg.search.budgets)
+  for m in members:
+    assert 0 <= m["test_top1"] <= 1 and m["macs"] > 0
+    assert os.path.isdir(os.path.join(tmp_path, "subnets", m["name"]))
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["training"]["steps"] == 4

@@ -1,0 +1,105 @@
+"""TuNAS on ImageNet in the ProxylessNAS space, with TuNAS's own search settings.
+
+  regnas-search --config imagenet_tunas                 # accelerators; ImageNet prepared for tfds
+  regnas-search --config imagenet_tunas:smoke           # CPU, seconds (tfds mock data in the test)
+
+TuNAS (Bender et al., "Can weight sharing outperform random architecture search?", CVPR 2020)
+searched the ProxylessNAS space at 224 px for 90 epochs.  The values below are those of TuNAS's
+released search code (``tunas/mobile_architecture_search.py``; facts collected in the project's
+notes on TuNAS), which scales learning rates by batch / 256:
+
+* data: ImageNet's training set split as TuNAS's is, 1,231,121 images for the weights and 50,046
+  held out as the validation split that gives the reward's quality Q (``data.val_size``; TuNAS
+  holds out the first 50,046, here they are drawn with ``data.split_seed``); the test split is
+  ImageNet's validation set.
+* 90 epochs at batch 4,096: 90 * 1,231,121 / 4,096 = 27,050 steps.
+* shared weights: peak learning rate 0.165 per 256 images = 2.64 at batch 4,096, cosine decay
+  after a linear warmup over 2.5% of the steps (676); weight decay 4e-5 (TuNAS's L2 loss of
+  wd / 2 has this gradient), label smoothing 0.1, batch statistics throughout (stateless BN).
+* policy: Adam with beta1 = 0, learning rate 0.0003 per 256 = 0.0048, zero for the first 25% of
+  the steps, then growing exponentially to 10x at the end; reward baseline: moving average with
+  momentum 0.95; no entropy bonus; filter and op warmup over the first 25%.
+* reward: TuNAS's absolute reward Q + beta |T / T0 - 1| with beta = -0.1.
+* Q: top-1 on one validation batch of 4 x the training batch (16,384 images).
+
+Where this differs from TuNAS:
+
+* Optimiser of the shared weights: TuNAS used RMSProp (decay 0.9, momentum 0.9, epsilon 1.0,
+  epsilon inside the square root).  The project's ``'rmsprop'`` fixes epsilon at 1e-3, which at
+  TuNAS's learning rate would take steps up to ~30x larger than TuNAS's.  With epsilon 1.0 the
+  denominator sqrt(mean square + 1) stays close to 1 for gradients well below 1, so TuNAS's
+  update is close to heavy-ball momentum at the same learning rate: SGD with momentum 0.9,
+  without Nesterov, at 2.64 is the closest supported optimiser.
+* Cost: analytic MACs instead of TuNAS's Pixel-1 latency model.  TuNAS's target, 84 ms, is the
+  simulated latency of ProxylessNAS-Mobile, so T0 here is ProxylessNAS-Mobile's MACs in this
+  space (its layers as TuNAS's model archive lists them, 224 px): 320 MMACs.  The random-search
+  baseline keeps architectures within +-1.2% of T0, as TuNAS's kept 83..85 ms around 84 ms.
+* Augmentation: the TuNAS job reads padded random crops + flips (``input.augment='pad_crop'``),
+  not TuNAS's Inception crops.
+* The learning rates above are written already scaled to batch 4,096, and the validation batch
+  is set explicitly: change ``train.batch_size`` and these together.
+
+``search.retrain_steps=27050`` also trains the argmax and the random architectures from scratch
+with the same optimiser for 90 epochs, as TuNAS's stand-alone training did (expensive).
+
+``:smoke`` runs the same job on a CPU in seconds on tfds mock data (``imagenette``; the e2e test
+wraps it in ``tfds.testing.mock_data``): a quarter-width ProxylessNAS supernet on 32 px images,
+10 classes, 4 search steps, the target at half the largest subnet's MACs.
+"""
+
+import ml_collections
+
+from regnas_jax.defaults import (input_defaults, mesh_defaults, runtime_defaults, score_defaults,
+                                 supernet_defaults, train_defaults, tunas_defaults)
+
+# TuNAS's search, from its released code (module docstring).
+BATCH = 4096
+STEPS = 27050              # 90 epochs of 1,231,121 images at batch 4,096
+VAL_IMAGES = 50046         # TuNAS's validation split: 50,046 of ImageNet's training images
+PROXYLESSNAS_MOBILE_MMACS = 320.0
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "imagenet_tunas"
+  c.seed = 0
+  c.mesh = mesh_defaults()
+  c.space = ml_collections.ConfigDict(dict(
+      name="proxylessnas", width_mult=1.0, stem="imagenet", num_classes=1000, resolutions=(224,)))
+  c.supernet = supernet_defaults(depthwise_impl="auto", dtype="float32", dropout_rate=0.0)
+  c.data = ml_collections.ConfigDict(dict(
+      name="tfds", path="", tfds_name="imagenet2012", tfds_dir="", image_size=224,
+      val_size=VAL_IMAGES, split_seed=0, cache_dir=""))
+  c.input = input_defaults()
+  c.train = train_defaults()   # the shared weights' optimiser; steps = search steps
+  # Learning rates already scaled to batch 4,096 (TuNAS: 0.165 per 256 images).
+  c.train.update(dict(method="tunas", steps=STEPS, batch_size=BATCH, optimizer="sgd", lr=2.64,
+                      momentum=0.9, nesterov=False, warmup_steps=round(0.025 * STEPS),
+                      weight_decay=4e-5, label_smoothing=0.1, kd_ratio=0.0,
+                      checkpoint_every=1000, log_every=50, progress_every=200))
+  c.train.augment.update(dict(pad=16, flip=True))
+  c.score = score_defaults()
+  c.score.update(dict(block_size=8, chunk_size=1, batch_size=250))
+  c.runtime = runtime_defaults()
+  c.search = tunas_defaults()
+  # RL learning rate already scaled to batch 4,096 (TuNAS: 0.0003 per 256 images); the
+  # validation batch is TuNAS's 4 x the training batch.
+  c.search.update(dict(
+      reward="abs", beta=-0.1, cost="macs", target=PROXYLESSNAS_MOBILE_MMACS,
+      target_unit="mmacs", rl_learning_rate=0.0048, rl_delay_fraction=0.25, rl_increase=10.0,
+      baseline_momentum=0.95, entropy_weight=0.0, warmup_fraction=0.25, filter_warmup=True,
+      op_warmup=True, val_batch_size=4 * BATCH, random_samples=4, random_window=0.012,
+      retrain_steps=0))
+  if arg == "smoke":
+    c.name = "imagenet_tunas_smoke"
+    c.space.update(dict(width_mult=0.25, num_classes=10, resolutions=(32,)))
+    c.data.update(dict(tfds_name="imagenette", image_size=32, val_size=16))
+    c.train.update(dict(steps=4, batch_size=8, lr=0.1, warmup_steps=1, checkpoint_every=2, log_every=1,
+                        progress_every=1, calib_images=16, calib_batch_size=8))
+    c.train.augment.pad = 2
+    c.score.update(dict(block_size=2, chunk_size=1, batch_size=16, max_images=16))
+    c.search.update(dict(target=0.5, target_unit="fraction", val_batch_size=16,
+                         random_samples=1, random_window=0.2))
+  elif arg:
+    raise ValueError(f"imagenet_tunas: unknown variant {arg!r} (known: smoke)")
+  return c

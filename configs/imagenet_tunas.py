@@ -36,8 +36,10 @@ Where this differs from TuNAS:
   baseline keeps architectures within +-1.2% of T0, as TuNAS's kept 83..85 ms around 84 ms.
 * Augmentation: the TuNAS job reads padded random crops + flips (``input.augment='pad_crop'``),
   not TuNAS's Inception crops.
-* The learning rates above are written already scaled to batch 4,096, and the validation batch
-  is set explicitly: change ``train.batch_size`` and these together.
+* As TuNAS: learning rates per 256 images (``search.scale_lr_by_batch``: 0.165 and 0.0003,
+  i.e. 2.64 and 0.0048 at batch 4,096), an RL batch of 4 x the training batch
+  (``search.rl_batch_size_multiplier``) and one sampled architecture per device of the mesh
+  (``search.shards=0``; TuNAS: one per TPU core), each on its slice of both batches.
 
 ``search.retrain_steps=27050`` also trains the argmax and the random architectures from scratch
 with the same optimiser for 90 epochs, as TuNAS's stand-alone training did (expensive).
@@ -72,8 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       val_size=VAL_IMAGES, split_seed=0, cache_dir=""))
   c.input = input_defaults()
   c.train = train_defaults()   # the shared weights' optimiser; steps = search steps
-  # Learning rates already scaled to batch 4,096 (TuNAS: 0.165 per 256 images).
-  c.train.update(dict(method="tunas", steps=STEPS, batch_size=BATCH, optimizer="sgd", lr=2.64,
+  # lr per 256 images (search.scale_lr_by_batch): 2.64 at batch 4,096.
+  c.train.update(dict(method="tunas", steps=STEPS, batch_size=BATCH, optimizer="sgd", lr=0.165,
                       momentum=0.9, nesterov=False, warmup_steps=round(0.025 * STEPS),
                       weight_decay=4e-5, label_smoothing=0.1, kd_ratio=0.0,
                       checkpoint_every=1000, log_every=50, progress_every=200))
@@ -82,23 +84,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.score.update(dict(block_size=8, chunk_size=1, batch_size=250))
   c.runtime = runtime_defaults()
   c.search = tunas_defaults()
-  # RL learning rate already scaled to batch 4,096 (TuNAS: 0.0003 per 256 images); the
-  # validation batch is TuNAS's 4 x the training batch.
+  # RL learning rate per 256 images (0.0048 at 4,096), RL batch 4 x the training batch, one
+  # architecture per device.
   c.search.update(dict(
       reward="abs", beta=-0.1, cost="macs", target=PROXYLESSNAS_MOBILE_MMACS,
-      target_unit="mmacs", rl_learning_rate=0.0048, rl_delay_fraction=0.25, rl_increase=10.0,
+      target_unit="mmacs", rl_learning_rate=0.0003, scale_lr_by_batch=True,
+      rl_batch_size_multiplier=4, shards=0, rl_delay_fraction=0.25, rl_increase=10.0,
       baseline_momentum=0.95, entropy_weight=0.0, warmup_fraction=0.25, filter_warmup=True,
-      op_warmup=True, val_batch_size=4 * BATCH, random_samples=4, random_window=0.012,
+      op_warmup=True, random_samples=4, random_window=0.012,
       retrain_steps=0))
   if arg == "smoke":
     c.name = "imagenet_tunas_smoke"
     c.space.update(dict(width_mult=0.25, num_classes=10, resolutions=(32,)))
     c.data.update(dict(tfds_name="imagenette", image_size=32, val_size=16))
-    c.train.update(dict(steps=4, batch_size=8, lr=0.1, warmup_steps=1, checkpoint_every=2, log_every=1,
-                        progress_every=1, calib_images=16, calib_batch_size=8))
+    c.train.update(dict(steps=4, batch_size=8, lr=0.1 * 256 / 8, warmup_steps=1,
+                        checkpoint_every=2, log_every=1, progress_every=1, calib_images=16,
+                        calib_batch_size=8))
     c.train.augment.pad = 2
     c.score.update(dict(block_size=2, chunk_size=1, batch_size=16, max_images=16))
-    c.search.update(dict(target=0.5, target_unit="fraction", val_batch_size=16,
+    c.search.update(dict(target=0.5, target_unit="fraction", rl_batch_size_multiplier=2,
                          random_samples=1, random_window=0.2))
   elif arg:
     raise ValueError(f"imagenet_tunas: unknown variant {arg!r} (known: smoke)")

@@ -13,6 +13,7 @@ import pytest
 from regnas_jax import jobs, training
 from regnas_jax.defaults import DATASETS, data_defaults, score_defaults, train_defaults
 from regnas_jax.jobs import build
+from regnas_jax.jobs import tunas as tunas_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -114,12 +115,13 @@ def test_imagenet_tunas_is_tunas_search_setting():
   assert cfg.data.val_size == 50_046                     # TuNAS's held-out validation images
   tc, se = cfg.train, cfg.search
   assert tc.batch_size == 4096 and tc.steps == int(90 * (1_281_167 - 50_046) / 4096) == 27_050
-  assert tc.lr == pytest.approx(0.165 * 4096 / 256)        # 2.64
+  assert se.scale_lr_by_batch and se.shards == 0          # per 256 images; one arch per device
+  assert tc.lr * tunas_job.lr_scale(cfg) == pytest.approx(0.165 * 4096 / 256)        # 2.64
   assert tc.warmup_steps == round(0.025 * 27_050) == 676
   assert (tc.optimizer, tc.momentum, tc.nesterov) == ("sgd", 0.9, False)
   assert (tc.weight_decay, tc.label_smoothing, tc.kd_ratio) == (4e-5, 0.1, 0.0)
-  assert se.rl_learning_rate == pytest.approx(0.0003 * 4096 / 256)   # 0.0048
-  assert se.val_batch_size == 4 * tc.batch_size
+  assert se.rl_learning_rate * tunas_job.lr_scale(cfg) == pytest.approx(0.0003 * 4096 / 256)
+  assert tunas_job.rl_batch_size(cfg) == 4 * tc.batch_size == 16_384
   assert (se.reward, se.beta, se.rl_delay_fraction, se.rl_increase, se.baseline_momentum,
           se.entropy_weight, se.warmup_fraction) == ("abs", -0.1, 0.25, 10.0, 0.95, 0.0, 0.25)
   assert (se.cost, se.target, se.target_unit) == ("macs", 320.0, "mmacs")

@@ -180,6 +180,23 @@ def check_batch(batch: int, mesh: Mesh, what: str) -> None:
                       f"mesh (config.mesh.devices)")
 
 
+def put(tree: Any, sharding: NamedSharding) -> Any:
+  """``tree`` (host or device arrays, the same global value on every process) laid out as
+  ``sharding`` says: ``jax.device_put`` in one process, assembled from host copies in several."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return place(tree, jax.tree.map(lambda _: sharding, tree))
+
+
+def to_host(x) -> np.ndarray:
+  """A global array as one numpy array on every process (gathered where this process does not
+  hold all of it)."""
+  if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def put_batch(local: Any, mesh: Mesh) -> Any:
   """Host arrays of this process's part of a batch -> global arrays split over ``data``."""
   s = batch_sharding(mesh)

@@ -85,7 +85,81 @@ def case_train(n: int) -> dict:
   return out
 
 
-CASES = {"train": case_train}
+def _allclose_ratio(a, b, rtol: float = 1e-5, atol: float = 1e-5) -> float:
+  """max |a - b| / (atol + rtol |b|) over the leaves: <= 1 where ``np.allclose`` holds."""
+  import jax
+  import numpy as np
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
+                          / (atol + rtol * np.abs(np.asarray(y, np.float64)))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if np.size(x))
+
+
+def case_score(n: int) -> dict:
+  """Population scoring of a tiny supernet (OFA-MBv3 width 0.5, 12 px, depth 1-2; 8 members,
+  calibration 2 x 16 images, 20 evaluation images) on meshes against one device: members split
+  (block 8 on ``n`` devices; block 8 in chunks of 2 on 2 devices), images split (block 2 on ``n``
+  devices, evaluation batches of 12 padded to 16), and the Scorer on ``n`` devices (block 8).
+  Per layout: how close the re-calibrated statistics are (:func:`_allclose_ratio`), how many
+  predictions differ from one device's where its top two logits are more than 1e-4 apart, and
+  where the statistics and calibration batches lived."""
+  import jax
+  import ml_collections
+  import numpy as np
+
+  from regnas_jax import data, evaluate, parallel
+  from regnas_jax.nn import OFAMobileNetV3
+  from regnas_jax.nn.common import init_variables
+  from regnas_jax.spaces import OFAMobileNetV3Space
+  sp = OFAMobileNetV3Space(width_mult=0.5, stem="small", num_classes=10, resolutions=(12,),
+                           depth_choices=(1, 2))
+  net = OFAMobileNetV3(sp)
+  v = init_variables(net, jax.random.key(0))
+  pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(2), 8))
+  calib = np.asarray(jax.random.normal(jax.random.key(1), (2, 16, 12, 12, 3)))
+  x = np.asarray(jax.random.normal(jax.random.key(3), (20, 12, 12, 3)))
+
+  st0 = evaluate.recalibrate_population(net, v, calib, pop, block_size=8)
+  pred0 = evaluate.population_predictions(net, v["params"], st0, pop, x, block_size=8,
+                                          batch_size=16)
+  logits = np.asarray(evaluate.population_logits(net, {"params": v["params"], "batch_stats": st0},
+                                                  x, pop, member_stats=True))
+  top2 = np.sort(logits, -1)[..., -2:]
+  clear = top2[..., 1] - top2[..., 0] > 1e-4
+  out = {"clear": int(clear.sum())}
+  for label, devs, block_size, chunk_size, batch_size in (
+      (f"{n}-members", n, 8, None, 16), ("2-members-chunked", 2, 8, 2, 16),
+      (f"{n}-images", n, 2, None, 12)):
+    mesh = parallel.make_mesh(parallel.MeshConfig(devices=devs))
+    st = evaluate.recalibrate_population(net, v, calib, pop, block_size=block_size,
+                                         chunk_size=chunk_size, mesh=mesh)
+    pred = evaluate.population_predictions(net, v["params"], st, pop, x, block_size=block_size,
+                                           chunk_size=chunk_size, batch_size=batch_size,
+                                           mesh=mesh)
+    lay = evaluate.layout(mesh, 8, block_size)
+    placed = lay.calib(calib)   # the call recalibrate_population made for its first block:
+    raw = evaluate.recalibrate_bn(net, lay.shared(v), placed, lay.members(
+        jax.tree.map(lambda a: a[:lay.block], pop)), chunk_size=chunk_size, **lay.kw)
+    out[label] = {"stats": _allclose_ratio(st, st0), "pred_diff": int(np.sum((pred != pred0)
+                                                                             & clear)),
+                  "over": lay.over, "calib_spec": str(placed.sharding.spec),
+                  "stats_spec": str(jax.tree.leaves(raw)[0].sharding.spec)}
+
+  rng = np.random.default_rng(0)
+  split = data.ArraySource(rng.integers(0, 256, (40, 12, 12, 3), np.uint8),
+                           rng.integers(0, 10, 40).astype(np.int32))
+  ds = data.Dataset("random", split, split, split, 10, 12, (0.5,) * 3, (0.25,) * 3)
+  score = ml_collections.ConfigDict(dict(block_size=8, chunk_size=None, batch_size=16,
+                                         max_images=0))
+  kw = dict(calib_images=32, calib_batch_size=16, seed=0)
+  one = evaluate.Scorer(net, sp, v, ds, score, **kw)
+  many = evaluate.Scorer(net, sp, v, ds, score, mesh=parallel.make_mesh(), **kw)
+  out["scorer"] = {"stats": _allclose_ratio(many.stats(pop), one.stats(pop)),
+                   "correct_equal": bool(np.array_equal(many.correct(pop, "test"),
+                                                        one.correct(pop, "test")))}
+  return out
+
+
+CASES = {"train": case_train, "score": case_score}
 
 
 if __name__ == "__main__":

@@ -18,9 +18,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def run(case: str, devices: int, timeout: int = 900) -> dict:
-  """Run ``case`` in a fresh interpreter with ``devices`` CPU devices; its JSON result."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+def run(case: str, devices: int, timeout: int = 900, inherit_flags: bool = False) -> dict:
+  """Run ``case`` in a fresh interpreter with ``devices`` CPU devices; its JSON result.
+  ``inherit_flags``: keep this process's other ``XLA_FLAGS`` (the suite's faster compile)."""
+  flags = os.environ.get("XLA_FLAGS", "") if inherit_flags else ""
+  flags = " ".join([f for f in flags.split() if "device_count" not in f]
+                   + [f"--xla_force_host_platform_device_count={devices}"])
+  env = dict(os.environ, XLA_FLAGS=flags,
              JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([ROOT, env_path()]))
   p = subprocess.run([sys.executable, __file__, case, str(devices)], env=env, cwd=ROOT,
                      capture_output=True, text=True, timeout=timeout)

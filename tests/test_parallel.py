@@ -1,4 +1,4 @@
-"""Meshes: config.mesh checks, layouts, and a sharded training run against the one-device run.
+"""Meshes: config.mesh checks, layouts, and sharded training and scoring against one device.
 
 The multi-device cases run in a subprocess with 8 simulated CPU devices (``tests/multidevice.py``):
 JAX fixes its device count when it is first imported.
@@ -67,3 +67,23 @@ def test_sharded_training_equals_one_device_training():
     assert d["params_abs"] < 1e-4, (label, d)
     assert d["stats_rel"] < 1e-3, (label, d)
   assert r["8-fsdp"]["split_leaves"] > 10
+
+
+def test_sharded_scoring_equals_one_device_scoring():
+  """A tiny supernet's population (8 members) re-calibrated and scored with its members split
+  over 8 and over 2 devices (block 8; chunks of 2 on 2) and with its images split over 8 (block
+  2), and through the Scorer on 8: the BN statistics are one device's (allclose, rtol = atol =
+  1e-5) and so are the predictions wherever one device's top two logits are 1e-4 apart.  The
+  statistics stay split along members, and the calibration batches are split along images in the
+  image layout (where a per-device batch moment would show in the variances)."""
+  r = multidevice.run("score", 8, inherit_flags=True)
+  assert set(r) == {"clear", "8-members", "2-members-chunked", "8-images", "scorer"}
+  assert r["clear"] > 150   # of 8 x 20: the comparison covers nearly every prediction
+  for label in ("8-members", "2-members-chunked", "8-images"):
+    d = r[label]
+    assert d["stats"] <= 1.0 and d["pred_diff"] == 0, (label, d)
+  assert r["8-members"]["over"] == r["2-members-chunked"]["over"] == "members"
+  assert r["8-members"]["stats_spec"] == "P('data',)", r["8-members"]
+  assert r["8-images"]["over"] == "images"
+  assert r["8-images"]["calib_spec"] == "P(None, 'data')", r["8-images"]
+  assert r["scorer"]["stats"] <= 1.0 and r["scorer"]["correct_equal"], r["scorer"]

@@ -104,8 +104,10 @@ def case_score(n: int) -> dict:
   (block 8 on ``n`` devices; block 8 in chunks of 2 on 2 devices), images split (block 2 on ``n``
   devices, evaluation batches of 12 padded to 16), and the Scorer on ``n`` devices (block 8).
   Per layout: how close the re-calibrated statistics are (:func:`_allclose_ratio`), how many
-  predictions differ from one device's where its top two logits are more than 1e-4 apart, and
-  where the statistics and calibration batches lived."""
+  predictions differ from one device's, and where the statistics and calibration batches lived.
+  (The inputs are fixed; one device's top two logits were at least 1e-4 apart for every one of
+  the 160 predictions when this was written, far above the float32 differences of a split run,
+  so equal predictions are expected, not lucky.)"""
   import jax
   import ml_collections
   import numpy as np
@@ -125,11 +127,7 @@ def case_score(n: int) -> dict:
   st0 = evaluate.recalibrate_population(net, v, calib, pop, block_size=8)
   pred0 = evaluate.population_predictions(net, v["params"], st0, pop, x, block_size=8,
                                           batch_size=16)
-  logits = np.asarray(evaluate.population_logits(net, {"params": v["params"], "batch_stats": st0},
-                                                  x, pop, member_stats=True))
-  top2 = np.sort(logits, -1)[..., -2:]
-  clear = top2[..., 1] - top2[..., 0] > 1e-4
-  out = {"clear": int(clear.sum())}
+  out = {}
   for label, devs, block_size, chunk_size, batch_size in (
       (f"{n}-members", n, 8, None, 16), ("2-members-chunked", 2, 8, 2, 16),
       (f"{n}-images", n, 2, None, 12)):
@@ -143,8 +141,7 @@ def case_score(n: int) -> dict:
     placed = lay.calib(calib)   # the call recalibrate_population made for its first block:
     raw = evaluate.recalibrate_bn(net, lay.shared(v), placed, lay.members(
         jax.tree.map(lambda a: a[:lay.block], pop)), chunk_size=chunk_size, **lay.kw)
-    out[label] = {"stats": _allclose_ratio(st, st0), "pred_diff": int(np.sum((pred != pred0)
-                                                                             & clear)),
+    out[label] = {"stats": _allclose_ratio(st, st0), "pred_diff": int(np.sum(pred != pred0)),
                   "over": lay.over, "calib_spec": str(placed.sharding.spec),
                   "stats_spec": str(jax.tree.leaves(raw)[0].sharding.spec)}
 
@@ -157,9 +154,9 @@ def case_score(n: int) -> dict:
   kw = dict(calib_images=32, calib_batch_size=16, seed=0)
   one = evaluate.Scorer(net, sp, v, ds, score, **kw)
   many = evaluate.Scorer(net, sp, v, ds, score, mesh=parallel.make_mesh(), **kw)
-  out["scorer"] = {"stats": _allclose_ratio(many.stats(pop), one.stats(pop)),
-                   "correct_equal": bool(np.array_equal(many.correct(pop, "test"),
-                                                        one.correct(pop, "test")))}
+  out["scorer"] = {"correct_equal": bool(np.array_equal(many.correct(pop, "test"),
+                                                        one.correct(pop, "test"))),
+                   "over": evaluate.layout(many.mesh, 8, score.block_size).over}
   return out
 
 

@@ -72,13 +72,13 @@ def test_sharded_training_equals_one_device_training():
 def test_sharded_scoring_equals_one_device_scoring():
   """A tiny supernet's population (8 members) re-calibrated and scored with its members split
   over 8 and over 2 devices (block 8; chunks of 2 on 2) and with its images split over 8 (block
-  2), and through the Scorer on 8: the BN statistics are one device's (allclose, rtol = atol =
-  1e-5) and so are the predictions wherever one device's top two logits are 1e-4 apart.  The
+  2): the BN statistics are one device's (allclose, rtol = atol = 1e-5) and so are the
+  predictions; the Scorer on 8 devices (members split) classifies as the one-device Scorer.  The
   statistics stay split along members, and the calibration batches are split along images in the
-  image layout (where a per-device batch moment would show in the variances)."""
+  image layout (where moments over each device's 2 images instead of all 16 would show in the
+  variances)."""
   r = multidevice.run("score", 8, inherit_flags=True)
-  assert set(r) == {"clear", "8-members", "2-members-chunked", "8-images", "scorer"}
-  assert r["clear"] > 150   # of 8 x 20: the comparison covers nearly every prediction
+  assert set(r) == {"8-members", "2-members-chunked", "8-images", "scorer"}
   for label in ("8-members", "2-members-chunked", "8-images"):
     d = r[label]
     assert d["stats"] <= 1.0 and d["pred_diff"] == 0, (label, d)
@@ -86,4 +86,4 @@ def test_sharded_scoring_equals_one_device_scoring():
   assert r["8-members"]["stats_spec"] == "P('data',)", r["8-members"]
   assert r["8-images"]["over"] == "images"
   assert r["8-images"]["calib_spec"] == "P(None, 'data')", r["8-images"]
-  assert r["scorer"]["stats"] <= 1.0 and r["scorer"]["correct_equal"], r["scorer"]
+  assert r["scorer"] == {"correct_equal": True, "over": "members"}, r["scorer"]

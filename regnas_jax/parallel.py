@@ -11,8 +11,13 @@ the step on one computes, up to the order of float additions.
   parameters and optimiser state replicated, or with ``config.mesh.params='fsdp'`` each large
   array split along its first dimension that the device count divides (ZeRO-3/FSDP style: the
   compiler gathers a weight where it is used and scatters its gradient).
-* **Scoring** (:func:`member_sharding`, :func:`image_sharding`): a population block split over
-  ``data`` when it has at least as many members as there are devices, otherwise the images are.
+* **Scoring** (:func:`member_sharding`, :func:`image_sharding`; ``regnas_jax.evaluate.Layout``):
+  a block of ``P`` members split over ``data`` along ``P`` (architectures and per-member BN
+  statistics; ``P`` rounded up to a multiple of the device count) when it has at least as many
+  members as there are devices -- each device re-calibrates and scores its ``P/D`` members on
+  every image -- otherwise the block is replicated and every image batch is split along its
+  images: calibration ``(K, B, R, R, 3)`` along ``B`` (each BN batch moment is still over all
+  ``B`` images: the compiler sums across the devices), evaluation ``(N, R, R, 3)`` along ``N``.
 * **Several hosts** (:func:`initialize`): ``jax.distributed.initialize`` from ``config.mesh``
   or the environment; each process then passes its own slice of every global batch
   (:func:`process_slice`) and :func:`put_batch` assembles the global array.
@@ -178,6 +183,23 @@ def check_batch(batch: int, mesh: Mesh, what: str) -> None:
   if batch % size(mesh):
     raise ConfigError(f"{what}: {batch} is not divisible by the {size(mesh)} devices of the "
                       f"mesh (config.mesh.devices)")
+
+
+def put(tree: Any, sharding: NamedSharding) -> Any:
+  """``tree`` (host or device arrays, the same global value on every process) laid out as
+  ``sharding`` says: ``jax.device_put`` in one process, assembled from host copies in several."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return place(tree, jax.tree.map(lambda _: sharding, tree))
+
+
+def to_host(x) -> np.ndarray:
+  """A global array as one numpy array on every process (gathered where this process does not
+  hold all of it)."""
+  if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def put_batch(local: Any, mesh: Mesh) -> Any:

@@ -18,9 +18,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def run(case: str, devices: int, timeout: int = 900) -> dict:
-  """Run ``case`` in a fresh interpreter with ``devices`` CPU devices; its JSON result."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+def run(case: str, devices: int, timeout: int = 900, inherit_flags: bool = False) -> dict:
+  """Run ``case`` in a fresh interpreter with ``devices`` CPU devices; its JSON result
+  (``'a,b'``: several cases in one interpreter, ``{case: result}``).
+  ``inherit_flags``: keep this process's other ``XLA_FLAGS`` (the suite's faster compile)."""
+  flags = os.environ.get("XLA_FLAGS", "") if inherit_flags else ""
+  flags = " ".join([f for f in flags.split() if "device_count" not in f]
+                   + [f"--xla_force_host_platform_device_count={devices}"])
+  env = dict(os.environ, XLA_FLAGS=flags,
              JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([ROOT, env_path()]))
   p = subprocess.run([sys.executable, __file__, case, str(devices)], env=env, cwd=ROOT,
                      capture_output=True, text=True, timeout=timeout)
@@ -125,10 +130,83 @@ def case_tunas(n: int) -> dict:
   return out
 
 
-CASES = {"train": case_train, "tunas": case_tunas}
+
+def _allclose_ratio(a, b, rtol: float = 1e-5, atol: float = 1e-5) -> float:
+  """max |a - b| / (atol + rtol |b|) over the leaves: <= 1 where ``np.allclose`` holds."""
+  import jax
+  import numpy as np
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
+                          / (atol + rtol * np.abs(np.asarray(y, np.float64)))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if np.size(x))
+
+
+def case_score(n: int) -> dict:
+  """Population scoring of a tiny supernet (OFA-MBv3 width 0.5, 12 px, depth 1-2; 8 members,
+  calibration 2 x 16 images, 20 evaluation images) on meshes against one device: members split
+  (block 8 on ``n`` devices; block 8 in chunks of 2 on 2 devices), images split (block 2 on ``n``
+  devices, evaluation batches of 12 padded to 16), and the Scorer on ``n`` devices (block 8).
+  Per layout: how close the re-calibrated statistics are (:func:`_allclose_ratio`), how many
+  predictions differ from one device's, and where the statistics and calibration batches lived.
+  (The inputs are fixed; one device's top two logits were at least 1e-4 apart for every one of
+  the 160 predictions when this was written, far above the float32 differences of a split run,
+  so equal predictions are expected, not lucky.)"""
+  import jax
+  import ml_collections
+  import numpy as np
+
+  from regnas_jax import data, evaluate, parallel
+  from regnas_jax.nn import OFAMobileNetV3
+  from regnas_jax.nn.common import init_variables
+  from regnas_jax.spaces import OFAMobileNetV3Space
+  sp = OFAMobileNetV3Space(width_mult=0.5, stem="small", num_classes=10, resolutions=(12,),
+                           depth_choices=(1, 2))
+  net = OFAMobileNetV3(sp)
+  v = init_variables(net, jax.random.key(0))
+  pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(2), 8))
+  calib = np.asarray(jax.random.normal(jax.random.key(1), (2, 16, 12, 12, 3)))
+  x = np.asarray(jax.random.normal(jax.random.key(3), (20, 12, 12, 3)))
+
+  st0 = evaluate.recalibrate_population(net, v, calib, pop, block_size=8)
+  pred0 = evaluate.population_predictions(net, v["params"], st0, pop, x, block_size=8,
+                                          batch_size=16)
+  out = {}
+  for label, devs, block_size, chunk_size, batch_size in (
+      (f"{n}-members", n, 8, None, 16), ("2-members-chunked", 2, 8, 2, 16),
+      (f"{n}-images", n, 2, None, 12)):
+    mesh = parallel.make_mesh(parallel.MeshConfig(devices=devs))
+    st = evaluate.recalibrate_population(net, v, calib, pop, block_size=block_size,
+                                         chunk_size=chunk_size, mesh=mesh)
+    pred = evaluate.population_predictions(net, v["params"], st, pop, x, block_size=block_size,
+                                           chunk_size=chunk_size, batch_size=batch_size,
+                                           mesh=mesh)
+    lay = evaluate.layout(mesh, 8, block_size)
+    placed = lay.calib(calib)   # the call recalibrate_population made for its first block:
+    raw = evaluate.recalibrate_bn(net, lay.shared(v), placed, lay.members(
+        jax.tree.map(lambda a: a[:lay.block], pop)), chunk_size=chunk_size, **lay.kw)
+    out[label] = {"stats": _allclose_ratio(st, st0), "pred_diff": int(np.sum(pred != pred0)),
+                  "over": lay.over, "calib_spec": str(placed.sharding.spec),
+                  "stats_spec": str(jax.tree.leaves(raw)[0].sharding.spec)}
+
+  rng = np.random.default_rng(0)
+  split = data.ArraySource(rng.integers(0, 256, (40, 12, 12, 3), np.uint8),
+                           rng.integers(0, 10, 40).astype(np.int32))
+  ds = data.Dataset("random", split, split, split, 10, 12, (0.5,) * 3, (0.25,) * 3)
+  score = ml_collections.ConfigDict(dict(block_size=8, chunk_size=None, batch_size=16,
+                                         max_images=0))
+  kw = dict(calib_images=32, calib_batch_size=16, seed=0)
+  one = evaluate.Scorer(net, sp, v, ds, score, **kw)
+  many = evaluate.Scorer(net, sp, v, ds, score, mesh=parallel.make_mesh(), **kw)
+  out["scorer"] = {"correct_equal": bool(np.array_equal(many.correct(pop, "test"),
+                                                        one.correct(pop, "test"))),
+                   "over": evaluate.layout(many.mesh, 8, score.block_size).over}
+  return out
+
+
+CASES = {"train": case_train, "score": case_score, "tunas": case_tunas}
 
 
 if __name__ == "__main__":
   sys.path.insert(0, ROOT)
-  result = CASES[sys.argv[1]](int(sys.argv[2]))
-  print(json.dumps(result))
+  names = sys.argv[1].split(",")
+  results = {c: CASES[c](int(sys.argv[2])) for c in names}
+  print(json.dumps(results if len(names) > 1 else results[names[0]]))

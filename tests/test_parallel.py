@@ -1,8 +1,10 @@
-"""Meshes: config.mesh checks, layouts, and a sharded training run against the one-device run.
+"""Meshes: config.mesh checks, layouts, and sharded training and scoring against one device.
 
 The multi-device cases run in a subprocess with 8 simulated CPU devices (``tests/multidevice.py``):
 JAX fixes its device count when it is first imported.
 """
+
+import functools
 
 import jax
 import ml_collections
@@ -13,6 +15,13 @@ import multidevice
 from regnas_jax import parallel
 from regnas_jax.defaults import mesh_defaults
 from regnas_jax.errors import ConfigError
+
+
+@functools.lru_cache(maxsize=None)
+def on_8_devices() -> dict:
+  """Every multi-device case in one subprocess with 8 simulated devices (each interpreter start
+  and import costs ~15 s; this file runs in one pytest worker), the suite's compile flags kept."""
+  return multidevice.run("train,score,tunas", 8, timeout=1500, inherit_flags=True)
 
 
 def _cfg(**mesh):
@@ -61,7 +70,7 @@ def test_sharded_training_equals_one_device_training():
   """3 sandwich steps of the digits smoke supernet (batch 16) on 2 and 8 devices, with
   replicated and FSDP-split parameters, end where the one-device run ends (float32 reduction
   order aside)."""
-  r = multidevice.run("train", 8)
+  r = on_8_devices()["train"]
   assert set(r) == {"2", "8", "8-fsdp"}
   for label, d in r.items():
     assert d["params_abs"] < 1e-4, (label, d)
@@ -73,10 +82,30 @@ def test_tunas_shards_on_a_mesh_equal_one_device():
   """TuNAS as it ran on TPU cores: 2 architectures per step, each on its slice of the batches.
   On a mesh of 2 devices (``shards=0``: one per device) the search ends where the one-device
   2-shard search ends: weights, BN statistics, policy and baseline."""
-  r = multidevice.run("tunas", 2)
+  r = on_8_devices()["tunas"]
   assert set(r) == {"2x0"}
   for label, d in r.items():
     assert d["params_abs"] < 1e-4, (label, d)
     assert d["stats_rel"] < 1e-3, (label, d)
     assert d["logits_abs"] < 1e-5 and d["baseline_abs"] < 1e-6, (label, d)
     assert d["policy_moved"] > 1e-4, (label, d)   # the policy did learn in these steps
+
+
+def test_sharded_scoring_equals_one_device_scoring():
+  """A tiny supernet's population (8 members) re-calibrated and scored with its members split
+  over 8 and over 2 devices (block 8; chunks of 2 on 2) and with its images split over 8 (block
+  2): the BN statistics are one device's (allclose, rtol = atol = 1e-5) and so are the
+  predictions; the Scorer on 8 devices (members split) classifies as the one-device Scorer.  The
+  statistics stay split along members, and the calibration batches are split along images in the
+  image layout (where moments over each device's 2 images instead of all 16 would show in the
+  variances)."""
+  r = on_8_devices()["score"]
+  assert set(r) == {"8-members", "2-members-chunked", "8-images", "scorer"}
+  for label in ("8-members", "2-members-chunked", "8-images"):
+    d = r[label]
+    assert d["stats"] <= 1.0 and d["pred_diff"] == 0, (label, d)
+  assert r["8-members"]["over"] == r["2-members-chunked"]["over"] == "members"
+  assert r["8-members"]["stats_spec"] == "P('data',)", r["8-members"]
+  assert r["8-images"]["over"] == "images"
+  assert r["8-images"]["calib_spec"] == "P(None, 'data')", r["8-images"]
+  assert r["scorer"] == {"correct_equal": True, "over": "members"}, r["scorer"]

@@ -101,15 +101,30 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _env() -> dict:
+  """A subprocess's environment: CPU devices, this checkout's ``regnas_jax``."""
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+
+
 def _start(workdir, cwd, devices, *extra):
   """``run_search.py`` on ``devices`` local CPU devices, in ``cwd``; stdout and stderr together."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-      p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+  env = _env()
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                       f" --xla_force_host_platform_device_count={devices}").strip()
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "run_search.py"), *TWO_PROCESS_RUN,
                            "--workdir", str(workdir), *extra], cwd=cwd, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _outputs(procs, timeout: int) -> list[str]:
+  """What each of ``procs`` printed once all ended (killed after ``timeout`` seconds each)."""
+  try:
+    return [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
 
 
 def _listing(workdir) -> list[str]:
@@ -143,12 +158,7 @@ def test_two_processes_equal_one_process(tmp_path):
   procs = [_start(one, cwds[0], 2)] + [
       _start(two, cwds[1 + i], 1, f"--config.mesh.coordinator=localhost:{port}",
              "--config.mesh.num_processes=2", f"--config.mesh.process_id={i}") for i in (0, 1)]
-  try:
-    logs = [p.communicate(timeout=900)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  logs = _outputs(procs, timeout=900)
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-3000:]
   assert "process 0/2: 1 local of 2 devices" in logs[1]
@@ -178,3 +188,33 @@ def test_two_processes_equal_one_process(tmp_path):
   assert _listing(one) == _listing(two)
   assert (two / "checkpoints" / "4" / "state" / "ocdbt.process_1").is_dir()
   assert not (one / "checkpoints" / "4" / "state" / "ocdbt.process_1").exists()
+
+
+_GATHER = """
+import sys, numpy as np
+from regnas_jax import fs, parallel
+mc = parallel.MeshConfig(coordinator='localhost:' + sys.argv[1], num_processes=2,
+                         process_id=int(sys.argv[2]), params='fsdp', fsdp_min_size=4)
+parallel.initialize(mc, log=lambda m: None)
+mesh = parallel.make_mesh(mc)
+tree = {'w': np.arange(24, dtype=np.float32).reshape(4, 6), 's': np.float32(3)}
+placed = parallel.place(tree, parallel.state_shardings(tree, mesh, mc))
+assert not placed['w'].is_fully_addressable and not placed['w'].is_fully_replicated
+out = parallel.host_values(placed)
+assert isinstance(out['w'], np.ndarray) and np.array_equal(out['w'], tree['w'])
+assert out['s'] is placed['s']
+fs.barrier('end')
+print('gathered')
+"""
+
+
+def test_host_values_gather_fsdp_split_arrays_of_two_processes(tmp_path):
+  """Two joined processes, an array split over their devices (FSDP): every process gets its
+  whole value on the host; replicated arrays stay as they are."""
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, "-c", _GATHER, port, str(i)], cwd=tmp_path, env=_env(),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for i in (0, 1)]
+  logs = _outputs(procs, timeout=300)
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0 and "gathered" in log, log[-3000:]

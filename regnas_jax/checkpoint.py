@@ -184,7 +184,9 @@ class Checkpointer:
       except _Damaged as e:
         aside = self._join(f"damaged-{step}")
         self.close()
-        fs.path(self._join(str(step))).rename(aside)
+        if fs.is_writer():   # every process found it damaged; one moves it
+          fs.path(self._join(str(step))).rename(aside)
+        fs.barrier(f"moved {aside}")
         warn(f"warning: {e}; moved it to {aside} and resuming from the newest intact "
              f"checkpoint")
     return None, {}, None

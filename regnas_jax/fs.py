@@ -12,6 +12,8 @@ Every file the project writes under a work dir goes through here or through ``ep
   append (metric logs) rewrite the whole object (:class:`regnas_jax.progress.MetricsLog`).
 * :func:`is_writer` is the one predicate of multi-process runs: only process 0 writes results,
   plots, exports, logs and metrics.  Orbax checkpoints are written by every process together.
+  :func:`barrier` is where the other processes read what process 0 wrote (a saved search
+  state, an evaluation cache): all of them read the same version of the file.
 
 This module imports nothing from the project but :mod:`~regnas_jax.errors`; JAX and etils are
 imported on first use.
@@ -49,6 +51,21 @@ def is_writer() -> bool:
   import jax
 
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Wait until every process of a multi-process run got here (a no-op with one process).
+
+  Readers of a file that process 0 also writes call it before and after reading: before, so
+  that process 0's earlier writes are complete; after, so that process 0 does not overwrite the
+  file while another process still reads the older version.  All processes must call it with
+  the same ``name`` in the same order (the code paths of a run are the same on every process).
+  """
+  import jax
+
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def exists(p: Any) -> bool:

@@ -19,8 +19,11 @@ the step on one computes, up to the order of float additions.
   images: calibration ``(K, B, R, R, 3)`` along ``B`` (each BN batch moment is still over all
   ``B`` images: the compiler sums across the devices), evaluation ``(N, R, R, 3)`` along ``N``.
 * **Several hosts** (:func:`initialize`): ``jax.distributed.initialize`` from ``config.mesh``
-  or the environment; each process then passes its own slice of every global batch
-  (:func:`process_slice`) and :func:`put_batch` assembles the global array.
+  or the environment (CPU devices talk through gloo); each process then passes its own slice of
+  every global batch (:func:`process_slice`) and :func:`put_batch` assembles the global array.
+  The trained variables come back to every host whole (:func:`host_values`); only process 0
+  writes files (:func:`regnas_jax.fs.is_writer`), the others wait for it where they read them
+  (:func:`regnas_jax.fs.barrier`), and orbax checkpoints are saved by all processes together.
 
 The ``config.mesh`` section (all keys optional for older configs):
 
@@ -103,6 +106,10 @@ def initialize(mc: MeshConfig, log=print) -> None:
       kw["process_id"] = mc.process_id
   elif os.environ.get("REGNAS_DISTRIBUTED") != "1":
     return
+  if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+    # CPU devices of several processes need a collectives library for the cross-process
+    # reductions of a step; gloo (over TCP) is jax's default since 0.5, not before.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kw)
   _INITIALIZED = True
   log(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local "
@@ -167,6 +174,24 @@ def place(tree: Any, shardings: Any) -> Any:
   """``tree`` as global arrays with ``shardings`` (host values are the same on every process)."""
   return jax.tree.map(lambda x, s: jax.make_array_from_callback(
       np.shape(x), s, lambda idx, x=x: np.asarray(x)[idx]), tree, shardings)
+
+
+def host_values(tree: Any) -> Any:
+  """``tree`` with every array that this process does not hold whole (a multi-process run's
+  FSDP-split parameters) gathered into a numpy array of its global value, so that what reads
+  values on the host (scoring, exports, fingerprints) sees the same arrays on every process.
+  Arrays held whole (anything of a one-process run, replicated arrays) are returned as they
+  are."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x
+
+  return jax.tree.map(one, tree)
 
 
 def process_slice(global_batch: int) -> slice:

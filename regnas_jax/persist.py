@@ -113,12 +113,19 @@ def read_state(path: str, identity: Any, parse: Callable[[dict], Any] | None = N
   With ``other_run='ignore'`` a file of another run reads as ``None`` (for caches that are
   simply recomputed, e.g. latency measurements for other settings).
   """
-  if not fs.exists(path):
+  fs.barrier(f"read {path}")   # a multi-process run: every process reads the same version
+  text = error = None
+  try:
+    text = fs.read_text(path) if fs.exists(path) else None
+  except OSError as e:
+    error = e.strerror
+  fs.barrier(f"read {path} done")
+  if error is not None:
+    raise StateError(f"{path}: cannot read the saved state ({error})")
+  if text is None:
     return None
   try:
-    saved = json.loads(fs.read_text(path))
-  except OSError as e:
-    raise StateError(f"{path}: cannot read the saved state ({e.strerror})") from None
+    saved = json.loads(text)
   except ValueError as e:
     raise StateError(f"{path}: damaged saved state, not JSON ({e}); remove it to start that "
                      f"stage again") from None

@@ -166,3 +166,24 @@ def test_write_bytes_replaces_a_local_file_as_a_whole(tmp_path):
   fs.write_bytes(p, b"new")
   assert fs.read_bytes(p) == b"new" and sorted(os.listdir(tmp_path / "d")) == ["f.bin"]
   assert io.BytesIO(fs.read_bytes(p)).read() == b"new"
+
+
+def test_readers_of_process_0s_files_meet_at_barriers(tmp_path, monkeypatch):
+  """With several processes, a saved state and an evaluation cache are read between two
+  barriers (process 0's earlier write is complete; its next one waits for every reader); with
+  one process there is no barrier."""
+  from jax.experimental import multihost_utils
+  from regnas_jax.search.family import EvalCache
+
+  met = []
+  monkeypatch.setattr(multihost_utils, "sync_global_devices", met.append)
+  path = str(tmp_path / "state.json")
+  persist.save_state(path, {"a": 1}, x=1)
+  assert persist.read_state(path, {"a": 1})["x"] == 1 and met == []
+  monkeypatch.setattr(jax, "process_count", lambda *a, **k: 2)
+  assert persist.read_state(path, {"a": 1})["x"] == 1
+  assert persist.read_state(str(tmp_path / "none.json"), {"a": 1}) is None
+  EvalCache(None, None, str(tmp_path / "cache.npz"))
+  assert met == [f"read {path}", f"read {path} done",
+                 f"read {tmp_path / 'none.json'}", f"read {tmp_path / 'none.json'} done",
+                 f"read {tmp_path / 'cache.npz'}", f"read {tmp_path / 'cache.npz'} done"]

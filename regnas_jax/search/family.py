@@ -73,8 +73,13 @@ class EvalCache:
     self.archs: dict[bytes, Any] = {}
     self.scored_now = 0      # scored by this process
     self._saved = 0
-    if path and fs.exists(path):
-      self._load()
+    if path:
+      fs.barrier(f"read {path}")   # every process of a multi-process run loads the same cache
+      try:
+        if fs.exists(path):
+          self._load()
+      finally:
+        fs.barrier(f"read {path} done")
 
   @property
   def scored(self) -> int:

@@ -527,7 +527,8 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
 
 
 def _result(state, ident, total, secs, resumed, phases) -> TrainResult:
-  v = {"params": state.params, "batch_stats": state.batch_stats}
+  # several processes: FSDP-split arrays gathered, so every process scores the same weights
+  v = parallel.host_values({"params": state.params, "batch_stats": state.batch_stats})
   fp = persist.fingerprint({"training": ident, "steps": total,
                             "arrays": persist.array_fingerprint(v)})
   return TrainResult(v, total, secs, resumed, phases, fp)

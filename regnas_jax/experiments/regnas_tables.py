@@ -91,7 +91,8 @@ class Experiment:
     if self._scorer is None:
       tr = self.trained()
       self._scorer = evaluate.Scorer.from_config(self.cfg, self.ctx.net, self.space,
-                                                 tr.variables, self.ctx.dataset)
+                                                 tr.variables, self.ctx.dataset,
+                                                 mesh=self.ctx.mesh)
     return self._scorer
 
   def cache(self, split: str) -> family_lib.EvalCache:

@@ -31,7 +31,7 @@ def prepare(cfg, workdir: str, stop_after: str = "search", log=log_line):
   mesh_cfg = parallel.mesh_config(cfg)
   runtime.setup(cfg, log)   # before the first compile (the compilation cache)
   parallel.initialize(mesh_cfg, log)   # a multi-host run: before any device is touched
-  parallel.make_mesh(mesh_cfg)         # (checks config.mesh.devices)
+  mesh = parallel.make_mesh(mesh_cfg)  # (checks config.mesh.devices)
   space = build.build_space(cfg)
   net = build.build_supernet(cfg, space)
   if cfg.train.method in training.METHODS and cfg.train.steps:   # 0 steps: imported weights as is
@@ -40,7 +40,7 @@ def prepare(cfg, workdir: str, stop_after: str = "search", log=log_line):
   dataset = build.load_dataset(cfg, space)
   job.check_data(cfg, space, dataset)
   log(build.describe(space, dataset))
-  return job, JobContext(cfg, workdir, space, net, dataset, stop_after, log)
+  return job, JobContext(cfg, workdir, space, net, dataset, stop_after, log, mesh)
 
 
 def run(cfg, workdir: str, stop_after: str = "search", log=log_line) -> dict:

@@ -49,6 +49,7 @@ class JobContext:
   dataset: Any              # regnas_jax.data.Dataset
   stop_after: str = "search"
   log: Callable[[str], None] = log_line
+  mesh: Any = None          # the device mesh of ``config.mesh`` (built once by ``prepare``)
 
   def path(self, *parts: str) -> str:
     """A path inside the work dir (local or ``gs://``)."""

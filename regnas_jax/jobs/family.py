@@ -110,7 +110,8 @@ class FamilyJob(Job):
     tr = supernet.trained(ctx, supernet.warm_up(ctx))
     if ctx.stop_after == "train":
       return {"training": {"steps": tr.steps, "seconds_this_process": tr.seconds}}
-    scorer = evaluate.Scorer.from_config(ctx.cfg, ctx.net, ctx.space, tr.variables, ctx.dataset)
+    scorer = evaluate.Scorer.from_config(ctx.cfg, ctx.net, ctx.space, tr.variables, ctx.dataset,
+                                         mesh=ctx.mesh)
     ends_ok = supernet.score_ends(ctx, scorer)
     cache = family_lib.EvalCache(ctx.space, lambda pop: scorer.correct(pop, "val"),
                                  ctx.path("search", "eval_cache_val.npz"),

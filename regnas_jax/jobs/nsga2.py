@@ -174,7 +174,8 @@ class NSGA2Job(Job):
     if ctx.stop_after == "train":
       return {"training": {"steps": tr.steps, "seconds_this_process": tr.seconds}}
     cfg, space, se = ctx.cfg, ctx.space, ctx.cfg.search
-    scorer = evaluate.Scorer.from_config(cfg, ctx.net, space, tr.variables, ctx.dataset)
+    scorer = evaluate.Scorer.from_config(cfg, ctx.net, space, tr.variables, ctx.dataset,
+                                         mesh=ctx.mesh)
     ends_ok = supernet.score_ends(ctx, scorer)
     identity = search_identity(ctx, tr)
     cache = EvalCache(space, lambda pop: scorer.correct(pop, "val"),

@@ -425,17 +425,17 @@ class TunasJob(Job):
     phase = training.Phase("tunas", total, (), "policy", 1, "none", None,
                            float(tc.lr) * lr_scale(cfg), min(int(tc.warmup_steps), total - 1))
     tx, sched = training.make_optimizer(tc, phase)
+    mc = parallel.mesh_config(cfg)
+    mesh = ctx.mesh if ctx.mesh is not None else parallel.make_mesh(mc)
+    shards = shard_count(cfg, mesh)
     init, init_ident = supernet.initial_weights(ctx)
-    ident = dict(identity(cfg, space), init_from=init_ident)
+    ident = dict(identity(cfg, space, shards), init_from=init_ident)
     ck = ckpt_lib.Checkpointer(ctx.path("checkpoints"), ident, max_to_keep=tc.max_to_keep)
     k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
     init = init or (lambda k: init_variables(net, k))
     v = init(k_init)
     fresh = SearchState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
                         tx.init(v["params"]), tunas.init(space, controller_config(se)))
-    mc = parallel.mesh_config(cfg)
-    mesh = parallel.make_mesh(mc)
-    shards = shard_count(cfg, mesh)
     restored, _, resumed = ck.restore_latest(fresh, warn=ctx.log)
     traj = MetricsLog(ctx.path("trajectory.jsonl"), runtime.tensorboard_dir(cfg, ctx.workdir))
     if resumed is not None:
@@ -451,7 +451,8 @@ class TunasJob(Job):
       state = parallel.place(jax.tree.map(np.asarray, state), sharding)
       put = lambda b: parallel.put_batch(b, mesh)
     start = int(state.step)
-    step_fn = self._compiled_step(ctx, tx, cost_fn, target, fit, ident, total, shards, sharding)
+    step_fn = self._compiled_step(ctx, tx, cost_fn, target, fit, ident, total, shards, mesh,
+                                  sharding)
     n_train, n_val, n_rl = len(ds.train), len(ds.val), rl_batch_size(cfg)
 
     def batch(split, n, size, s, seed):
@@ -488,14 +489,17 @@ class TunasJob(Job):
       ck.close()
     return state, start
 
-  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total, shards=1,
+  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total, shards, mesh,
                      sharding=None):
-    """The search step, compiled once per configuration, layout and process."""
+    """The search step, compiled once per configuration and layout: the key is the run's
+    identity (which holds the shard count), the data statistics, and the mesh's devices with
+    ``config.mesh`` (one device: no sharding; several: replicated or FSDP-split state)."""
     ds, tc = ctx.dataset, ctx.cfg.train
+    mc = parallel.mesh_config(ctx.cfg)
+    layout = None if sharding is None else ([d.id for d in mesh.devices.flat], mc.params,
+                                            mc.fsdp_min_size)
     key = json.dumps([ident, target, fit, [np.asarray(ds.mean).tolist(),
-                                           np.asarray(ds.std).tolist()], shards,
-                      str(jax.tree.leaves(sharding)[:1]), dict(ctx.cfg.mesh.to_dict())
-                      if "mesh" in ctx.cfg else None],
+                                           np.asarray(ds.std).tolist()], layout],
                      sort_keys=True, default=str)
     if key not in _STEPS:
       r = max(ctx.space.resolutions)
@@ -523,7 +527,8 @@ class TunasJob(Job):
     archs = [best] + rand
     pop = spaces.stack(archs)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    scorer = evaluate.Scorer.from_config(cfg, ctx.net, space, variables, ctx.dataset)
+    scorer = evaluate.Scorer.from_config(cfg, ctx.net, space, variables, ctx.dataset,
+                                         mesh=ctx.mesh)
     val_ok, test_ok = scorer.correct(pop, "val"), scorer.correct(pop, "test")
     rows = [{"name": "TuNAS argmax" if i == 0 else f"random {i}", "arch": space.to_json(a),
              "summary": space.format(a), "cost": float(cost_fn(a)), "macs": int(space.macs(a)),
@@ -545,7 +550,8 @@ class TunasJob(Job):
     results = run_record(ctx, MACS_NOTE)
     results.update({"tunas": summary, "models": rows, "cost_model": fit,
                     "policy": tunas.probabilities(space, logits),
-                    "search": {"steps": int(cfg.train.steps), "shards": shard_count(cfg),
+                    "search": {"steps": int(cfg.train.steps),
+                               "shards": shard_count(cfg, ctx.mesh),
                                "batch": int(cfg.train.batch_size), "rl_batch": rl_batch_size(cfg),
                                "lr": float(cfg.train.lr) * lr_scale(cfg),
                                "rl_learning_rate": float(se.rl_learning_rate) * lr_scale(cfg),
@@ -558,15 +564,16 @@ class TunasJob(Job):
     return results
 
 
-def identity(cfg, space) -> dict:
-  """What the search state depends on (checked against a checkpoint before it is restored)."""
+def identity(cfg, space, shards: int | None = None) -> dict:
+  """What the search state depends on (checked against a checkpoint before it is restored);
+  ``shards``: the resolved shard count (default: resolved from ``config.mesh``)."""
   se, tc = cfg.search, cfg.train
   search = {k: v for k, v in se.to_dict().items()
             if k not in ("random_samples", "random_tries", "retrain_steps", "shards")}
   for k, default in (("rl_batch_size_multiplier", 0), ("scale_lr_by_batch", False)):
     if search.get(k, default) == default:   # runs saved before these keys existed still resume
       search.pop(k, None)
-  n = shard_count(cfg)
+  n = shard_count(cfg) if shards is None else shards
   if n != 1:   # the shard count in effect (0 means one per device: it follows the mesh)
     search["shards"] = n
   return {"space": space.config(), "supernet": cfg.supernet.to_dict(),

@@ -94,3 +94,24 @@ def test_command_line_errors_are_one_line(tmp_path):
   errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
   assert len(errors) == 1 and "config.experiment" in errors[0], out.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_committed_cifar10_tables_come_from_the_committed_results_and_config():
+  """docs/results.md's CIFAR-10 tables are what the report prints for the committed results JSON,
+  and that JSON was made with ``configs/cifar10_mbv3.py:cpu`` as committed (apart from the data
+  file and cache paths, which the documented command gives)."""
+  from regnas_jax import report
+
+  with open(os.path.join(ROOT, "docs", "results", "regnas_cifar10_mbv3_cpu.json")) as f:
+    res = json.load(f)
+  with open(os.path.join(ROOT, "docs", "results.md")) as f:
+    assert report.regnas_tables_markdown(res) in f.read()
+  spec = importlib.util.spec_from_file_location("cifar10_mbv3",
+                                                os.path.join(ROOT, "configs", "cifar10_mbv3.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  want = json.loads(json.dumps(mod.get_config("cpu").to_dict()))
+  got = json.loads(json.dumps(res["config"]))
+  for c in (want, got):
+    c["data"].pop("path"), c["data"].pop("cache_dir")
+  assert got == want

@@ -74,3 +74,36 @@ def test_train_exact_resumes_bit_identical(tmp_path):
   lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
   assert len(lines) == 2 and all('"fd"' in ln for ln in lines)
   assert os.path.isdir(tmp_path / "b" / "checkpoints" / "6")
+
+
+def test_the_old_model_sees_the_batch_at_its_own_resolution(tmp_path):
+  """Focal distillation across resolutions (A1 at 6 px, A2 at 8 px): the old model is a dense
+  layer over its flattened 6 px input, so it only runs on batches at its own side; the
+  distillation term is then its KL to the new model, positive, and part of the run's identity."""
+  import flax
+  import flax.linen as nn
+  from regnas_jax import spaces
+  from regnas_jax.errors import StateError
+  from regnas_jax.nn import OFAMobileNetV3
+
+  class Flat(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+  sp = spaces.OFAMobileNetV3Space(width_mult=0.25, stem="small", num_classes=10,
+                                  resolutions=(8,), depth_choices=(1, 2))
+  module = OFAMobileNetV3(sp, depthwise_impl="xla").exact_module(sp.min_arch())
+  old = Flat()
+  teacher = (old, old.init(jax.random.key(1), np.zeros((1, 6, 6, 3))))
+  cfg = ml_collections.ConfigDict({"train": train_defaults(), "data": {"name": "digits"}})
+  cfg.train.update(dict(steps=2, batch_size=16, checkpoint_every=2, log_every=1, lr=0.05))
+  ds = data.load_digits(8)
+  kw = dict(resolution=8, seed=3, teacher=teacher, fd=FocalDistillation(beta=2.0))
+  with pytest.raises(flax.errors.ScopeParamShapeError):   # fed at 8 px, the old one cannot run
+    training.train_exact(cfg, module, ds, str(tmp_path / "a"), **kw)
+  training.train_exact(cfg, module, ds, str(tmp_path / "b"), teacher_resolution=6, **kw)
+  lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 2 and all(float(__import__("json").loads(ln)["fd"]) > 0 for ln in lines)
+  with pytest.raises(StateError):  # the teacher's side is part of what the weights depend on
+    training.train_exact(cfg, module, ds, str(tmp_path / "b"), teacher_resolution=5, **kw)

@@ -153,15 +153,18 @@ class Experiment:
       out[m["name"]] = self._train_exact(m["arch"], f"independent/{m['name']}", steps)
     a1_module = self.ctx.net.exact_module(fam[0]["arch"])
     out["FD"] = self._train_exact(fam[1]["arch"], "independent/A2_fd", steps,
-                                  teacher=(a1_module, out["A1"]["variables"]), fd=fd(cfg))
+                                  teacher=(a1_module, out["A1"]["variables"]), fd=fd(cfg),
+                                  teacher_resolution=out["A1"]["resolution"])
     return out
 
-  def _train_exact(self, arch, where: str, steps: int, teacher=None, fd=None) -> dict:
+  def _train_exact(self, arch, where: str, steps: int, teacher=None, fd=None,
+                   teacher_resolution=None) -> dict:
     module = self.ctx.net.exact_module(arch)
     r = int(self.space.resolutions[int(np.asarray(arch.resolution))])
     res = training.train_exact(self.cfg, module, self.ctx.dataset, self.path(where),
                                resolution=r, seed=int(self.cfg.seed), steps=steps,
-                               teacher=teacher, fd=fd, log=self.log, desc=where,
+                               teacher=teacher, fd=fd, teacher_resolution=teacher_resolution,
+                               log=self.log, desc=where,
                                identity_extra={"arch": self.space.to_json(arch)})
     return {"arch": arch, "module": module, "variables": res.variables, "resolution": r,
             "fingerprint": res.fingerprint}

@@ -86,7 +86,8 @@ class ExactResult(NamedTuple):
 
 def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: int,
                 steps: int | None = None, teacher: tuple | None = None,
-                fd: FocalDistillation | None = None, identity_extra: dict | None = None,
+                fd: FocalDistillation | None = None, teacher_resolution: int | None = None,
+                identity_extra: dict | None = None,
                 log: Callable[[str], None] = print, desc: str = "train") -> ExactResult:
   """Train ``module`` (an exact-shape network) from scratch as ``cfg.train`` says.
 
@@ -98,6 +99,10 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
     resolution: the input side.
     steps: optimiser steps (default ``cfg.train.steps``).
     teacher: ``(module, variables)`` of the old model for focal distillation (with ``fd``).
+    teacher_resolution: the input side the old model was trained and is deployed at (default:
+      ``resolution``).  It sees each augmented batch as the new model does (the same crop and
+      flip, made at the source size) but resized to its own side: its predictions, and so the
+      flips distillation guards against, are the ones it makes as deployed.
     identity_extra: what else the weights depend on (e.g. the architecture), checked on resume.
   """
   tc = cfg.train
@@ -113,6 +118,9 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
            "steps": steps, "seed": seed, "resolution": resolution,
            "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"},
            "fd": None if fd is None else fd._asdict(), **(identity_extra or {})}
+  t_res = int(resolution if teacher_resolution is None else teacher_resolution)
+  if fd is not None and t_res != resolution:
+    ident["teacher_resolution"] = t_res
   ck = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", ident, max_to_keep=tc.max_to_keep)
   v = module.init(jax.random.key(seed), jnp.zeros((1, resolution, resolution, 3)), train=False)
   fresh = (jnp.zeros((), jnp.int32), v["params"], v["batch_stats"], tx.init(v["params"]))
@@ -120,7 +128,7 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
   state = fresh if resumed is None else state
   metrics = MetricsLog(f"{workdir}/metrics.jsonl")
   metrics.truncate_after(int(state[0]))
-  step_fn = _make_step(module, tx, tc, dataset, resolution, fd, teacher)
+  step_fn = _make_step(module, tx, tc, dataset, resolution, fd, teacher, t_res)
   base = jax.random.key(seed)
   n = len(dataset.train)
 
@@ -153,16 +161,20 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
   return ExactResult(variables, steps, secs, fp)
 
 
-def _make_step(module, tx, tc, dataset, resolution, fd, teacher):
+def _make_step(module, tx, tc, dataset, resolution, fd, teacher, teacher_resolution=None):
   aug = functools.partial(data_lib.preprocess, mean=dataset.mean, std=dataset.std,
-                          resolution=resolution, pad=tc.augment.pad, flip=tc.augment.flip)
+                          pad=tc.augment.pad, flip=tc.augment.flip)
+  t_res = resolution if teacher_resolution is None else teacher_resolution
   nc, smooth = dataset.num_classes, float(tc.label_smoothing)
   use_fd = fd is not None and teacher is not None and fd.weight > 0
 
   @functools.partial(jax.jit, donate_argnums=0)
   def step(state, images, labels, base_key):
     s, params, stats, opt_state = state
-    x = aug(images, key=step_key(base_key, s))
+    key = step_key(base_key, s)
+    x = aug(images, key=key, resolution=resolution)
+    # the old model's view: the same crop and flip (made at the source size), its own side
+    x_old = x if t_res == resolution else aug(images, key=key, resolution=t_res)
 
     def loss_fn(p):
       logits, upd = module.apply({"params": p, "batch_stats": stats}, x, train=True,
@@ -172,7 +184,7 @@ def _make_step(module, tx, tc, dataset, resolution, fd, teacher):
       term = jnp.float32(0.0)
       if use_fd:
         t_module, t_vars = teacher
-        old = t_module.apply(t_vars, x, train=False)
+        old = t_module.apply(t_vars, x_old, train=False)
         term = focal_distillation(logits, old, labels, fd)
       loss = ce + (fd.weight * term if use_fd else 0.0)
       return loss, (logits, upd["batch_stats"], term)

@@ -178,14 +178,17 @@ def read(path):
     return f.read()
 
 
-def logged_steps(workdir):
+def logged_steps(workdir, since=None):
+  """Steps in the run's metrics.jsonl (only those of lines written after ``since``, a time)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   out = []
   for ln in open(path):
     try:
-      out.append(json.loads(ln)["step"])
+      rec = json.loads(ln)
+      if since is None or rec["time"] > since:
+        out.append(rec["step"])
     except (json.JSONDecodeError, KeyError):
       pass
   return out
@@ -226,9 +229,11 @@ def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(smoke_run, tmp_pat
   # SIGTERM once the resumed run has done steps it has not saved: the current step finishes, a
   # checkpoint is saved off the 4-step schedule, exit status 143.  (A SIGTERM before any such
   # step -- e.g. during the first compile -- ends the run at once: tests/test_faults.py.)
+  # (The killed run's stale lines also have steps > ck_step until the resumed run drops them:
+  # wait for a line written by this run.)
+  t_resume = time.time()
   p = start(work)
-  wait_for(p, lambda: max(logged_steps(work), default=0) > ck_step and "resumed from" in
-           read(p.out))
+  wait_for(p, lambda: max(logged_steps(work, since=t_resume), default=0) > ck_step)
   p.send_signal(signal.SIGTERM)
   p.wait(timeout=300)
   stdout, stderr = read(p.out), read(p.err)

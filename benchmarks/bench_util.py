@@ -7,6 +7,7 @@ import jax
 
 from regnas_jax import spaces
 from regnas_jax.nn import OFAMobileNetV3, OFAResNet50
+from regnas_jax.nn.supernet import build_supernet
 
 
 def timed(fn, repeats):
@@ -26,8 +27,10 @@ def build_net(a, dtype):
                         resolutions=(a.resolution,))
   if a.space == "ofa_mbv3":
     return sp, OFAMobileNetV3(sp, depthwise_impl=a.depthwise, dtype=dtype)
-  return sp, OFAResNet50(sp, dtype=dtype)  # no depthwise convolutions
+  if a.space == "ofa_resnet50":
+    return sp, OFAResNet50(sp, dtype=dtype)  # no depthwise convolutions
+  return sp, build_supernet(sp, depthwise_impl=a.depthwise, dtype=dtype)
 
 
 def describe_depthwise(a) -> str:
-  return f", depthwise {a.depthwise}" if a.space == "ofa_mbv3" else ""
+  return f", depthwise {a.depthwise}" if a.space != "ofa_resnet50" else ""

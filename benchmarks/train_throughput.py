@@ -7,6 +7,10 @@ optimiser update on the summed gradients.  Rows:
 
   masked sandwich step, vmap   the S subnets vmapped in one compiled step (accelerators)
   masked sandwich step, scan   the S subnets one after another inside one compiled step (CPU)
+  envelope sandwich step       each of the S subnets in the static shape envelope that holds it
+                               (``training.EnvelopeBuckets``: the largest in the full shapes,
+                               the smallest in its own, the random ones in one of K buckets),
+                               one after another in one compiled step
   exact shapes, one by one     forward + backward of each of the same S subnets extracted to
                                exact shapes (each compiled once beforehand; the optimiser update
                                and scattering gradients back into the supernet are not counted,
@@ -44,7 +48,7 @@ from regnas_jax.nn.common import init_variables
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--space", choices=("ofa_mbv3", "ofa_resnet50"), default="ofa_mbv3")
+  p.add_argument("--space", choices=sorted(spaces.SPACES), default="ofa_mbv3")
   p.add_argument("--stem", choices=("small", "imagenet"), default="small")
   p.add_argument("--resolution", type=int, default=32)
   p.add_argument("--width", type=float, default=1.0)
@@ -55,6 +59,9 @@ def main(argv=None):
   p.add_argument("--depthwise", default="auto", choices=("auto", "xla", "shift"))
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--steps", type=int, default=3, help="timed steps (median)")
+  p.add_argument("--envelopes", type=int, nargs="*", default=[4],
+                 help="one row per K: the step's members in static shape envelopes "
+                      "(training.EnvelopeBuckets with K buckets); none: no such row")
   a = p.parse_args(argv)
 
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[a.dtype]
@@ -88,6 +95,27 @@ def main(argv=None):
       return m["loss"]
 
     rows.append((f"masked sandwich step, {loop}", comp, timed(run, a.steps)))
+
+  # Static shape envelopes: the members of step 0 (the archs the exact row trains) each in the
+  # bucket envelope that holds it; the step is re-run at step 0 (its envelopes hold only those).
+  archs0 = train.step_archs(sp, phase, key, 0)
+  for k_env in a.envelopes if getattr(net, "envelopes", False) else []:
+    envs = train.EnvelopeBuckets(sp, k_env).keys(0, phase, archs0)
+    step = train.make_train_step(net, sp, tx, phase, lc, envelopes=envs)
+    state = fresh()
+    t = time.perf_counter()
+    compiled = step.lower(state, images, labels, key).compile()
+    comp = time.perf_counter() - t
+    holder = [compiled(state, images, labels, key)[0]]
+
+    def run(compiled=compiled, holder=holder):
+      holder[0], m = compiled(holder[0]._replace(step=jnp.zeros((), jnp.int32)), images, labels,
+                              key)
+      return m["loss"]
+
+    env_macs = [float(sp.macs(spaces.base.envelope_arch(sp, e))) / 1e6 for e in envs]
+    rows.append((f"envelope sandwich step (K {k_env}; envelope MMACs "
+                 f"{', '.join(f'{m:.1f}' for m in env_macs)})", comp, timed(run, a.steps)))
 
   # The same S subnets the first masked step trains, extracted to exact shapes.
   archs = train.sample_subnets(sp, phase, jax.random.split(jax.random.fold_in(key, 0), 3)[1])

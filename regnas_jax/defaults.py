@@ -102,6 +102,9 @@ def train_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
       num_subnets=4,            # sandwich: max + min + (n - 2) random; uniform: n random; fair:
                                 # n archs, every choice equally often per decision (FairNAS)
       subnet_loop="auto",       # 'vmap' | 'scan' (sequential in one step) | 'auto' (see train)
+      envelopes=0,              # >0: each member of a step in one of this many static shape
+                                # envelopes (training/supernet.py EnvelopeBuckets); 0: all at
+                                # the largest shapes
       resolutions=(),           # training resolutions (empty: all of the space's)
       optimizer="sgd",          # 'sgd' (Nesterov) | 'rmsprop'
       lr=0.1, momentum=0.9, nesterov=True, warmup_steps=20,
@@ -134,6 +137,10 @@ def score_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
       chunk_size=1,     # members at a time inside a call (lax.map); None: vmap the whole block
       batch_size=500,   # evaluation images per call (the last batch padded)
       max_images=0,     # >0: score a fixed random subset of each split (smoke runs)
+      envelopes=0,      # >0: members in at most this many static shape envelopes per
+                        # resolution (regnas_jax/envelopes.py); 0: all at the largest shapes.
+                        # Off by default: on random populations it saved only 8% per member on
+                        # CPU and its compiles cost more (docs/benchmarks.md)
   ))
   if dataset is not None:
     c.update(_dataset(dataset)["score"])

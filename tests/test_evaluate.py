@@ -6,6 +6,7 @@ import numpy as np
 
 from regnas_jax import evaluate
 from regnas_jax.spaces import member
+from regnas_jax.spaces.base import envelope_arch, envelope_key
 
 
 def close(a, b):
@@ -144,3 +145,37 @@ def test_scorer_streams_the_split_with_the_whole_split_results(tiny):
   np.testing.assert_array_equal(got, pred == y[None])
   np.testing.assert_array_equal(sc.labels("test"), y)
   assert 0 < got.sum() < got.size
+
+
+def test_scorer_in_envelopes_equals_the_largest_shapes_and_reuses_its_envelopes(tiny):
+  """Scorer with ``score.envelopes``: the same statistics and correctness as every member at the
+  largest shapes; members in a few envelopes that hold them; a later population the catalogue
+  already holds adds no envelope (no new program)."""
+  import ml_collections
+
+  from regnas_jax import data
+
+  sp, net, v, _ = tiny
+  ds = data.load_digits(12, seed=0)
+  pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(6), 11))
+  pop = jax.tree.map(lambda a, b: np.concatenate([np.asarray(a)[None], b]), sp.min_arch(), pop)
+  out = {}
+  for k in (0, 3):
+    score = ml_collections.ConfigDict(dict(block_size=2, chunk_size=1, batch_size=128,
+                                           max_images=200, envelopes=k))
+    sc = evaluate.Scorer(net, sp, v, ds, score, calib_images=64, calib_batch_size=32, seed=0)
+    out[k] = sc, sc.stats(pop), sc.correct(pop, "test")
+  (_, s0, c0), (sc, s3, c3) = out[0], out[3]
+  jax.tree.map(close, s3, s0)
+  np.testing.assert_array_equal(c3, c0)
+  groups = sc.catalogue.groups(0, pop)
+  assert 1 < len(groups) <= 3
+  assert sorted(np.concatenate([g for _, g in groups]).tolist()) == list(range(12))
+  for key, g in groups:
+    env = sp.envelope(jax.tree.map(lambda x, g=g: np.asarray(x)[g], pop))
+    assert key == envelope_key(env) or float(sp.macs(env)) <= float(
+        sp.macs(envelope_arch(sp, key)))
+  n = len(sc.catalogue.envs[0])
+  sub = jax.tree.map(lambda x: np.asarray(x)[[3, 0, 5]], pop)
+  np.testing.assert_array_equal(sc.correct(sub, "test"), c0[[3, 0, 5]])
+  assert len(sc.catalogue.envs[0]) == n

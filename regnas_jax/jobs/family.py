@@ -191,11 +191,13 @@ def _stack(members):
 def search_identity(ctx: JobContext, tr) -> dict:
   """What a saved search (state, evaluation cache) depends on: the trained weights (their
   fingerprint covers the training config, the steps and the arrays) and how subnets are
-  scored."""
+  scored (not whether in static shape envelopes: the same scores up to float rounding, so a
+  search saved before that option resumes)."""
   cfg = ctx.cfg
+  score = {k: v for k, v in cfg.score.to_dict().items() if k != "envelopes"}
   return {"weights": tr.fingerprint, "space": ctx.space.config(),
           "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"},
-          "score": cfg.score.to_dict(), "calib_images": cfg.train.calib_images,
+          "score": score, "calib_images": cfg.train.calib_images,
           "calib_batch_size": cfg.train.calib_batch_size}
 
 

@@ -21,6 +21,14 @@ from regnas_jax.nn import ops
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def first(v, n: int, axis: int = -1):
+  """The first ``n`` entries of ``v`` along ``axis`` (``v`` itself when it has ``n``): a
+  layer's variables at its full width, used inside a smaller static shape envelope."""
+  if v.shape[axis] == n:
+    return v
+  return lax.slice_in_dim(v, 0, n, axis=axis)
+
+
 def _identity_init(key, shape, dtype=jnp.float32):
   del key
   return jnp.eye(shape[0], shape[1], dtype=dtype)
@@ -43,12 +51,14 @@ class MaskedBatchNorm(nn.Module):
   epsilon: float = 1e-5
   dtype: Any = None
   scale_init: Any = nn.initializers.ones
+  features: int | None = None   # the variables' width C (None: the input's)
 
   @nn.compact
   def __call__(self, x, train: bool, mask=None, update=True):
-    c = x.shape[-1]
-    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    n = x.shape[-1]               # n < C inside a shape envelope: the first n channels
+    c = self.features or n
+    scale = first(self.param("scale", self.scale_init, (c,), jnp.float32), n)
+    bias = first(self.param("bias", nn.initializers.zeros, (c,), jnp.float32), n)
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
     if train:
@@ -56,10 +66,12 @@ class MaskedBatchNorm(nn.Module):
       if not self.is_initializing():
         keep = jnp.asarray(update) if mask is None else (mask & update)
         m = self.momentum
-        ra_mean.value = jnp.where(keep, m * ra_mean.value + (1 - m) * mean, ra_mean.value)
-        ra_var.value = jnp.where(keep, m * ra_var.value + (1 - m) * var, ra_var.value)
+        for ra, new in ((ra_mean, mean), (ra_var, var)):
+          old = first(ra.value, n)
+          upd = jnp.where(keep, m * old + (1 - m) * new, old)
+          ra.value = upd if n == c else ra.value.at[:n].set(upd)
     else:
-      mean, var = ra_mean.value, ra_var.value
+      mean, var = first(ra_mean.value, n), first(ra_var.value, n)
     y = (x.astype(jnp.float32) - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
     if mask is not None:
       y = y * mask
@@ -94,6 +106,8 @@ class ElasticDepthwiseConv2D(nn.Module):
   impl: str = "auto"
   transform: bool = True
   dtype: Any = None
+  channels: int | None = None   # the kernel's channels C (None: the input's)
+  num_sizes: int | None = None  # a shape envelope's sizes: the first ones (None: all)
 
   def derived_kernels(self, kernel, matrices):
     return ops.elastic_kernels(kernel, self.kernel_sizes, matrices)
@@ -102,15 +116,19 @@ class ElasticDepthwiseConv2D(nn.Module):
   def __call__(self, x, kernel_index):
     sizes = tuple(self.kernel_sizes)
     big = sizes[-1]
-    kernel = self.param("kernel", conv_init, (big, big, 1, x.shape[-1]), jnp.float32)
+    c = x.shape[-1]
+    kernel = first(self.param("kernel", conv_init, (big, big, 1, self.channels or c),
+                              jnp.float32), c)
     matrices = None
     if self.transform:
       matrices = {}
       for src, dst in zip(sizes[::-1], sizes[-2::-1]):
         name = ops.transform_matrix_name(src, dst)
         matrices[name] = self.param(name, _identity_init, (dst * dst, dst * dst), jnp.float32)
-    cands = jnp.stack([ops.pad_kernel(k, big) for k in self.derived_kernels(kernel, matrices)])
-    w = jnp.take(cands, kernel_index, axis=0) if len(sizes) > 1 else cands[0]
+    derived = self.derived_kernels(kernel, matrices)[:self.num_sizes or len(sizes)]
+    top = sizes[len(derived) - 1]
+    cands = jnp.stack([ops.pad_kernel(k, top) for k in derived])
+    w = jnp.take(cands, kernel_index, axis=0) if len(derived) > 1 else cands[0]
     return ops.depthwise_conv(x.astype(self.dtype or x.dtype), w, self.strides, self.impl)
 
 
@@ -125,14 +143,23 @@ class MixedConv(nn.Module):
   depthwise: bool = False
   impl: str = "auto"
   dtype: Any = None
+  # A shape envelope: the kernels' input channels C (None: the input's), the output channels
+  # used (a full conv; None: all) and the sizes used (the first ones; None: all).
+  channels: int | None = None
+  out_size: int | None = None
+  num_sizes: int | None = None
 
   @nn.compact
   def __call__(self, x, weights):
-    big = max(self.kernel_sizes)
     c = x.shape[-1]
-    shape = (lambda k: (k, k, 1, c)) if self.depthwise else (lambda k: (k, k, c, self.features))
+    cin = self.channels or c
+    shape = (lambda k: (k, k, 1, cin)) if self.depthwise else (lambda k: (k, k, cin, self.features))
     ks = [self.param(f"kernel_{k}", conv_init, shape(k), jnp.float32)
           for k in self.kernel_sizes]
+    ks = [first(k, c, 3 if self.depthwise else 2) for k in ks][:self.num_sizes or len(ks)]
+    if not self.depthwise and self.out_size:
+      ks = [first(k, self.out_size) for k in ks]
+    big = self.kernel_sizes[len(ks) - 1]
     w = sum(weights[i] * ops.pad_kernel(k, big) for i, k in enumerate(ks))
     dt = self.dtype or x.dtype
     if self.depthwise:
@@ -153,14 +180,23 @@ class SqueezeExcite(nn.Module):
   hidden: int
   dtype: Any = None
   gate: str = "hsigmoid"
+  channels: int | None = None     # a shape envelope: the variables' channels (None: the input's)
+  hidden_size: int | None = None  # and the hidden units used (None: all)
 
   @nn.compact
   def __call__(self, x, hidden_mask=None):
     s = jnp.mean(x, axis=(1, 2))
-    s = jax.nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="reduce")(s))
+    if self.channels is None and self.hidden_size is None:
+      dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
+      s = jax.nn.relu(dense(self.hidden, "reduce")(s))
+    else:   # the envelope's first hidden units and channels
+      c = self.channels or x.shape[-1]
+      s = jax.nn.relu(SlicedDense(self.hidden, c, self.hidden_size, dtype=self.dtype,
+                                  name="reduce")(s))
+      dense = lambda n, name: SlicedDense(c, self.hidden, n, dtype=self.dtype, name=name)
     if hidden_mask is not None:
       s = s * hidden_mask
-    s = nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s)
+    s = dense(x.shape[-1], "expand")(s)
     s = jax.nn.sigmoid(s) if self.gate == "sigmoid" else ops.hsigmoid(s)
     return x * s[:, None, None, :].astype(x.dtype)
 
@@ -173,18 +209,73 @@ class PointwiseConv(nn.Module):
   """
   features: int
   dtype: Any = None
+  in_features: int | None = None   # a shape envelope: the kernel's inputs (None: the input's)
+  out_size: int | None = None      # and the outputs used (the first ones; None: all)
 
   @nn.compact
   def __call__(self, x):
-    k = self.param("kernel", conv_init, (1, 1, x.shape[-1], self.features), jnp.float32)
+    c = x.shape[-1]
+    k = self.param("kernel", conv_init, (1, 1, self.in_features or c, self.features), jnp.float32)
+    k = first(first(k[0, 0], c, 0), self.out_size or self.features)
     dt = self.dtype or x.dtype
-    return jnp.einsum("nhwc,cd->nhwd", x.astype(dt), k[0, 0].astype(dt))
+    return jnp.einsum("nhwc,cd->nhwd", x.astype(dt), k.astype(dt))
 
 
-def conv(features: int, kernel: int = 1, stride: int = 1, name: str | None = None, dtype=None):
-  """Bias-free conv with symmetric ``kernel // 2`` padding and He fan-out init."""
+class SlicedDense(nn.Module):
+  """``nn.Dense``'s variables (same names, shapes, initialisers and order) used at a smaller
+  static shape: the first ``x.shape[-1]`` of ``in_features`` inputs and the first ``out_size``
+  of ``features`` outputs (a shape envelope's widths)."""
+  features: int
+  in_features: int
+  out_size: int | None = None
+  use_bias: bool = True
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    c, n = x.shape[-1], self.out_size or self.features
+    k = self.param("kernel", nn.initializers.lecun_normal(), (self.in_features, self.features),
+                   jnp.float32)
+    dt = self.dtype or jnp.result_type(x.dtype, jnp.float32)
+    y = jnp.dot(x.astype(dt), first(first(k, c, 0), n).astype(dt))
+    if self.use_bias:
+      y = y + first(self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32),
+                    n).astype(dt)
+    return y
+
+
+class SlicedConv(nn.Module):
+  """``nn.Conv``'s bias-free kernel ``(k, k, in_features, features)`` (same name, initialiser
+  and shape) used at a smaller static shape: its first ``x.shape[-1]`` inputs and first
+  ``out_size`` outputs (a shape envelope's widths); symmetric ``k // 2`` padding."""
+  features: int
+  kernel_size: int
+  strides: int = 1
+  in_features: int | None = None
+  out_size: int | None = None
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    c, k = x.shape[-1], self.kernel_size
+    w = self.param("kernel", conv_init, (k, k, self.in_features or c, self.features), jnp.float32)
+    w = first(first(w, c, 2), self.out_size or self.features)
+    dt = self.dtype or jnp.result_type(x.dtype, jnp.float32)
+    p = k // 2
+    return lax.conv_general_dilated(x.astype(dt), w.astype(dt), (self.strides,) * 2,
+                                    ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv(features: int, kernel: int = 1, stride: int = 1, name: str | None = None, dtype=None,
+         in_features: int | None = None, out_size: int | None = None):
+  """Bias-free conv with symmetric ``kernel // 2`` padding and He fan-out init.
+
+  ``in_features`` / ``out_size``: the kernel's full input width and the outputs used, inside a
+  shape envelope (:class:`PointwiseConv`, :class:`SlicedConv`)."""
   if kernel == 1 and stride == 1:
-    return PointwiseConv(features, dtype, name=name)
+    return PointwiseConv(features, dtype, in_features, out_size, name=name)
+  if in_features is not None or out_size is not None:
+    return SlicedConv(features, kernel, stride, in_features, out_size, dtype, name=name)
   p = kernel // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
                  use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)

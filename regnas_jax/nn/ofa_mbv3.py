@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec
 from regnas_jax.nn.common import bn_slice, segment_order
+from regnas_jax.spaces.base import envelope_arch
 from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
 
 
@@ -64,6 +65,9 @@ class OFAMobileNetV3(nn.Module):
     bn_momentum, bn_epsilon: BatchNorm settings (Flax momentum convention).
     dropout_rate: dropout before the classifier in train mode (needs a ``'dropout'`` rng).
     dtype: compute dtype (parameters and BN statistics stay float32).
+    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch; ``None``: the
+      largest shapes): blocks beyond its depths are not run, the others at its kernel size,
+      expanded and SE widths, masks acting inside them (``regnas_jax.nn.supernet``).
   """
   space: OFAMobileNetV3Space
   depthwise_impl: str = "auto"
@@ -72,10 +76,12 @@ class OFAMobileNetV3(nn.Module):
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  envelope: Any = None
 
   # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = True
   op_average = False
+  envelopes = True
 
   @nn.nowrap
   def exact_module(self, arch):
@@ -114,15 +120,24 @@ class OFAMobileNetV3(nn.Module):
 
     active = sp.block_active(arch)
     mids = sp.mid_channels(arch)
+    env = None if self.envelope is None else envelope_arch(sp, self.envelope)
     for i, b in enumerate(sp.blocks):
-      mid_mask = jnp.arange(max(b.mid_choices)) < mids[i]
+      mid_n, se_n, k_n = max(b.mid_choices), max(b.se_choices), None
+      if env is not None:
+        if not sp.block_active(env)[i]:
+          continue     # a residual block no member runs: it returns its input
+        mid_n, se_n = b.mid_choices[env.expand[i]], b.se_choices[env.expand[i]]
+        k_n = int(env.kernel[i]) + 1
+      mid_mask = jnp.arange(mid_n) < mids[i]
       se_mask = None
       if b.se:
-        se_mask = jnp.arange(max(b.se_choices)) < jnp.asarray(b.se_choices)[arch.expand[i]]
+        se_mask = jnp.arange(se_n) < jnp.asarray(b.se_choices)[arch.expand[i]]
+      sized = lambda n: None if env is None else n
       branch = ElasticIBN(
           max(b.mid_choices), b.out_ch, b.stride, b.act, sp.kernel_choices, "elastic",
           self.kernel_transform, max(b.se_choices) if b.se else 0, "hsigmoid",
-          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
+          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
+          mid_size=sized(mid_n), kernel_count=k_n, se_size=sized(se_n) if b.se else None)
       x = ElasticMBConv(branch, b.residual, name=b.name)(
           x, arch.kernel[i], mid_mask, se_mask, active[i], train)
     return _head(self, w[7], w[8], sp.num_classes, masked=True)(x, train)

@@ -39,10 +39,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec, pad_channels
 from regnas_jax.nn.common import bn_slice
+from regnas_jax.spaces.base import envelope_arch
 from regnas_jax.spaces.scarlet import ScarletArch, ScarletS1Space
 
 
@@ -80,19 +82,22 @@ class ChoiceLayer(nn.Module):
   branch: ElasticIBN
   layout: Any                 # spaces.scarlet.LayerLayout
   els: bool
+  skip_only: bool = False     # a shape envelope where every member skips this layer
 
   @nn.compact
   def __call__(self, x, skip, kernel_index, mid_mask, se_mask, se_on, train: bool):
     b = self.layout
-    h = self.branch(x, kernel_index, mid_mask, train, update=~skip, se_mask=se_mask,
-                    se_weight=se_on.astype(jnp.float32))
-    block = x + h if b.residual else h
     s = _subsample(x, b.stride)
     if self.els:
       k = self.param("els", _els_init, (1, 1, b.in_ch, b.out_ch), jnp.float32)
       s = jnp.einsum("nhwc,cd->nhwd", s, k[0, 0].astype(s.dtype))
     else:
       s = pad_channels(s, b.out_ch)
+    if self.skip_only:
+      return s
+    h = self.branch(x, kernel_index, mid_mask, train, update=~skip, se_mask=se_mask,
+                    se_weight=se_on.astype(jnp.float32))
+    block = x + h if b.residual else h
     return jnp.where(skip, s, block)
 
 
@@ -108,6 +113,9 @@ class ScarletSupernet(nn.Module):
     depthwise_impl: ``'auto'`` | ``'xla'`` | ``'shift'`` (see :func:`ops.depthwise_conv`).
     kernel_transform: OFA's learned kernel transform matrices for the smaller kernels.
     bn_momentum, bn_epsilon, dropout_rate, dtype: as for the other supernets.
+    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch from
+      ``space.envelope``; ``None``: the largest shapes): a layer every member skips runs its
+      skip path only, the others at the envelope's kernel, expanded width and SE.
   """
   space: ScarletS1Space
   depthwise_impl: str = "auto"
@@ -116,10 +124,12 @@ class ScarletSupernet(nn.Module):
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  envelope: Any = None
 
   # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = False
   op_average = False
+  envelopes = True
 
   @nn.nowrap
   def exact_module(self, arch):
@@ -149,16 +159,26 @@ class ScarletSupernet(nn.Module):
     x = _stem(images.astype(self.dtype), bn, train, sp.widths, sp.stem_stride,
               self.depthwise_impl, self.dtype)
     skip, e, k, se = sp.decode(arch)
+    env = None
+    if self.envelope is not None:
+      env = [np.asarray(t) for t in sp.decode(envelope_arch(sp, self.envelope))]
     for i, b in enumerate(sp.layers):
       mid = jnp.asarray(b.mid_choices)[e[i]]
       se_h = jnp.asarray(b.se_choices)[e[i]]
+      mid_n, se_n, sized = max(b.mid_choices), max(b.se_choices), {}
+      if env is not None:
+        mid_n, se_n = b.mid_choices[env[1][i]], b.se_choices[env[1][i]]
+        sized = dict(mid_size=mid_n, kernel_count=int(env[2][i]) + 1,
+                     se_size=se_n if sp.has_se and env[3][i] else 0)
       branch = ElasticIBN(max(b.mid_choices), b.out_ch, b.stride, "h_swish", sp.kernel_choices,
                           "elastic", self.kernel_transform,
                           max(b.se_choices) if sp.has_se else 0, "hsigmoid",
-                          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
-      x = ChoiceLayer(branch, b, sp.els, name=b.name)(
-          x, skip[i] > 0, k[i], jnp.arange(max(b.mid_choices)) < mid,
-          jnp.arange(max(b.se_choices)) < se_h, se[i] > 0, train)
+                          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
+                          **sized)
+      skip_only = env is not None and bool(env[0][i])
+      x = ChoiceLayer(branch, b, sp.els, skip_only, name=b.name)(
+          x, skip[i] > 0, k[i], jnp.arange(mid_n) < mid, jnp.arange(se_n) < se_h, se[i] > 0,
+          train)
     return _head(self, sp.widths[2], sp.num_classes, masked=True)(x, train)
 
 

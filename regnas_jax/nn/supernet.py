@@ -27,6 +27,19 @@ Optional class attributes: ``cpu_subnet_loop`` (``'scan'`` or ``'vmap'``: how th
 step runs several subnets on a CPU, default ``'scan'``) and ``op_average`` (``True`` when
 ``__call__`` takes TuNAS's op-warmup flags as ``average=``).
 
+Optional, and what makes scoring and training pay for the subnet rather than the supernet:
+**static shape envelopes** (``envelopes = True`` and a dataclass field ``envelope``, default
+``None``).  ``model.clone(envelope=spaces.base.envelope_key(env))``, for ``env =
+space.envelope(members)``, is the same function for every member ``env`` holds, computed at
+``env``'s shapes: blocks no member runs are left out, the others are built at the envelope's
+kernel sizes and widths, and every layer slices its (unchanged, largest-shape) variables to
+them -- so the variables, checkpoints and gradients are those of the supernet, and the BN
+statistics a train step writes are the full arrays with the envelope's part updated.  Masks
+then act inside the envelope.  The contract tests check, for every supernet that sets it,
+envelope == masked == extracted (logits in both modes, written statistics) and that a
+member's own envelope costs exactly its exact subnet's MACs.  :mod:`regnas_jax.envelopes`
+chooses the envelopes; a supernet without them is scored and trained at its largest shapes.
+
 Inverted-bottleneck supernets build their layers from ``nn/blocks.py`` (the masked branch, its
 exact twin, the head).  Tests: the contract tests run for every registered supernet with the
 space's entry in ``tests/contract.py`` ``CONFIGS`` (supernet options included).

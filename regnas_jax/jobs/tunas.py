@@ -451,7 +451,7 @@ class TunasJob(Job):
       state = parallel.place(jax.tree.map(np.asarray, state), sharding)
       put = lambda b: parallel.put_batch(b, mesh)
     start = int(state.step)
-    step_fn = self._compiled_step(ctx, tx, cost_fn, target, fit, ident, total, shards, mesh,
+    step_fn = self._compiled_step(ctx, tx, cost_fn, target, fit, ident, total, shards, mesh, mc,
                                   sharding)
     n_train, n_val, n_rl = len(ds.train), len(ds.val), rl_batch_size(cfg)
 
@@ -489,13 +489,13 @@ class TunasJob(Job):
       ck.close()
     return state, start
 
-  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total, shards, mesh,
+  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total, shards, mesh, mc,
                      sharding=None):
     """The search step, compiled once per configuration and layout: the key is the run's
     identity (which holds the shard count), the data statistics, and the mesh's devices with
-    ``config.mesh`` (one device: no sharding; several: replicated or FSDP-split state)."""
+    ``mc`` (``config.mesh``; one device: no sharding; several: replicated or FSDP-split
+    state)."""
     ds, tc = ctx.dataset, ctx.cfg.train
-    mc = parallel.mesh_config(ctx.cfg)
     layout = None if sharding is None else ([d.id for d in mesh.devices.flat], mc.params,
                                             mc.fsdp_min_size)
     key = json.dumps([ident, target, fit, [np.asarray(ds.mean).tolist(),

@@ -161,10 +161,10 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
   return ExactResult(variables, steps, secs, fp)
 
 
-def _make_step(module, tx, tc, dataset, resolution, fd, teacher, teacher_resolution=None):
+def _make_step(module, tx, tc, dataset, resolution, fd, teacher, t_res: int):
+  """The compiled step of :func:`train_exact`; ``t_res``: the old model's input side."""
   aug = functools.partial(data_lib.preprocess, mean=dataset.mean, std=dataset.std,
                           pad=tc.augment.pad, flip=tc.augment.flip)
-  t_res = resolution if teacher_resolution is None else teacher_resolution
   nc, smooth = dataset.num_classes, float(tc.label_smoothing)
   use_fd = fd is not None and teacher is not None and fd.weight > 0
 

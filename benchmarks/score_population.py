@@ -152,7 +152,7 @@ def run_score(a, net, variables, sp, log):
       for key, idx in groups:
         model = net.clone(envelope=key)
         sub = jax.tree.map(lambda x, i=idx: np.asarray(x)[i], p)
-        block = a.block if len(idx) >= a.block else min(a.block, 1 << (len(idx) - 1).bit_length())
+        block = envelopes.group_block(a.block, len(idx))   # as the jobs' Scorer
         t = time.perf_counter()
         st = evaluate.recalibrate_population(model, variables, calib_dev, sub, block_size=block,
                                              chunk_size=cs)

@@ -21,6 +21,13 @@ def _cost(space, env) -> float:
   return float(space.macs(env))
 
 
+def group_block(block_size: int | None, n: int) -> int | None:
+  """Members per compiled call for an envelope's group of ``n``: ``block_size``, or the power
+  of two at least ``n`` when smaller (few programs, little padding)."""
+  b = block_size
+  return b if not b or n >= b else min(b, 1 << (n - 1).bit_length())
+
+
 def partition(space, pop, k: int) -> list[np.ndarray]:
   """Up to ``k`` groups of the members of ``pop`` (one resolution) whose envelopes
   (``space.envelope``) cost little in total, ``sum_g |g| * macs(envelope(g))``, by greedy

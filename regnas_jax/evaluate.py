@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from regnas_jax import data as data_lib
 from regnas_jax import parallel
-from regnas_jax.envelopes import EnvelopeCatalogue, partition  # noqa: F401 (re-exported)
+from regnas_jax.envelopes import EnvelopeCatalogue, group_block, partition  # noqa: F401
 
 from regnas_jax.metrics import nfr, nfr_matrix, relative_nfr, top1  # noqa: F401 (re-exported)
 from regnas_jax.spaces.base import pop_size
@@ -465,15 +465,10 @@ class Scorer:
       parts = []
       for key, idx in self.catalogue.groups(int(r_i), group):
         net = self.net if key is None else self.net.clone(envelope=key)
-        parts.append((net, self._block(len(idx)) if key is not None else self.score.block_size,
+        block = self.score.block_size
+        parts.append((net, block if key is None else group_block(block, len(idx)),
                       members[idx], jax.tree.map(lambda x, i=idx: x[i], group)))
       yield self.space.resolutions[r_i], parts
-
-  def _block(self, n: int) -> int | None:
-    """Members per compiled call of an envelope's group of ``n``: ``score.block_size``, or the
-    power of two at least ``n`` when smaller (few programs, little padding)."""
-    b = self.score.block_size
-    return b if not b or n >= b else min(b, 1 << (n - 1).bit_length())
 
   def _kw(self, block):
     kw = dict(block_size=block, chunk_size=self.score.chunk_size)

@@ -103,10 +103,9 @@ def test_envelope_equals_masked_and_extracted(name):
   (the tightest: every layer sliced to it), two random members', the min arch's."""
   e = contract.env(name)
   if not getattr(e.net, "envelopes", False):
-    pytest.skip(f"{type(e.net).__name__} runs the largest shapes only (no envelopes yet)")
+    pytest.skip(f"{type(e.net).__name__} runs the largest shapes only (envelopes are an optional part of the contract)")
   ev, tr, new = contract.vmapped_run(name)
   run = jax.jit(jax.vmap(_run_fn, in_axes=(None, None, 0, None, 0)), static_argnums=0)
-  sizes = []
   for idx in ([0], [2], [2, 3]):
     group = take(e.pop, idx)
     key = envelope_key(e.sp.envelope(group))
@@ -130,7 +129,7 @@ def test_a_members_own_envelope_costs_its_exact_subnet(name):
   ``test_analytic_costs_equal_counted_costs``; only tracing, nothing compiles.)"""
   sp, net = contract.build(name, literal=True, resolutions=(128,))
   if not getattr(net, "envelopes", False):
-    pytest.skip(f"{type(net).__name__} runs the largest shapes only (no envelopes yet)")
+    pytest.skip(f"{type(net).__name__} runs the largest shapes only (envelopes are an optional part of the contract)")
   net = contract.exact_clone(net)
   v = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), contract.shapes(name, True))
   r = sp.resolutions[0]

@@ -11,6 +11,10 @@ eval-mode predictions on E evaluation images.  Two methods:
                         block), evaluation images ``--batch`` at a time.  Images are put on the
                         device once, as the search pipeline's scorer does.
                         One row per ``--chunk`` value.
+  switch, blocked       the same calls with ``model.clone(switch=True)`` and one member at a
+                        time (``chunk_size`` 1): each block runs only its chosen branch, at
+                        exact shapes (supernets with a switch mode; ``--no-switch``: no row).
+                        ``--archs N`` then scores N distinct random archs end to end with it.
   exact, one by one     per member: ``extract`` the exact-shape module with the supernet's
                         variables, and in one jitted function re-calibrate its BN (average of the
                         per-batch means / biased variances, as ``recalibrate_bn``) and predict
@@ -109,17 +113,21 @@ def run_score(a, net, variables, sp, log):
   n = a.population
   rows, extra = [], {}
 
-  # masked supernet, whole population in blocks (what the search runs)
+  # masked supernet, whole population in blocks (what the search runs); then the same in
+  # switch mode (one member at a time, each block running only its chosen branch)
   masked_preds = {}
-  for chunk in a.chunk:
+  runs = [(net, chunk, "masked") for chunk in a.chunk]
+  if a.switch and getattr(net, "switches", False):
+    runs.append((net.clone(switch=True), 1, "switch"))
+  for model, chunk, kind in runs:
     cs = None if chunk == 0 else chunk
 
-    def full_pass(cs=cs):
+    def full_pass(cs=cs, model=model):
       t0 = time.perf_counter()
-      st = evaluate.recalibrate_population(net, variables, calib_dev, pop, block_size=a.block,
+      st = evaluate.recalibrate_population(model, variables, calib_dev, pop, block_size=a.block,
                                            chunk_size=cs)
       t1 = time.perf_counter()
-      pred = evaluate.population_predictions(net, variables["params"], st, pop, evals_dev,
+      pred = evaluate.population_predictions(model, variables["params"], st, pop, evals_dev,
                                              block_size=a.block, chunk_size=cs,
                                              batch_size=a.batch)
       return pred, t1 - t0, time.perf_counter() - t1
@@ -130,8 +138,22 @@ def run_score(a, net, variables, sp, log):
     m = log.mark()
     pred, r_rc, r_pr = full_pass()
     n_c2, _ = log.since(m)
-    masked_preds[chunk] = pred
-    name = f"masked, blocked (block {a.block}, {'vmap' if chunk == 0 else f'chunk {chunk}'})"
+    name = f"{kind}, blocked (block {a.block}, {'vmap' if chunk == 0 else f'chunk {chunk}'})"
+    masked_preds[chunk if kind == "masked" else kind] = pred
+    if a.archs and kind == "switch":   # a search's scoring end to end, measured
+      m = log.mark()
+      t = time.perf_counter()
+      done, g = n, 0
+      while done < a.archs:
+        g += 1
+        p_g = jax.tree.map(np.asarray, sp.sample(jax.random.key(100 + g), n))
+        st = evaluate.recalibrate_population(model, variables, calib_dev, p_g,
+                                             block_size=a.block, chunk_size=1)
+        evaluate.population_predictions(model, variables["params"], st, p_g, evals_dev,
+                                        block_size=a.block, chunk_size=1, batch_size=a.batch)
+        done += n
+      extra["archs_switch"] = dict(archs=done, compiles=n_c + log.since(m)[0],
+                                   seconds=f_rc + f_pr + time.perf_counter() - t)
     rows.append(dict(method=name, compiles=n_c, compile_s=s_c, first_s=f_rc + f_pr,
                      run_s=r_rc + r_pr, per_member_s=(r_rc + r_pr) / n,
                      recal_s=r_rc, predict_s=r_pr, recompiles_steady=n_c2))
@@ -276,6 +298,13 @@ def run_score(a, net, variables, sp, log):
       t_x = e2e["archs"] / n * rows[-1]["first_s"]
       line += f"; exact {t_x:.0f} s (first pass per member x {e2e['archs']})"
     notes.append(line)
+  if "archs_switch" in extra:
+    e2e = extra["archs_switch"]
+    line = (f"end to end, {e2e['archs']} distinct random archs in populations of {n}: switch "
+            f"{e2e['seconds']:.0f} s measured, {e2e['compiles']} compiles")
+    if k_ex > 0:
+      line += f"; exact {e2e['archs'] / n * rows[-1]['first_s']:.0f} s (first pass per member x {e2e['archs']})"
+    notes.append(line)
   ok = True
   for chunk, ag in extra.get("agreement", {}).items():
     frac = 1 - ag["same"] / ag["total"]
@@ -369,6 +398,9 @@ def main(argv=None):
   p.add_argument("--envelopes", type=int, nargs="*", default=[8],
                  help="score: one row per K, the population split into at most K static shape "
                       "envelopes (evaluate.EnvelopeCatalogue); none: no envelope row")
+  p.add_argument("--switch", action=argparse.BooleanOptionalAction, default=True,
+                 help="also time switch mode (supernets with switches: one member at a time, "
+                      "each block runs only its chosen branch)")
   p.add_argument("--archs", type=int, default=0,
                  help="score: also time scoring this many distinct random archs end to end "
                       "(compiles included) through the envelope catalogue")

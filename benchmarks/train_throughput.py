@@ -7,6 +7,8 @@ optimiser update on the summed gradients.  Rows:
 
   masked sandwich step, vmap   the S subnets vmapped in one compiled step (accelerators)
   masked sandwich step, scan   the S subnets one after another inside one compiled step (CPU)
+  switch sandwich step, scan   the scan step with ``model.clone(switch=True)``: each block runs
+                               only its chosen (kernel, expand) branch at exact shapes
   envelope sandwich step       each of the S subnets in the static shape envelope that holds it
                                (``training.EnvelopeBuckets``: the largest in the full shapes,
                                the smallest in its own, the random ones in one of K buckets),
@@ -59,6 +61,9 @@ def main(argv=None):
   p.add_argument("--depthwise", default="auto", choices=("auto", "xla", "shift"))
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--steps", type=int, default=3, help="timed steps (median)")
+  p.add_argument("--switch", action=argparse.BooleanOptionalAction, default=True,
+                 help="also time the scan step in switch mode (supernets with switches: each "
+                      "block runs only its chosen branch)")
   p.add_argument("--envelopes", type=int, nargs="*", default=[4],
                  help="one row per K: the step's members in static shape envelopes "
                       "(training.EnvelopeBuckets with K buckets); none: no such row")
@@ -81,8 +86,11 @@ def main(argv=None):
     p_, s_ = jax.tree.map(jnp.copy, (v["params"], v["batch_stats"]))
     return train.TrainState(jnp.zeros((), jnp.int32), p_, s_, tx.init(p_), None)
 
-  for loop in a.loops:
-    step = train.make_train_step(net, sp, tx, phase, lc, loop)
+  runs = [(net, loop, f"masked sandwich step, {loop}") for loop in a.loops]
+  if a.switch and getattr(net, "switches", False) and "scan" in a.loops:
+    runs.append((net.clone(switch=True), "scan", "switch sandwich step, scan"))
+  for model, loop, name in runs:
+    step = train.make_train_step(model, sp, tx, phase, lc, loop)
     state = fresh()
     t = time.perf_counter()
     compiled = step.lower(state, images, labels, key).compile()
@@ -94,7 +102,7 @@ def main(argv=None):
       holder[0], m = compiled(holder[0], images, labels, key)
       return m["loss"]
 
-    rows.append((f"masked sandwich step, {loop}", comp, timed(run, a.steps)))
+    rows.append((name, comp, timed(run, a.steps)))
 
   # Static shape envelopes: the members of step 0 (the archs the exact row trains) each in the
   # bucket envelope that holds it; the step is re-run at step 0 (its envelopes hold only those).

@@ -62,10 +62,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # take about 45 minutes.
     c.train.update(dict(steps=3000, batch_size=64, num_subnets=3, lr=0.05, warmup_steps=100,
                         weight_decay=5e-5, checkpoint_every=250, log_every=25, progress_every=100,
-                        calib_images=1000, calib_batch_size=250))
+                        calib_images=1000, calib_batch_size=250, switch=True))
     # One member per compiled call: a generation's new members split over three resolutions, and
     # blocks of 8 padded each group to 8 (about 3x the work measured on the first generations).
-    c.score.update(dict(block_size=1, chunk_size=1))
+    # Switch mode: each member runs only its chosen branches (docs/benchmarks.md, issue #19).
+    c.score.update(dict(block_size=1, chunk_size=1, switch=True))
     c.search.update(dict(population_size=16, generations=3, budgets=(0.3, 0.55)))
     c.experiment.sweep = (0.05, 0.2, 1.0, 5.0, 20.0)
   elif arg == "smoke":

@@ -105,6 +105,10 @@ def train_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
       envelopes=0,              # >0: each member of a step in one of this many static shape
                                 # envelopes (training/supernet.py EnvelopeBuckets); 0: all at
                                 # the largest shapes
+      switch=False,             # True: with the 'scan' subnet loop, a supernet with switches
+                                # runs each member's blocks by lax.switch on its choices (the
+                                # same gradients; ~1.2x the exact-shape step on CPU against
+                                # ~1.5x masked, its program compiles ~3x as long)
       resolutions=(),           # training resolutions (empty: all of the space's)
       optimizer="sgd",          # 'sgd' (Nesterov) | 'rmsprop'
       lr=0.1, momentum=0.9, nesterov=True, warmup_steps=20,
@@ -141,6 +145,10 @@ def score_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
                         # resolution (regnas_jax/envelopes.py); 0: all at the largest shapes.
                         # Off by default: on random populations it saved only 8% per member on
                         # CPU and its compiles cost more (docs/benchmarks.md)
+      switch=False,     # True: with chunk_size 1 on one device, a supernet with switches runs
+                        # each member's blocks by lax.switch on its choices -- only the chosen
+                        # branch, at exact shapes (same scores).  Pays where scoring is long
+                        # (2.4x faster per member, ~2.5x the compile time: docs/benchmarks.md)
   ))
   if dataset is not None:
     c.update(_dataset(dataset)["score"])

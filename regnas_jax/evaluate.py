@@ -52,6 +52,8 @@ def _over_members(fn, xs, chunk_size, member_mesh=None):
     return jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:]), out)
   if chunk_size is None:
     return jax.vmap(fn)(xs)
+  if chunk_size == 1:   # one member per step, unbatched: a supernet's lax.switch runs one branch
+    return jax.lax.map(fn, xs)
   return jax.lax.map(fn, xs, batch_size=chunk_size)
 
 
@@ -363,6 +365,20 @@ def uncommitted(tree):
   return jax.device_put(jax.tree.map(np.asarray, tree))
 
 
+def switch_mode(net, chunk_size, enabled: bool = True, mesh=None):
+  """``net.clone(switch=True)`` where it pays, else ``net``.
+
+  A supernet with ``switches`` (``nn/supernet.py``) can branch on a member's choices with
+  ``lax.switch`` instead of masking the largest shapes -- each block then runs only its chosen
+  branch at exact shapes, the same function.  That holds only where the choice is not batched:
+  members scored one at a time (``chunk_size`` 1, mapped unbatched by ``lax.map``) on one device.
+  Under ``vmap`` a switch becomes a select of every branch, so there the masks stay."""
+  if (enabled and getattr(net, "switches", False) and chunk_size == 1
+      and (mesh is None or parallel.size(mesh) <= 1)):
+    return net.clone(switch=True)
+  return net
+
+
 class Scorer:
   """Scores subnets of a trained supernet on a split: each member's BN statistics re-calibrated
   on a fixed set of training images, then eval-mode predictions.
@@ -385,7 +401,9 @@ class Scorer:
   ``score.envelopes`` = K > 0 (and a supernet that has envelopes) each resolution's members are
   further grouped into at most K static shape envelopes (:attr:`catalogue`, reused across
   calls: a search compiles a few and keeps them), each group run by its envelope's module, all
-  groups on one pass over the split.  ``seconds`` sums the time spent in :meth:`correct`.
+  groups on one pass over the split.  Otherwise, with ``score.switch`` and members scored one at
+  a time (``chunk_size`` 1, one device), a supernet with switches runs in switch mode
+  (:func:`switch_mode`).  ``seconds`` sums the time spent in :meth:`correct`.
   """
 
   def __init__(self, net, space, variables, dataset, score, *, calib_images: int,
@@ -402,6 +420,7 @@ class Scorer:
     self.seconds = 0.0
     k = int(score.get("envelopes", 0) or 0) if getattr(net, "envelopes", False) else 0
     self.catalogue = EnvelopeCatalogue(space, k)
+    self.switch = switch_mode(net, score.chunk_size, score.get("switch", False), self.mesh)
 
   @classmethod
   def from_config(cls, cfg, net, space, variables, dataset, mesh=None) -> "Scorer":
@@ -464,7 +483,7 @@ class Scorer:
       group = jax.tree.map(lambda x: np.asarray(x)[members], pop)
       parts = []
       for key, idx in self.catalogue.groups(int(r_i), group):
-        net = self.net if key is None else self.net.clone(envelope=key)
+        net = self.switch if key is None else self.net.clone(envelope=key)
         block = self.score.block_size
         parts.append((net, block if key is None else group_block(block, len(idx)),
                       members[idx], jax.tree.map(lambda x, i=idx: x[i], group)))

@@ -120,6 +120,25 @@ def test_envelope_equals_masked_and_extracted(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_switch_mode_equals_masked(name):
+  """In switch mode (``clone(switch=True)``: each block runs its chosen branch by ``lax.switch``)
+  members run one at a time under ``lax.map`` compute what the masked supernet computes: eval
+  and train logits (so predictions and BN re-calibration, what scoring runs) and the whole
+  written statistics tree."""
+  e = contract.env(name)
+  if not getattr(e.net, "switches", False):
+    pytest.skip(f"{type(e.net).__name__} has no switch mode (an optional part of the contract)")
+  ev, tr, new = contract.vmapped_run(name)
+  snet = e.net.clone(switch=True)
+  s_ev, s_tr, s_new = jax.tree.map(np.asarray, jax.jit(
+      lambda p, st, x, pop: jax.lax.map(lambda a: _run_fn(snet, p, a[1], x, a[0]), (pop, st)))(
+          e.params, e.stats, e.images, e.pop))
+  assert_close(s_ev, ev, rtol=1e-5)
+  assert_close(s_tr, tr)
+  contract.assert_trees_close(s_new, new)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_a_members_own_envelope_costs_its_exact_subnet(name):
   """The multiply-accumulates counted off the traced program (``regnas_jax.costs``) of a member
   run in its own envelope are the exact subnet's (``space.macs``), and the envelope of several

@@ -147,10 +147,11 @@ def test_scorer_streams_the_split_with_the_whole_split_results(tiny):
   assert 0 < got.sum() < got.size
 
 
-def test_scorer_in_envelopes_equals_the_largest_shapes_and_reuses_its_envelopes(tiny):
-  """Scorer with ``score.envelopes``: the same statistics and correctness as every member at the
-  largest shapes; members in a few envelopes that hold them; a later population the catalogue
-  already holds adds no envelope (no new program)."""
+def test_scorer_in_envelopes_or_switch_mode_equals_the_largest_shapes(tiny):
+  """Scorer with ``score.envelopes``, and with ``score.switch`` (members one at a time, each
+  block running its chosen branch): the same statistics and correctness as every member masked
+  at the largest shapes; members in a few envelopes that hold them; a later population the
+  catalogue already holds adds no envelope (no new program)."""
   import ml_collections
 
   from regnas_jax import data
@@ -160,14 +161,17 @@ def test_scorer_in_envelopes_equals_the_largest_shapes_and_reuses_its_envelopes(
   pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(6), 11))
   pop = jax.tree.map(lambda a, b: np.concatenate([np.asarray(a)[None], b]), sp.min_arch(), pop)
   out = {}
-  for k in (0, 3):
+  for k, switch in ((0, False), (3, False), (0, True)):
     score = ml_collections.ConfigDict(dict(block_size=2, chunk_size=1, batch_size=128,
-                                           max_images=200, envelopes=k))
+                                           max_images=200, envelopes=k, switch=switch))
     sc = evaluate.Scorer(net, sp, v, ds, score, calib_images=64, calib_batch_size=32, seed=0)
-    out[k] = sc, sc.stats(pop), sc.correct(pop, "test")
-  (_, s0, c0), (sc, s3, c3) = out[0], out[3]
+    assert sc.switch.switch == switch
+    out[k, switch] = sc, sc.stats(pop), sc.correct(pop, "test")
+  (_, s0, c0), (sc, s3, c3), (_, s_sw, c_sw) = out[0, False], out[3, False], out[0, True]
   jax.tree.map(close, s3, s0)
   np.testing.assert_array_equal(c3, c0)
+  jax.tree.map(close, s_sw, s0)
+  np.testing.assert_array_equal(c_sw, c0)
   groups = sc.catalogue.groups(0, pop)
   assert 1 < len(groups) <= 3
   assert sorted(np.concatenate([g for _, g in groups]).tolist()) == list(range(12))

@@ -52,9 +52,12 @@ def test_elastic_depthwise_selects_derived_kernel_per_index():
   derived = ops.elastic_kernels(p["kernel"], (3, 5, 7),
                                 {"7to5_matrix": p["7to5_matrix"], "5to3_matrix": p["5to3_matrix"]})
   outs = jax.vmap(lambda i: mod.apply(v, x, i))(jnp.arange(3))
+  # switch mode: lax.switch over the sizes, each at its own size (one index at a time)
+  switched = jax.lax.map(lambda i: mod.clone(switch=True).apply(v, x, i), jnp.arange(3))
   for i, k in enumerate(derived):
     ref = layers.DepthwiseConv2D(k.shape[0], 2, "xla").apply({"params": {"kernel": k}}, x)
     np.testing.assert_allclose(np.asarray(outs[i]), np.asarray(ref), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(switched[i]), np.asarray(ref), rtol=1e-4, atol=1e-4)
   assert p["7to5_matrix"].shape == (25, 25) and p["5to3_matrix"].shape == (9, 9)
   fresh = mod.init(jax.random.key(0), x, 2)["params"]
   np.testing.assert_array_equal(np.asarray(fresh["7to5_matrix"]), np.eye(25))

@@ -49,11 +49,14 @@ def _tree_close(a, b, rtol=2e-4, atol=2e-6):
 
 
 @pytest.mark.parametrize("loop", [pytest.param("vmap", marks=pytest.mark.slow), "scan",
-                                  "envelopes"])
+                                  "envelopes", "switch"])
 def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
-  """The sandwich's summed gradients (vmapped members, a scan over them, or each member in its
-  own static shape envelope) against each member's loss differentiated alone."""
+  """The sandwich's summed gradients (vmapped members, a scan over them, each member in its own
+  static shape envelope, or a scan in switch mode) against each member's loss differentiated
+  alone with the masked supernet."""
   sp, net, v, x = tiny
+  step_net = train.switch_model(net, "scan") if loop == "switch" else net
+  assert (step_net is not net) == (loop == "switch")
   labels = jnp.array([0, 3, 7, 3, 9])
   archs = spaces.stack([sp.max_arch(), sp.min_arch(),
                         spaces.member(sp.sample(jax.random.key(5), 1), 0)])
@@ -63,8 +66,9 @@ def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
     envs = tuple(envelope_key(sp.envelope(take(jax.tree.map(np.asarray, archs), [i])))
                  for i in range(3))
   grads, (losses, logits, stats) = jax.jit(
-      lambda p: train.subnet_grads(net, p, v["batch_stats"], x, labels, archs,
-                                   jax.random.key(0), lc, loop="scan" if envs else loop,
+      lambda p: train.subnet_grads(step_net, p, v["batch_stats"], x, labels, archs,
+                                   jax.random.key(0), lc,
+                                   loop="scan" if loop in ("envelopes", "switch") else loop,
                                    envelopes=envs))(v["params"])
 
   # member 0 (the teacher) learns from the labels alone; its logits are the students' targets,

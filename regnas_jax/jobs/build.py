@@ -46,6 +46,8 @@ def check_common(cfg) -> None:
   for key, lo in (("block_size", 1), ("batch_size", 1), ("max_images", 0), ("envelopes", 0)):
     if not _int(sc.get(key), lo):
       raise ConfigError(f"config.score.{key}: must be an integer >= {lo}, got {sc.get(key)!r}")
+  if not isinstance(sc.get("switch", False), bool):
+    raise ConfigError(f"config.score.switch: must be True or False, got {sc.get('switch')!r}")
   if sc.chunk_size is not None and not _int(sc.chunk_size, 1):
     raise ConfigError(f"config.score.chunk_size: must be a positive integer, got {sc.chunk_size!r}")
   tc = cfg.train
@@ -53,6 +55,8 @@ def check_common(cfg) -> None:
               "calib_batch_size", "max_to_keep"):
     if not _int(tc[key], 1):
       raise ConfigError(f"config.train.{key}: must be a positive integer, got {tc[key]!r}")
+  if not isinstance(tc.get("switch", False), bool):
+    raise ConfigError(f"config.train.switch: must be True or False, got {tc.get('switch')!r}")
   if not _int(tc.get("envelopes", 0), 0):
     raise ConfigError(f"config.train.envelopes: must be an integer >= 0, got "
                       f"{tc.get('envelopes')!r}")

@@ -69,6 +69,8 @@ class ElasticIBN:
       the largest shapes): the variables' input width (``None``: the input's), and the widths
       and number of kernel sizes (the first ones) computed -- masks then have those lengths.
       ``se_size`` 0 drops the SE (no member of the envelope uses it).
+    kernel_switch: the depthwise layer branches on the kernel index (``lax.switch``, each size
+      at its own shape) instead of zero-padding to the largest -- switch mode (``'elastic'``).
   """
   mid_ch: int
   out_ch: int
@@ -88,6 +90,7 @@ class ElasticIBN:
   kernel_count: int | None = None
   se_size: int | None = None
   out_size: int | None = None
+  kernel_switch: bool = False
 
   def __post_init__(self):
     if self.depthwise not in DEPTHWISE_KINDS:
@@ -120,7 +123,7 @@ class ElasticIBN:
     if self.depthwise == "elastic":
       dw = layers.ElasticDepthwiseConv2D(self.kernel_sizes, self.stride, self.depthwise_impl,
                                          self.kernel_transform, self.dtype, self.mid_ch,
-                                         self.kernel_count, name="dw")
+                                         self.kernel_count, self.kernel_switch, name="dw")
     else:
       dw = layers.MixedConv(self.kernel_sizes, strides=self.stride, depthwise=True,
                             impl=self.depthwise_impl, dtype=self.dtype, channels=self.mid_ch,

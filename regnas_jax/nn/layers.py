@@ -8,6 +8,7 @@ with shared parameters.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -108,6 +109,7 @@ class ElasticDepthwiseConv2D(nn.Module):
   dtype: Any = None
   channels: int | None = None   # the kernel's channels C (None: the input's)
   num_sizes: int | None = None  # a shape envelope's sizes: the first ones (None: all)
+  switch: bool = False          # lax.switch over the sizes (each at its own size; unbatched index)
 
   def derived_kernels(self, kernel, matrices):
     return ops.elastic_kernels(kernel, self.kernel_sizes, matrices)
@@ -126,10 +128,15 @@ class ElasticDepthwiseConv2D(nn.Module):
         name = ops.transform_matrix_name(src, dst)
         matrices[name] = self.param(name, _identity_init, (dst * dst, dst * dst), jnp.float32)
     derived = self.derived_kernels(kernel, matrices)[:self.num_sizes or len(sizes)]
+    x = x.astype(self.dtype or x.dtype)
+    if self.switch and len(derived) > 1:
+      conv = lambda j, x, ws: ops.depthwise_conv(x, ws[j], self.strides, self.impl)
+      return lax.switch(kernel_index, [functools.partial(conv, j) for j in range(len(derived))],
+                        x, tuple(derived))
     top = sizes[len(derived) - 1]
     cands = jnp.stack([ops.pad_kernel(k, top) for k in derived])
     w = jnp.take(cands, kernel_index, axis=0) if len(derived) > 1 else cands[0]
-    return ops.depthwise_conv(x.astype(self.dtype or x.dtype), w, self.strides, self.impl)
+    return ops.depthwise_conv(x, w, self.strides, self.impl)
 
 
 class MixedConv(nn.Module):

@@ -19,6 +19,7 @@ one subnet's exact shapes.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -37,14 +38,31 @@ from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
 # ----------------------------------------------------------------------------------------------
 class ElasticMBConv(nn.Module):
   """One elastic MBConv block: the shared branch plus OFA's shortcut (an inactive block returns
-  its input; see module docstring)."""
+  its input; see module docstring).
+
+  ``variants`` (switch mode): one exact-size branch per expand choice (``choice`` its index),
+  each switching over the kernel sizes inside its depthwise layer; only the chosen branch runs,
+  and an inactive residual block takes an extra identity branch."""
   branch: ElasticIBN
   residual: bool
+  variants: tuple = ()
 
   @nn.compact
-  def __call__(self, x, kernel_index, mid_mask, se_mask, active, train: bool):
-    h = self.branch(x, kernel_index, mid_mask, train, update=active, se_mask=se_mask)
-    return jnp.where(active, x + h, x) if self.residual else h
+  def __call__(self, x, kernel_index, mid_mask, se_mask, active, train: bool, choice=None):
+    if not self.variants:
+      h = self.branch(x, kernel_index, mid_mask, train, update=active, se_mask=se_mask)
+      return jnp.where(active, x + h, x) if self.residual else h
+
+    def run(v):
+      def fn(mdl, x, kernel_index):
+        h = v(x, kernel_index, None, train, se_mask=None)
+        return x + h if self.residual else h
+      return fn
+    fns = [run(v) for v in self.variants]
+    if self.residual:
+      fns.append(lambda mdl, x, kernel_index: x)
+      choice = jnp.where(active, choice, len(self.variants))
+    return nn.switch(choice, fns, self, x, kernel_index)
 
 
 class OFAMobileNetV3(nn.Module):
@@ -68,6 +86,8 @@ class OFAMobileNetV3(nn.Module):
     envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch; ``None``: the
       largest shapes): blocks beyond its depths are not run, the others at its kernel size,
       expanded and SE widths, masks acting inside them (``regnas_jax.nn.supernet``).
+    switch: switch mode (``regnas_jax.nn.supernet``): every block branches on its expand and
+      kernel choice (``lax.switch``) instead of masking them -- for members run one at a time.
   """
   space: OFAMobileNetV3Space
   depthwise_impl: str = "auto"
@@ -77,11 +97,13 @@ class OFAMobileNetV3(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   envelope: Any = None
+  switch: bool = False
 
   # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = True
   op_average = False
   envelopes = True
+  switches = True
 
   @nn.nowrap
   def exact_module(self, arch):
@@ -133,13 +155,22 @@ class OFAMobileNetV3(nn.Module):
       if b.se:
         se_mask = jnp.arange(se_n) < jnp.asarray(b.se_choices)[arch.expand[i]]
       sized = lambda n: None if env is None else n
-      branch = ElasticIBN(
-          max(b.mid_choices), b.out_ch, b.stride, b.act, sp.kernel_choices, "elastic",
-          self.kernel_transform, max(b.se_choices) if b.se else 0, "hsigmoid",
-          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
-          mid_size=sized(mid_n), kernel_count=k_n, se_size=sized(se_n) if b.se else None)
-      x = ElasticMBConv(branch, b.residual, name=b.name)(
-          x, arch.kernel[i], mid_mask, se_mask, active[i], train)
+      branch = functools.partial(
+          ElasticIBN, max(b.mid_choices), b.out_ch, b.stride, b.act, sp.kernel_choices,
+          "elastic", self.kernel_transform, max(b.se_choices) if b.se else 0, "hsigmoid",
+          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
+      variants, choice = (), None
+      if self.switch and env is None:
+        n_e = len(sp.expand_choices)
+        variants = tuple(
+            branch(mid_size=b.mid_choices[e], se_size=b.se_choices[e] if b.se else None,
+                   kernel_switch=True)
+            for e in range(n_e))
+        choice = arch.expand[i]
+      x = ElasticMBConv(branch(mid_size=sized(mid_n), kernel_count=k_n,
+                               se_size=sized(se_n) if b.se else None),
+                        b.residual, variants, name=b.name)(
+          x, arch.kernel[i], mid_mask, se_mask, active[i], train, choice)
     return _head(self, w[7], w[8], sp.num_classes, masked=True)(x, train)
 
 

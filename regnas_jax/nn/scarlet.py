@@ -34,6 +34,7 @@ kernel ``P`` (or a zero-pad / identity without ELS).  The exported logits equal 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -83,16 +84,30 @@ class ChoiceLayer(nn.Module):
   layout: Any                 # spaces.scarlet.LayerLayout
   els: bool
   skip_only: bool = False     # a shape envelope where every member skips this layer
+  # switch mode: one exact-size branch per (expand, SE) choice, index ``expand * n_se + se``
+  # (``n_se`` 2 where SE is searched, else 1), and the skip path as the last branch
+  variants: tuple = ()
 
   @nn.compact
-  def __call__(self, x, skip, kernel_index, mid_mask, se_mask, se_on, train: bool):
+  def __call__(self, x, skip, kernel_index, mid_mask, se_mask, se_on, train: bool, choice=None):
     b = self.layout
-    s = _subsample(x, b.stride)
-    if self.els:
-      k = self.param("els", _els_init, (1, 1, b.in_ch, b.out_ch), jnp.float32)
-      s = jnp.einsum("nhwc,cd->nhwd", s, k[0, 0].astype(s.dtype))
-    else:
-      s = pad_channels(s, b.out_ch)
+    k = self.param("els", _els_init, (1, 1, b.in_ch, b.out_ch), jnp.float32) if self.els else None
+
+    def skip_path(x):
+      s = _subsample(x, b.stride)
+      if k is not None:
+        return jnp.einsum("nhwc,cd->nhwd", s, k[0, 0].astype(s.dtype))
+      return pad_channels(s, b.out_ch)
+
+    if self.variants:
+      def run(v):
+        def fn(mdl, x, kernel_index):
+          h = v(x, kernel_index, None, train, se_mask=None)
+          return x + h if b.residual else h
+        return fn
+      fns = [run(v) for v in self.variants] + [lambda mdl, x, kernel_index: skip_path(x)]
+      return nn.switch(jnp.where(skip, len(self.variants), choice), fns, self, x, kernel_index)
+    s = skip_path(x)
     if self.skip_only:
       return s
     h = self.branch(x, kernel_index, mid_mask, train, update=~skip, se_mask=se_mask,
@@ -116,6 +131,9 @@ class ScarletSupernet(nn.Module):
     envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch from
       ``space.envelope``; ``None``: the largest shapes): a layer every member skips runs its
       skip path only, the others at the envelope's kernel, expanded width and SE.
+    switch: switch mode (``regnas_jax.nn.supernet``): every layer branches on its skip, expand,
+      SE and kernel choice (``lax.switch``) instead of masking them -- for members run one at a
+      time.
   """
   space: ScarletS1Space
   depthwise_impl: str = "auto"
@@ -125,11 +143,13 @@ class ScarletSupernet(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   envelope: Any = None
+  switch: bool = False
 
   # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = False
   op_average = False
   envelopes = True
+  switches = True
 
   @nn.nowrap
   def exact_module(self, arch):
@@ -170,15 +190,22 @@ class ScarletSupernet(nn.Module):
         mid_n, se_n = b.mid_choices[env[1][i]], b.se_choices[env[1][i]]
         sized = dict(mid_size=mid_n, kernel_count=int(env[2][i]) + 1,
                      se_size=se_n if sp.has_se and env[3][i] else 0)
-      branch = ElasticIBN(max(b.mid_choices), b.out_ch, b.stride, "h_swish", sp.kernel_choices,
-                          "elastic", self.kernel_transform,
-                          max(b.se_choices) if sp.has_se else 0, "hsigmoid",
-                          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
-                          **sized)
+      branch = functools.partial(
+          ElasticIBN, max(b.mid_choices), b.out_ch, b.stride, "h_swish", sp.kernel_choices,
+          "elastic", self.kernel_transform, max(b.se_choices) if sp.has_se else 0, "hsigmoid",
+          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
+      variants, choice = (), None
+      if self.switch and env is None:
+        n_se = 2 if sp.has_se else 1
+        variants = tuple(
+            branch(mid_size=b.mid_choices[j], se_size=b.se_choices[j] if s_on else 0,
+                   kernel_switch=True)
+            for j in range(len(b.mid_choices)) for s_on in range(n_se))
+        choice = e[i] * n_se + (se[i] > 0 if sp.has_se else 0)
       skip_only = env is not None and bool(env[0][i])
-      x = ChoiceLayer(branch, b, sp.els, skip_only, name=b.name)(
+      x = ChoiceLayer(branch(**sized), b, sp.els, skip_only, variants, name=b.name)(
           x, skip[i] > 0, k[i], jnp.arange(mid_n) < mid, jnp.arange(se_n) < se_h, se[i] > 0,
-          train)
+          train, choice)
     return _head(self, sp.widths[2], sp.num_classes, masked=True)(x, train)
 
 

@@ -40,6 +40,16 @@ envelope == masked == extracted (logits in both modes, written statistics) and t
 member's own envelope costs exactly its exact subnet's MACs.  :mod:`regnas_jax.envelopes`
 chooses the envelopes; a supernet without them is scored and trained at its largest shapes.
 
+Optional too: a **switch mode** (``switches = True`` and a dataclass field ``switch``, default
+``False``).  ``model.clone(switch=True)`` is the same function, computed by branching on the
+arch instead of masking: each searchable block runs ``flax.linen.switch`` over exact-size
+variants of itself (one per width/SE choice, the kernel size a ``lax.switch`` inside its
+depthwise layer, an unused block an identity or skip branch), built from the same variables.
+Only the taken branch executes where the choice is not batched -- members run one at a time by
+an unbatched ``lax.map`` (``evaluate.switch_mode``; ``config.score.switch``); under ``vmap`` a
+switch turns into a select over every branch, so masks stay there.  The contract tests check
+switch == masked (logits in both modes, written statistics) for every supernet that sets it.
+
 Inverted-bottleneck supernets build their layers from ``nn/blocks.py`` (the masked branch, its
 exact twin, the head).  Tests: the contract tests run for every registered supernet with the
 space's entry in ``tests/contract.py`` ``CONFIGS`` (supernet options included).

@@ -287,6 +287,16 @@ def resolve_subnet_loop(loop: str, model=None) -> str:
   return loop
 
 
+def switch_model(model, loop: str, enabled: bool = True):
+  """``model.clone(switch=True)`` for the training step where members run one at a time
+  (``loop`` resolves to ``'scan'``) and the supernet has a switch mode (``nn/supernet.py``);
+  else ``model``.  The same losses and gradients; each member's blocks run only their chosen
+  branch (``config.train.switch``)."""
+  if enabled and getattr(model, "switches", False) and resolve_subnet_loop(loop, model) == "scan":
+    return model.clone(switch=True)
+  return model
+
+
 def _envelope_grads(model, params, batch_stats, images, labels, archs, keys, lc: LossConfig,
                     teacher_probs, envelopes):
   """:func:`subnet_grads` with member ``j`` run by ``model.clone(envelope=envelopes[j])`` (its
@@ -499,7 +509,7 @@ class TrainResult(NamedTuple):
 # Config keys of ``config.train`` that do not change the trained weights (left out of the
 # identity a checkpoint is checked against).
 OPERATIONAL_KEYS = ("log_every", "checkpoint_every", "max_to_keep", "calib_images",
-                    "calib_batch_size", "progress_every", "max_nonfinite_steps")
+                    "calib_batch_size", "progress_every", "max_nonfinite_steps", "switch")
 
 
 def identity(cfg, space, phases, init_identity=None) -> dict:
@@ -672,6 +682,7 @@ class _StepRunner:
     k_env = int(cfg.train.get("envelopes", 0) or 0)
     self.buckets = (EnvelopeBuckets(space, k_env) if k_env > 0 and getattr(model, "envelopes",
                                                                              False) else None)
+    self.step_model = switch_model(model, cfg.train.subnet_loop, cfg.train.get("switch", False))
     self.pool = concurrent.futures.ThreadPoolExecutor(1)
     self.next = None
     self.clock = runtime.CompileClock()
@@ -743,7 +754,7 @@ class _StepRunner:
                               pad=tc.augment.pad if on_device else 0,
                               flip=tc.augment.flip and on_device)
       self.fns[pi, res, envs] = make_train_step(
-          self.model, self.space, tx, self.phases[pi], lc, tc.subnet_loop,
+          self.step_model, self.space, tx, self.phases[pi], lc, tc.subnet_loop,
           augment=lambda x, k, f=aug: f(x, key=k),
           shardings=parallel.state_shardings(state, self.mesh, self.mc), envelopes=envs)
     return self.fns[pi, res, envs]

@@ -140,6 +140,19 @@ class ElasticIBN:
     return bn("proj_bn", h, out_mask, self.out_ch)
 
 
+def variant_branches(variants: Sequence[ElasticIBN], train: bool, residual: bool) -> list:
+  """Switch mode: one ``flax.linen.switch`` branch ``(module, x, kernel) -> x + h`` (or ``h``)
+  per exact-size variant of a block's branch (``mid_size`` / ``se_size`` set, usually
+  ``kernel_switch``); no masks inside.  Called in the parent's compact method, whose module the
+  switch passes as ``module``, so every variant's layers are the parent's (shared) children."""
+  def run(v):
+    def fn(mdl, x, kernel):
+      h = v(x, kernel, None, train, se_mask=None)
+      return x + h if residual else h
+    return fn
+  return [run(v) for v in variants]
+
+
 # ----------------------------------------------------------------------------------------------
 # The exact-shape block
 # ----------------------------------------------------------------------------------------------

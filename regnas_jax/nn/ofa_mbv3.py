@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from regnas_jax.nn import layers, ops
-from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec
+from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec, variant_branches
 from regnas_jax.nn.common import bn_slice, segment_order
 from regnas_jax.spaces.base import envelope_arch
 from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
@@ -52,13 +52,7 @@ class ElasticMBConv(nn.Module):
     if not self.variants:
       h = self.branch(x, kernel_index, mid_mask, train, update=active, se_mask=se_mask)
       return jnp.where(active, x + h, x) if self.residual else h
-
-    def run(v):
-      def fn(mdl, x, kernel_index):
-        h = v(x, kernel_index, None, train, se_mask=None)
-        return x + h if self.residual else h
-      return fn
-    fns = [run(v) for v in self.variants]
+    fns = variant_branches(self.variants, train, self.residual)
     if self.residual:
       fns.append(lambda mdl, x, kernel_index: x)
       choice = jnp.where(active, choice, len(self.variants))

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from regnas_jax.nn import layers, ops
-from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec, pad_channels
+from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec, pad_channels, variant_branches
 from regnas_jax.nn.common import bn_slice
 from regnas_jax.spaces.base import envelope_arch
 from regnas_jax.spaces.scarlet import ScarletArch, ScarletS1Space
@@ -100,12 +100,8 @@ class ChoiceLayer(nn.Module):
       return pad_channels(s, b.out_ch)
 
     if self.variants:
-      def run(v):
-        def fn(mdl, x, kernel_index):
-          h = v(x, kernel_index, None, train, se_mask=None)
-          return x + h if b.residual else h
-        return fn
-      fns = [run(v) for v in self.variants] + [lambda mdl, x, kernel_index: skip_path(x)]
+      fns = variant_branches(self.variants, train, b.residual) + [
+          lambda mdl, x, kernel_index: skip_path(x)]
       return nn.switch(jnp.where(skip, len(self.variants), choice), fns, self, x, kernel_index)
     s = skip_path(x)
     if self.skip_only:

@@ -14,7 +14,6 @@ eval-mode predictions on E evaluation images.  Two methods:
   switch, blocked       the same calls with ``model.clone(switch=True)`` and one member at a
                         time (``chunk_size`` 1): each block runs only its chosen branch, at
                         exact shapes (supernets with a switch mode; ``--no-switch``: no row).
-                        ``--archs N`` then scores N distinct random archs end to end with it.
   exact, one by one     per member: ``extract`` the exact-shape module with the supernet's
                         variables, and in one jitted function re-calibrate its BN (average of the
                         per-batch means / biased variances, as ``recalibrate_bn``) and predict
@@ -24,7 +23,9 @@ eval-mode predictions on E evaluation images.  Two methods:
 Compiles are counted with ``jax.monitoring`` (backend-compile events) and their durations summed;
 "first pass" is the wall time of the first full pass (tracing + compile + run), "run" is the
 steady-state wall time of a second pass; subnets/s and the per-member cost ratio use the steady
-run.  ``--exact-members K`` times the exact path on the first K members and extrapolates.  Both
+run.  ``--exact-members K`` times the exact path on the first K members and extrapolates.
+``--archs N`` also scores N distinct random archs end to end (new random populations, compiles
+included) with every method but exact, whose end-to-end time is extrapolated from its first pass.  Both
 methods' predictions are compared on those K members (random weights and images: speed only).
 
 ``--mode logits`` keeps the older, cheaper comparison: eval-mode logits of the population on one
@@ -78,6 +79,21 @@ class CompileLog:
     return len(d), float(sum(d))
 
 
+def end_to_end(a, sp, n: int, first_s: float, first_compiles: int, score, log) -> dict:
+  """A search's scoring end to end: ``--archs`` distinct random archs, the first population
+  (already timed: ``first_s``, ``first_compiles``) then new random populations of ``n`` through
+  ``score(pop)``, compiles included."""
+  m = log.mark()
+  t = time.perf_counter()
+  done, g = n, 0
+  while done < a.archs:
+    g += 1
+    score(jax.tree.map(np.asarray, sp.sample(jax.random.key(100 + g), n)))
+    done += n
+  return dict(archs=done, seconds=first_s + time.perf_counter() - t,
+              compiles=first_compiles + log.since(m)[0])
+
+
 # -- score mode ----------------------------------------------------------------------------------
 def exact_scorer(module, num_eval: int):
   """Jitted ``(variables, calib (K,B,R,R,3), eval batches (M,b,R,R,3)) -> int32 (num_eval,)``
@@ -122,12 +138,12 @@ def run_score(a, net, variables, sp, log):
   for model, chunk, kind in runs:
     cs = None if chunk == 0 else chunk
 
-    def full_pass(cs=cs, model=model):
+    def full_pass(p=pop, cs=cs, model=model):
       t0 = time.perf_counter()
-      st = evaluate.recalibrate_population(model, variables, calib_dev, pop, block_size=a.block,
+      st = evaluate.recalibrate_population(model, variables, calib_dev, p, block_size=a.block,
                                            chunk_size=cs)
       t1 = time.perf_counter()
-      pred = evaluate.population_predictions(model, variables["params"], st, pop, evals_dev,
+      pred = evaluate.population_predictions(model, variables["params"], st, p, evals_dev,
                                              block_size=a.block, chunk_size=cs,
                                              batch_size=a.batch)
       return pred, t1 - t0, time.perf_counter() - t1
@@ -140,20 +156,8 @@ def run_score(a, net, variables, sp, log):
     n_c2, _ = log.since(m)
     name = f"{kind}, blocked (block {a.block}, {'vmap' if chunk == 0 else f'chunk {chunk}'})"
     masked_preds[chunk if kind == "masked" else kind] = pred
-    if a.archs and kind == "switch":   # a search's scoring end to end, measured
-      m = log.mark()
-      t = time.perf_counter()
-      done, g = n, 0
-      while done < a.archs:
-        g += 1
-        p_g = jax.tree.map(np.asarray, sp.sample(jax.random.key(100 + g), n))
-        st = evaluate.recalibrate_population(model, variables, calib_dev, p_g,
-                                             block_size=a.block, chunk_size=1)
-        evaluate.population_predictions(model, variables["params"], st, p_g, evals_dev,
-                                        block_size=a.block, chunk_size=1, batch_size=a.batch)
-        done += n
-      extra["archs_switch"] = dict(archs=done, compiles=n_c + log.since(m)[0],
-                                   seconds=f_rc + f_pr + time.perf_counter() - t)
+    if a.archs:
+      extra.setdefault("archs", {})[name] = end_to_end(a, sp, n, f_rc + f_pr, n_c, full_pass, log)
     rows.append(dict(method=name, compiles=n_c, compile_s=s_c, first_s=f_rc + f_pr,
                      run_s=r_rc + r_pr, per_member_s=(r_rc + r_pr) / n,
                      recal_s=r_rc, predict_s=r_pr, recompiles_steady=n_c2))
@@ -200,17 +204,9 @@ def run_score(a, net, variables, sp, log):
                      recal_s=r_rc, predict_s=r_pr, recompiles_steady=n_c2, partition_s=f_part,
                      assign_s=r_part, envelope_macs_vs_own=env_macs / float(np.sum(
                          sp.macs(pop)))))
-    if a.archs:   # a search's scoring end to end: new random populations through the catalogue
-      m = log.mark()
-      t = time.perf_counter()
-      done, g = n, 0
-      while done < a.archs:
-        g += 1
-        env_pass(jax.tree.map(np.asarray, sp.sample(jax.random.key(100 + g), n)))
-        done += n
-      extra.setdefault("archs", {})[k_env] = dict(
-          archs=done, seconds=f_part + f_rc + f_pr + time.perf_counter() - t,
-          compiles=n_c + log.since(m)[0], envelopes=len(cat.envs[r_i]))
+    if a.archs:   # new random populations through the catalogue (new envelopes compile)
+      e2e = end_to_end(a, sp, n, f_part + f_rc + f_pr, n_c, env_pass, log)
+      extra.setdefault("archs", {})[rows[-1]["method"]] = dict(e2e, envelopes=len(cat.envs[r_i]))
 
   # exact shapes, one member at a time (own compile each)
   k_ex = n if a.exact_members is None else min(a.exact_members, n)
@@ -286,22 +282,10 @@ def run_score(a, net, variables, sp, log):
                    f"pass (partition + assignment), {row['assign_s']:.2f} s in the steady one "
                    f"(included above); sum of the members' envelope MACs = "
                    f"{row['envelope_macs_vs_own']:.2f}x the sum of their own")
-  masked_row = next((r for r in rows if r["method"].startswith("masked")), None)
-  for k_env, e2e in extra.get("archs", {}).items():
-    line = (f"end to end, {e2e['archs']} distinct random archs in populations of {n}: envelopes "
-            f"(K {k_env}) {e2e['seconds']:.0f} s measured, {e2e['compiles']} compiles, "
-            f"{e2e['envelopes']} envelopes catalogued")
-    if masked_row:
-      t_m = masked_row["first_s"] + (e2e["archs"] / n - 1) * masked_row["run_s"]
-      line += f"; masked {t_m:.0f} s (first pass + steady runs: no new compiles)"
-    if k_ex > 0:
-      t_x = e2e["archs"] / n * rows[-1]["first_s"]
-      line += f"; exact {t_x:.0f} s (first pass per member x {e2e['archs']})"
-    notes.append(line)
-  if "archs_switch" in extra:
-    e2e = extra["archs_switch"]
-    line = (f"end to end, {e2e['archs']} distinct random archs in populations of {n}: switch "
-            f"{e2e['seconds']:.0f} s measured, {e2e['compiles']} compiles")
+  for method, e2e in extra.get("archs", {}).items():
+    line = (f"end to end, {e2e['archs']} distinct random archs in populations of {n}: {method} "
+            f"{e2e['seconds']:.0f} s measured, {e2e['compiles']} compiles"
+            + (f", {e2e['envelopes']} envelopes catalogued" if "envelopes" in e2e else ""))
     if k_ex > 0:
       line += f"; exact {e2e['archs'] / n * rows[-1]['first_s']:.0f} s (first pass per member x {e2e['archs']})"
     notes.append(line)
@@ -403,7 +387,7 @@ def main(argv=None):
                       "each block runs only its chosen branch)")
   p.add_argument("--archs", type=int, default=0,
                  help="score: also time scoring this many distinct random archs end to end "
-                      "(compiles included) through the envelope catalogue")
+                      "(compiles included) with every method but exact (extrapolated from its first pass)")
   p.add_argument("--json", default=None, help="also write the results to this file")
   a = p.parse_args(argv)
   if a.batch is None:

@@ -420,7 +420,8 @@ class Scorer:
     self.seconds = 0.0
     k = int(score.get("envelopes", 0) or 0) if getattr(net, "envelopes", False) else 0
     self.catalogue = EnvelopeCatalogue(space, k)
-    self.switch = switch_mode(net, score.chunk_size, score.get("switch", False), self.mesh)
+    # The model members outside any envelope run through: the switch-mode clone or ``net``.
+    self.member_net = switch_mode(net, score.chunk_size, score.get("switch", False), self.mesh)
 
   @classmethod
   def from_config(cls, cfg, net, space, variables, dataset, mesh=None) -> "Scorer":
@@ -483,7 +484,7 @@ class Scorer:
       group = jax.tree.map(lambda x: np.asarray(x)[members], pop)
       parts = []
       for key, idx in self.catalogue.groups(int(r_i), group):
-        net = self.switch if key is None else self.net.clone(envelope=key)
+        net = self.member_net if key is None else self.net.clone(envelope=key)
         block = self.score.block_size
         parts.append((net, block if key is None else group_block(block, len(idx)),
                       members[idx], jax.tree.map(lambda x, i=idx: x[i], group)))

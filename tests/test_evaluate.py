@@ -165,7 +165,7 @@ def test_scorer_in_envelopes_or_switch_mode_equals_the_largest_shapes(tiny):
     score = ml_collections.ConfigDict(dict(block_size=2, chunk_size=1, batch_size=128,
                                            max_images=200, envelopes=k, switch=switch))
     sc = evaluate.Scorer(net, sp, v, ds, score, calib_images=64, calib_batch_size=32, seed=0)
-    assert sc.switch.switch == switch
+    assert sc.member_net.switch == switch
     out[k, switch] = sc, sc.stats(pop), sc.correct(pop, "test")
   (_, s0, c0), (sc, s3, c3), (_, s_sw, c_sw) = out[0, False], out[3, False], out[0, True]
   jax.tree.map(close, s3, s0)

@@ -114,12 +114,4 @@ def test_committed_cifar10_tables_come_from_the_committed_results_and_config():
   got = json.loads(json.dumps(res["config"]))
   for c in (want, got):
     c["data"].pop("path"), c["data"].pop("cache_dir")
-  # Options added after the run, whose value 0 is what the run did (every member at the
-  # largest shapes): static shape envelopes in scoring and training.
-  for section in ("score", "train"):
-    assert "envelopes" not in got[section] and want[section].pop("envelopes") == 0
-  # Switch mode in scoring and training, added after the run: the same scores and gradients
-  # up to float rounding, not part of any identity.
-  for section in ("score", "train"):
-    assert "switch" not in got[section] and want[section].pop("switch") is True
   assert got == want

@@ -23,10 +23,11 @@ eval-mode predictions on E evaluation images.  Two methods:
 Compiles are counted with ``jax.monitoring`` (backend-compile events) and their durations summed;
 "first pass" is the wall time of the first full pass (tracing + compile + run), "run" is the
 steady-state wall time of a second pass; subnets/s and the per-member cost ratio use the steady
-run.  ``--exact-members K`` times the exact path on the first K members and extrapolates.
-``--archs N`` also scores N distinct random archs end to end (new random populations, compiles
-included) with every method but exact, whose end-to-end time is extrapolated from its first pass.  Both
-methods' predictions are compared on those K members (random weights and images: speed only).
+run.  ``--exact-members K`` times the exact path on the first K members and extrapolates; every
+method's predictions are compared with it on those K members (random weights and images: speed
+only).  ``--archs N`` also scores N distinct random archs end to end (new random populations,
+compiles included) with every method but exact, whose end-to-end time is extrapolated from its
+first pass.
 
 ``--mode logits`` keeps the older, cheaper comparison: eval-mode logits of the population on one
 batch of ``--batch`` images with the supernet's own BN statistics (masked vmapped / masked loop /
@@ -79,14 +80,14 @@ class CompileLog:
     return len(d), float(sum(d))
 
 
-def end_to_end(a, sp, n: int, first_s: float, first_compiles: int, score, log) -> dict:
-  """A search's scoring end to end: ``--archs`` distinct random archs, the first population
+def end_to_end(archs: int, sp, n: int, first_s: float, first_compiles: int, score, log) -> dict:
+  """A search's scoring end to end: ``archs`` distinct random archs, the first population
   (already timed: ``first_s``, ``first_compiles``) then new random populations of ``n`` through
   ``score(pop)``, compiles included."""
   m = log.mark()
   t = time.perf_counter()
   done, g = n, 0
-  while done < a.archs:
+  while done < archs:
     g += 1
     score(jax.tree.map(np.asarray, sp.sample(jax.random.key(100 + g), n)))
     done += n
@@ -157,7 +158,8 @@ def run_score(a, net, variables, sp, log):
     name = f"{kind}, blocked (block {a.block}, {'vmap' if chunk == 0 else f'chunk {chunk}'})"
     masked_preds[chunk if kind == "masked" else kind] = pred
     if a.archs:
-      extra.setdefault("archs", {})[name] = end_to_end(a, sp, n, f_rc + f_pr, n_c, full_pass, log)
+      extra.setdefault("archs", {})[name] = end_to_end(a.archs, sp, n, f_rc + f_pr, n_c,
+                                                       full_pass, log)
     rows.append(dict(method=name, compiles=n_c, compile_s=s_c, first_s=f_rc + f_pr,
                      run_s=r_rc + r_pr, per_member_s=(r_rc + r_pr) / n,
                      recal_s=r_rc, predict_s=r_pr, recompiles_steady=n_c2))
@@ -205,7 +207,7 @@ def run_score(a, net, variables, sp, log):
                      assign_s=r_part, envelope_macs_vs_own=env_macs / float(np.sum(
                          sp.macs(pop)))))
     if a.archs:   # new random populations through the catalogue (new envelopes compile)
-      e2e = end_to_end(a, sp, n, f_part + f_rc + f_pr, n_c, env_pass, log)
+      e2e = end_to_end(a.archs, sp, n, f_part + f_rc + f_pr, n_c, env_pass, log)
       extra.setdefault("archs", {})[rows[-1]["method"]] = dict(e2e, envelopes=len(cat.envs[r_i]))
 
   # exact shapes, one member at a time (own compile each)
@@ -387,7 +389,8 @@ def main(argv=None):
                       "each block runs only its chosen branch)")
   p.add_argument("--archs", type=int, default=0,
                  help="score: also time scoring this many distinct random archs end to end "
-                      "(compiles included) with every method but exact (extrapolated from its first pass)")
+                      "(compiles included) with every method but exact (extrapolated from its "
+                      "first pass)")
   p.add_argument("--json", default=None, help="also write the results to this file")
   a = p.parse_args(argv)
   if a.batch is None:

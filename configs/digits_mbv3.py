@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         progress_every=4, calib_images=256, calib_batch_size=128))
     c.search.update(dict(population_size=4, generations=1))
     c.experiment.update(dict(seeds=(0, 1), sweep=(0.5, 2.0), independent_steps=6))
+    c.experiment.fd.weights = (0.3, 1.0)
   elif arg:
     raise ValueError(f"digits_mbv3: unknown variant {arg!r} (known: smoke)")
   return c

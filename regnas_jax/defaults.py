@@ -186,8 +186,9 @@ def experiment_defaults() -> ml_collections.ConfigDict:
       independent_steps=0,        # steps of each from-scratch model (0: config.train.steps)
       # Focal distillation (Positive-Congruent Training) for the PCT baseline; our reading in
       # regnas_jax/training/exact.py: CE + weight * mean((alpha + beta * 1[old right]) * D).
-      fd=ml_collections.ConfigDict(dict(weight=1.0, alpha=1.0, beta=5.0, temperature=1.0,
-                                        kind="kl")),
+      # A2 is trained once per weight; the holdout split chooses one by the search reward.
+      fd=ml_collections.ConfigDict(dict(weights=(0.1, 0.3, 1.0), alpha=1.0, beta=5.0,
+                                        temperature=1.0, kind="kl")),
   ))
 
 

@@ -60,7 +60,17 @@ def test_every_stage_and_the_tables(finished):
     assert os.path.getsize(os.path.join(work, f)) > 100, f
   md = open(os.path.join(work, "results.md")).read()
   assert "| A2 | R2+inclusion |" in md and "independent + focal distillation" in md
-  assert os.path.isdir(os.path.join(work, "independent", "A2_fd", "checkpoints"))
+  # focal distillation: one A2 per candidate weight; the reported one is the holdout's choice
+  sel = ind["fd_select"]
+  assert [c["weight"] for c in sel] == list(cfg.experiment.fd.weights)
+  l1, l2 = regnas_tables.search.parse_reward(cfg.search.reward)
+  for c in sel:
+    assert os.path.isdir(os.path.join(work, "independent", f"A2_fd_w{c['weight']:g}",
+                                      "checkpoints"))
+    assert np.isclose(c["reward"], l1 * c["val_top1"] - l2 * c["val_nfr"])
+  best = max(sel, key=lambda c: c["reward"])
+  assert ind["fd"]["weight"] == best["weight"]
+  assert f"weight {best['weight']:g}" in md
 
 
 @pytest.mark.slow
@@ -78,12 +88,33 @@ def test_stages_cut_short_resume_to_the_same_results(finished, tmp_path):
   # sweep: the last ratio killed before its first save
   os.remove(os.path.join(copy, "search", f"sweep_{max(smoke_config().experiment.sweep):g}.json"))
   # independent: the focal-distillation model killed before its final checkpoint
-  ck = os.path.join(copy, "independent", "A2_fd", "checkpoints")
+  w = smoke_config().experiment.fd.weights[-1]
+  ck = os.path.join(copy, "independent", f"A2_fd_w{w:g}", "checkpoints")
   steps = sorted(int(d) for d in os.listdir(ck) if d.isdigit())
   shutil.rmtree(os.path.join(ck, str(steps[-1])))
   again = regnas_tables.Experiment(smoke_config(), copy).run("all")
   strip = lambda r: json.loads(json.dumps({k: v for k, v in r.items() if k != "config"}))
   assert strip(again) == strip(res)
+
+
+@pytest.mark.parametrize("weights, msg", [((), "need distinct numbers"),
+                                           ((0.3, 0.3), "need distinct numbers"),
+                                           ((0.3, -1.0), "every weight must be a finite"),
+                                           ((0.3, float("nan")), "every weight must be a finite")])
+def test_focal_distillation_weights_are_checked(weights, msg):
+  cfg = smoke_config()
+  cfg.experiment.fd.weights = weights
+  with pytest.raises(regnas_tables.ConfigError, match=msg) as e:
+    regnas_tables.check(cfg)
+  assert str(e.value).startswith("config.experiment.fd.weights: ")
+
+
+def test_the_holdout_choice_is_the_largest_reward_first_of_equals():
+  cands = [{"val_top1": 0.70, "val_nfr": 0.03}, {"val_top1": 0.74, "val_nfr": 0.06},
+           {"val_top1": 0.72, "val_nfr": 0.03}]
+  assert regnas_tables.select_fd(cands, (1.0, 1.0)) == 2     # R2: 0.67, 0.68, 0.69
+  assert regnas_tables.select_fd(cands, (1.0, 0.0)) == 1     # accuracy alone
+  assert regnas_tables.select_fd(cands, (0.0, 1.0)) == 0     # NFR alone: 0 and 2 tie
 
 
 def test_command_line_errors_are_one_line(tmp_path):

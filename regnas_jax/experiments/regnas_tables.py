@@ -14,7 +14,10 @@ Stages, each resumable (a killed stage picks up where it stopped) and run in thi
 ``sweep``        the lambda2/lambda1 sweep of supplementary Table 1 for A2 at the fixed A1;
 ``independent``  A1 and A2 of the R0 family (``experiment.baseline_seed``) trained from scratch
                  separately (exact shapes, the same data and steps), and A2 trained from scratch
-                 with focal distillation from the independent A1 (Positive-Congruent Training);
+                 with focal distillation from the independent A1 (Positive-Congruent Training),
+                 once per weight in ``experiment.fd.weights``: the one whose A2 scores best on
+                 the holdout split under the search reward (``search.reward``, NFR against the
+                 independent A1) is the baseline reported;
 ``report``       Top-1 and NFR of everything on the test split (cached in
                  ``search/eval_cache_test.npz``), mean +- std over search seeds, the relative
                  change C of seed 000's Eq. 1 against the proposed row; ``results.json``,
@@ -58,13 +61,34 @@ def check(cfg) -> None:
   if not (isinstance(ex.independent_steps, int) and ex.independent_steps >= 0):
     raise ConfigError(f"config.experiment.independent_steps: must be an integer >= 0, got "
                       f"{ex.independent_steps!r}")
-  fd(cfg).check()
+  fd_candidates(cfg)
 
 
-def fd(cfg) -> training.FocalDistillation:
+def fd_candidates(cfg) -> list[training.FocalDistillation]:
+  """One focal-distillation setting per weight in ``experiment.fd.weights`` (checked)."""
   f = cfg.experiment.fd
-  return training.FocalDistillation(float(f.weight), float(f.alpha), float(f.beta),
-                                    float(f.temperature), str(f.kind))
+  ws = tuple(f.weights)
+  if not ws or len(set(ws)) != len(ws) or not all(isinstance(w, (int, float)) for w in ws):
+    raise ConfigError(f"config.experiment.fd.weights: need distinct numbers, got {ws}")
+  if not all(np.isfinite(w) and w >= 0 for w in ws):
+    raise ConfigError(f"config.experiment.fd.weights: every weight must be a finite number >= 0, "
+                      f"got {ws}")
+  out = [training.FocalDistillation(float(w), float(f.alpha), float(f.beta),
+                                    float(f.temperature), str(f.kind)) for w in ws]
+  for d in out:
+    try:
+      d.check()
+    except ConfigError as e:
+      raise ConfigError(f"config.experiment.{e}") from None
+  return out
+
+
+def select_fd(candidates: list[dict], reward) -> int:
+  """Index of the candidate with the largest ``l1 * val_top1 - l2 * val_nfr`` (the first of
+  equals)."""
+  l1, l2 = reward
+  scores = [l1 * c["val_top1"] - l2 * c["val_nfr"] for c in candidates]
+  return int(np.argmax(scores))
 
 
 class Experiment:
@@ -144,17 +168,37 @@ class Experiment:
 
   # -- independent training -----------------------------------------------------------------------
   def stage_independent(self) -> dict:
-    """The baseline family's A1 and A2 trained separately, and A2 with focal distillation."""
-    cfg, space = self.cfg, self.space
+    """The baseline family's A1 and A2 trained separately (``'A1'``, ``'A2'``), and A2 with
+    focal distillation from that A1 once per candidate weight (``'fd_select'``: each one's
+    weight and holdout Top-1 / NFR / reward); ``'FD'`` is the candidate the holdout chose."""
+    cfg = self.cfg
     fam = self.stage_search()[int(cfg.experiment.baseline_seed)]["R0"]
     steps = int(cfg.experiment.independent_steps) or int(cfg.train.steps)
     out = {}
     for m in fam[:2]:
       out[m["name"]] = self._train_exact(m["arch"], f"independent/{m['name']}", steps)
-    a1_module = self.ctx.net.exact_module(fam[0]["arch"])
-    out["FD"] = self._train_exact(fam[1]["arch"], "independent/A2_fd", steps,
-                                  teacher=(a1_module, out["A1"]["variables"]), fd=fd(cfg),
-                                  teacher_resolution=out["A1"]["resolution"])
+    a1 = out["A1"]
+    a1_val = training.evaluate_exact(a1["module"], a1["variables"], self.ctx.dataset, "val",
+                                     a1["resolution"])
+    teacher = (a1["module"], a1["variables"])
+    reward = search.parse_reward(cfg.search.reward)
+    trained, select = [], []
+    for d in fd_candidates(cfg):
+      t = self._train_exact(fam[1]["arch"], f"independent/A2_fd_w{d.weight:g}", steps,
+                            teacher=teacher, fd=d, teacher_resolution=a1["resolution"])
+      ok = training.evaluate_exact(t["module"], t["variables"], self.ctx.dataset, "val",
+                                   t["resolution"])
+      c = {"weight": d.weight, "val_top1": float(ok.mean()),
+           "val_nfr": float(metrics.nfr(ok, a1_val))}
+      c["reward"] = reward[0] * c["val_top1"] - reward[1] * c["val_nfr"]
+      self.log(f"focal distillation weight {d.weight:g}: holdout top-1 "
+               f"{100 * c['val_top1']:.2f}%, NFR {100 * c['val_nfr']:.2f}%")
+      trained.append(t)
+      select.append(c)
+    best = select_fd(select, reward)
+    self.log(f"focal distillation: weight {select[best]['weight']:g} chosen on the holdout "
+             f"(reward {cfg.search.reward})")
+    out["FD"], out["fd_select"] = trained[best], select
     return out
 
   def _train_exact(self, arch, where: str, steps: int, teacher=None, fd=None,
@@ -167,7 +211,7 @@ class Experiment:
                                log=self.log, desc=where,
                                identity_extra={"arch": self.space.to_json(arch)})
     return {"arch": arch, "module": module, "variables": res.variables, "resolution": r,
-            "fingerprint": res.fingerprint}
+            "fingerprint": res.fingerprint, "fd_weight": None if fd is None else fd.weight}
 
   # -- the report ---------------------------------------------------------------------------------
   def stage_report(self) -> dict:
@@ -276,8 +320,8 @@ def table2_rows(space, searched: dict, test, seeds) -> list[dict]:
 def independent_rows(space, indep: dict, dataset, searched, test, seed: int) -> dict:
   """NFR of A2 against A1 when both are trained separately, with focal distillation, and with
   the supernet's shared weights (the same two architectures)."""
-  ok = {k: training.evaluate_exact(v["module"], v["variables"], dataset, "test",
-                                   v["resolution"]) for k, v in indep.items()}
+  ok = {k: training.evaluate_exact(indep[k]["module"], indep[k]["variables"], dataset, "test",
+                                   indep[k]["resolution"]) for k in ("A1", "A2", "FD")}
   fam = searched[seed]["R0"]
   shared = test(spaces.stack([m["arch"] for m in fam[:2]]))
   row = lambda new, old: {"top1": float(new.mean()), "nfr": float(metrics.nfr(new, old)),
@@ -285,8 +329,9 @@ def independent_rows(space, indep: dict, dataset, searched, test, seed: int) -> 
                           "old_top1": float(old.mean())}
   return {"archs": [space.to_json(m["arch"]) for m in fam[:2]],
           "macs": [int(space.macs(m["arch"])) for m in fam[:2]],
-          "independent": row(ok["A2"], ok["A1"]), "fd": row(ok["FD"], ok["A1"]),
-          "shared": row(shared[1], shared[0])}
+          "independent": row(ok["A2"], ok["A1"]),
+          "fd": {**row(ok["FD"], ok["A1"]), "weight": indep["FD"]["fd_weight"]},
+          "fd_select": indep["fd_select"], "shared": row(shared[1], shared[0])}
 
 
 def sweep_rows(space, sweep: dict, test, val, a1) -> list[dict]:

@@ -330,25 +330,20 @@ def regnas_tables_markdown(res: dict) -> str:
           "from the separately trained A1 (PCT); C against the proposed A2 row above:", "",
           "| A2 / A1 | A1 top-1 (%) | A2 top-1 (%) | NFR (%) | relative NFR | C(top-1) | C(NFR) |",
           "|---|---:|---:|---:|---:|---:|---:|"]
-  fd_label = "independent + focal distillation"
-  if ind["fd"].get("weight") is not None:
-    fd_label += f" (weight {ind['fd']['weight']:g})"
   for key, label in (("shared", "weight sharing (supernet)"), ("independent", "independent"),
-                     ("fd", fd_label)):
+                     ("fd", _fd_label(ind))):
     r = ind[key]
     out.append(f"| {label} | {100 * r['old_top1']:.2f} | {100 * r['top1']:.2f} | "
                f"{100 * r['nfr']:.2f} | {r['rel_nfr']:.3f} | "
                f"{_signed(_rel(prop['top1']['mean'], r['top1']))} | "
                f"{_signed(_rel(prop['nfr']['mean'], r['nfr']))} |")
-  if ind.get("fd_select"):
-    cfg = res["config"]
-    out += ["", f"The focal distillation weight, chosen on the holdout split by the search reward "
-            f"({cfg['search']['reward']}; NFR against the independent A1):", "",
-            "| FD weight | holdout top-1 (%) | holdout NFR (%) | reward |", "|---:|---:|---:|---:|"]
-    for c in ind["fd_select"]:
-      mark = " (chosen)" if c["weight"] == ind["fd"]["weight"] else ""
-      out.append(f"| {c['weight']:g}{mark} | {100 * c['val_top1']:.2f} | "
-                 f"{100 * c['val_nfr']:.2f} | {c['reward']:.4f} |")
+  out += ["", "The focal distillation weight, chosen on the holdout split by the search reward "
+          f"({res['config']['search']['reward']}; NFR against the independent A1):", "",
+          "| FD weight | holdout top-1 (%) | holdout NFR (%) | reward |", "|---:|---:|---:|---:|"]
+  for c in ind["fd_select"]:
+    mark = " (chosen)" if c["weight"] == ind["fd"]["weight"] else ""
+    out.append(f"| {c['weight']:g}{mark} | {100 * c['val_top1']:.2f} | "
+               f"{100 * c['val_nfr']:.2f} | {c['reward']:.4f} |")
   out += ["", "lambda2/lambda1 sweep (A2 at the fixed A1, inclusion on; supplementary Table 1):",
           "", "| lambda2/lambda1 | MMACs | val top-1 (%) | val NFR (%) | test top-1 (%) | "
           "test NFR (%) |", "|---:|---:|---:|---:|---:|---:|"]
@@ -357,6 +352,10 @@ def regnas_tables_markdown(res: dict) -> str:
                f"{100 * r['val_nfr']:.2f} | {100 * r['test_top1']:.2f} | "
                f"{100 * r['test_nfr']:.2f} |")
   return "\n".join(out)
+
+
+def _fd_label(ind: dict) -> str:
+  return f"independent + focal distillation (weight {ind['fd']['weight']:g})"
 
 
 def plot_top1_vs_nfr(path: str, res: dict) -> None:
@@ -374,10 +373,7 @@ def plot_top1_vs_nfr(path: str, res: dict) -> None:
                 yerr=100 * r["top1"]["std"], fmt="o", ms=7, color=c, capsize=3,
                 label=f"{r['variant']} (mean ± std)")
   for key, marker, label in (("independent", "s", "independent"),
-                             ("fd", "D", "independent + focal distillation" + (
-                                 f" (weight {res['independent']['fd']['weight']:g})"
-                                 if res["independent"]["fd"].get("weight") is not None
-                                 else "")),
+                             ("fd", "D", _fd_label(res["independent"])),
                              ("shared", "^", "R0 archs, shared weights")):
     r = res["independent"][key]
     ax.scatter(100 * r["nfr"], 100 * r["top1"], marker=marker, s=60, color="0.25", label=label,

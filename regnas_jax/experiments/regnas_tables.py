@@ -83,14 +83,6 @@ def fd_candidates(cfg) -> list[training.FocalDistillation]:
   return out
 
 
-def select_fd(candidates: list[dict], reward) -> int:
-  """Index of the candidate with the largest ``l1 * val_top1 - l2 * val_nfr`` (the first of
-  equals)."""
-  l1, l2 = reward
-  scores = [l1 * c["val_top1"] - l2 * c["val_nfr"] for c in candidates]
-  return int(np.argmax(scores))
-
-
 class Experiment:
   """The stages (module docstring) over one work dir."""
 
@@ -170,7 +162,8 @@ class Experiment:
   def stage_independent(self) -> dict:
     """The baseline family's A1 and A2 trained separately (``'A1'``, ``'A2'``), and A2 with
     focal distillation from that A1 once per candidate weight (``'fd_select'``: each one's
-    weight and holdout Top-1 / NFR / reward); ``'FD'`` is the candidate the holdout chose."""
+    weight and holdout Top-1 / NFR / reward); ``'FD'`` is the candidate with the largest
+    reward (the first of equals), ``'fd_weight'`` its weight."""
     cfg = self.cfg
     fam = self.stage_search()[int(cfg.experiment.baseline_seed)]["R0"]
     steps = int(cfg.experiment.independent_steps) or int(cfg.train.steps)
@@ -181,7 +174,7 @@ class Experiment:
     a1_val = training.evaluate_exact(a1["module"], a1["variables"], self.ctx.dataset, "val",
                                      a1["resolution"])
     teacher = (a1["module"], a1["variables"])
-    reward = search.parse_reward(cfg.search.reward)
+    lambdas = search.parse_reward(cfg.search.reward)
     trained, select = [], []
     for d in fd_candidates(cfg):
       t = self._train_exact(fam[1]["arch"], f"independent/A2_fd_w{d.weight:g}", steps,
@@ -190,15 +183,15 @@ class Experiment:
                                    t["resolution"])
       c = {"weight": d.weight, "val_top1": float(ok.mean()),
            "val_nfr": float(metrics.nfr(ok, a1_val))}
-      c["reward"] = reward[0] * c["val_top1"] - reward[1] * c["val_nfr"]
+      c["reward"] = float(search.reward(c["val_top1"], c["val_nfr"], lambdas))
       self.log(f"focal distillation weight {d.weight:g}: holdout top-1 "
                f"{100 * c['val_top1']:.2f}%, NFR {100 * c['val_nfr']:.2f}%")
       trained.append(t)
       select.append(c)
-    best = select_fd(select, reward)
+    best = int(np.argmax([c["reward"] for c in select]))
     self.log(f"focal distillation: weight {select[best]['weight']:g} chosen on the holdout "
              f"(reward {cfg.search.reward})")
-    out["FD"], out["fd_select"] = trained[best], select
+    out["FD"], out["fd_weight"], out["fd_select"] = trained[best], select[best]["weight"], select
     return out
 
   def _train_exact(self, arch, where: str, steps: int, teacher=None, fd=None,
@@ -211,7 +204,7 @@ class Experiment:
                                log=self.log, desc=where,
                                identity_extra={"arch": self.space.to_json(arch)})
     return {"arch": arch, "module": module, "variables": res.variables, "resolution": r,
-            "fingerprint": res.fingerprint, "fd_weight": None if fd is None else fd.weight}
+            "fingerprint": res.fingerprint}
 
   # -- the report ---------------------------------------------------------------------------------
   def stage_report(self) -> dict:
@@ -330,7 +323,7 @@ def independent_rows(space, indep: dict, dataset, searched, test, seed: int) -> 
   return {"archs": [space.to_json(m["arch"]) for m in fam[:2]],
           "macs": [int(space.macs(m["arch"])) for m in fam[:2]],
           "independent": row(ok["A2"], ok["A1"]),
-          "fd": {**row(ok["FD"], ok["A1"]), "weight": indep["FD"]["fd_weight"]},
+          "fd": {**row(ok["FD"], ok["A1"]), "weight": indep["fd_weight"]},
           "fd_select": indep["fd_select"], "shared": row(shared[1], shared[0])}
 
 

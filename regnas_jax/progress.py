@@ -28,7 +28,8 @@ import time
 from regnas_jax import fs
 
 
-def _fmt_time(s: float) -> str:
+def fmt_time(s: float) -> str:
+  """Seconds as ``M:SS`` or ``H:MM:SS``."""
   s = int(max(s, 0))
   return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
@@ -52,7 +53,7 @@ class Progress:
     eta = (self.total - n) / rate if rate > 0 else 0.0
     info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
     return (f"{self.desc} [{'#' * done}{'.' * (self.width - done)}] {n}/{self.total} "
-            f"{_fmt_time(el)}<{_fmt_time(eta)} {info}").rstrip()
+            f"{fmt_time(el)}<{fmt_time(eta)} {info}").rstrip()
 
   def update(self, n: int, **fields) -> None:
     self._last = (n, fields)

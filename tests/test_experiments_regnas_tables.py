@@ -28,13 +28,24 @@ def smoke_config():
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   work = str(tmp_path_factory.mktemp("tables") / "w")
-  res = regnas_tables.Experiment(smoke_config(), work).run("all")
-  return work, res
+  lines = []
+  log = lambda m: (lines.append(m), print(m))
+  res = regnas_tables.Experiment(smoke_config(), work, log=log).run("all")
+  return work, res, lines
 
 
 @pytest.mark.slow
 def test_every_stage_and_the_tables(finished):
-  work, res = finished
+  work, res, lines = finished
+  # each stage logs its wall time once, in order
+  done = [ln.split(":")[0] for ln in lines if ln.startswith("stage ") and ": done in " in ln]
+  assert done == [f"stage {s}" for s in regnas_tables.STAGES]
+  # the train stage logs the largest and smallest subnets' holdout (not test) Top-1
+  exp = regnas_tables.Experiment(smoke_config(), work)
+  hi, lo = (100 * x for x in exp._ends("val"))
+  gap = [ln for ln in lines if ln.startswith("holdout top-1: largest subnet")]
+  assert gap == [f"holdout top-1: largest subnet {hi:.2f}%, smallest {lo:.2f}% "
+                 f"(gap {hi - lo:.2f} points)"]
   cfg = smoke_config()
   seeds, variants = cfg.experiment.seeds, [v[0] for v in regnas_tables.VARIANTS]
   members = [f"A{i + 1}" for i in range(1, len(cfg.search.budgets))]
@@ -75,7 +86,7 @@ def test_every_stage_and_the_tables(finished):
 
 @pytest.mark.slow
 def test_stages_cut_short_resume_to_the_same_results(finished, tmp_path):
-  work, res = finished
+  work, res, _ = finished
   copy = str(tmp_path / "w")
   shutil.copytree(work, copy)
   for f in ("results.json", "results.md", "top1_vs_nfr.png", "search/eval_cache_test.npz"):

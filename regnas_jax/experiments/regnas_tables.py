@@ -6,7 +6,8 @@
 Stages, each resumable (a killed stage picks up where it stopped) and run in this order by
 ``--stage=all`` (the default):
 
-``train``        the supernet (``<workdir>/supernet``: the same training as the family job);
+``train``        the supernet (``<workdir>/supernet``: the same training as the family job),
+                 then its largest and smallest subnets' holdout Top-1 (logged);
 ``search``       A1 searched once with R0 at the smallest budget (``experiment.reference_seed``);
                  then, for every search seed, the larger members four ways on the same supernet:
                  R2 + inclusion (proposed), R2 without the constraint, R0 ("weight sharing")
@@ -29,11 +30,13 @@ Settings are the ``experiment`` section of the config (``defaults.experiment_def
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
 
-from regnas_jax import evaluate, fs, metrics, persist, report, search, spaces, training
+from regnas_jax import (evaluate, fs, metrics, persist, progress, report, search, spaces,
+                        training)
 from regnas_jax.errors import ConfigError
 from regnas_jax.jobs import JobContext, build, family as family_job
 from regnas_jax.jobs import supernet as supernet_job
@@ -234,17 +237,29 @@ class Experiment:
     self.log(f"wrote results.json, results.md and top1_vs_nfr.png to {self.workdir}")
     return results
 
-  def _ends(self):
+  def _ends(self, split: str = "test") -> list[float]:
+    """Top-1 of the largest and smallest subnets on ``split``."""
     ok = self.scorer().correct(spaces.stack([self.space.max_arch(), self.space.min_arch()]),
-                               "test")
+                               split)
     return [float(ok[0].mean()), float(ok[1].mean())]
 
+  def stage_train(self):
+    """The trained supernet; logs its largest and smallest subnets' holdout Top-1, the gap
+    that decides whether it is trained long enough (flips need the two well apart)."""
+    tr = self.trained()
+    hi, lo = self._ends("val")
+    self.log(f"holdout top-1: largest subnet {100 * hi:.2f}%, smallest {100 * lo:.2f}% "
+             f"(gap {100 * (hi - lo):.2f} points)")
+    return tr
+
   def run(self, stage: str = "all") -> Any:
-    if stage == "all":
-      for s in STAGES:
-        out = getattr(self, f"stage_{s}")() if s != "train" else self.trained()
-      return out
-    return self.trained() if stage == "train" else getattr(self, f"stage_{stage}")()
+    """Runs ``stage`` (or every stage in order) and logs each one's wall time in this run, the
+    figure docs/results.md tabulates (a resumed stage logs only the time of its remainder)."""
+    for s in (STAGES if stage == "all" else (stage,)):
+      t0 = time.time()
+      out = getattr(self, f"stage_{s}")()
+      self.log(f"stage {s}: done in {progress.fmt_time(time.time() - t0)}")
+    return out
 
 
 def _tag(label: str) -> str:

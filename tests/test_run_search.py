@@ -117,7 +117,7 @@ def test_smoke_config_searches_a_family_and_compares(smoke_run):
   assert out.returncode == 0, out.stderr
   res = json.loads((work / "results.json").read_text())
   assert res["training"]["steps"] == TOTAL and res["training"]["resumed_from"] is None
-  assert set(res["test_top1"]) == {"max", "min"} and "test top-1: max subnet" in out.stdout
+  assert set(res["test_top1"]) == {"max", "min"} and "test top-1: largest subnet" in out.stdout
   fam = res["family"]["members"]
   assert [m["name"] for m in fam] == ["A1", "A2", "A3"] and res["family_label"] == "R2+inclusion"
   from regnas_jax import export, spaces

@@ -221,13 +221,14 @@ class Experiment:
                            int(self.cfg.experiment.baseline_seed))
     sw = sweep_rows(self.space, sweep, test, val, a1)
     test.save()
+    ends = supernet_job.score_ends(self.ctx, self.scorer()).mean(1)
     results = {"config": self.cfg.to_dict(), "space": self.space.config(),
                "reference": {"arch": self.space.to_json(a1), "macs": int(self.space.macs(a1)),
                              "test_top1": float(a1_test.mean())},
                "table2": rows, "independent": ind, "sweep": sw,
                "test_images": int(len(a1_test)),
                "supernet": {"fingerprint": self.trained().fingerprint,
-                            "test_top1_max_min": self._ends()}}
+                            "test_top1_max_min": [float(x) for x in ends]}}
     table = report.regnas_tables_markdown(results)
     if fs.is_writer():
       persist.write_json(self.path("results.json"), results, indent=1)
@@ -237,19 +238,11 @@ class Experiment:
     self.log(f"wrote results.json, results.md and top1_vs_nfr.png to {self.workdir}")
     return results
 
-  def _ends(self, split: str = "test") -> list[float]:
-    """Top-1 of the largest and smallest subnets on ``split``."""
-    ok = self.scorer().correct(spaces.stack([self.space.max_arch(), self.space.min_arch()]),
-                               split)
-    return [float(ok[0].mean()), float(ok[1].mean())]
-
   def stage_train(self):
-    """The trained supernet; logs its largest and smallest subnets' holdout Top-1, the gap
-    that decides whether it is trained long enough (flips need the two well apart)."""
+    """The trained supernet; logs its largest and smallest subnets' holdout Top-1 and their
+    gap, the figure that decides whether it is trained long enough."""
     tr = self.trained()
-    hi, lo = self._ends("val")
-    self.log(f"holdout top-1: largest subnet {100 * hi:.2f}%, smallest {100 * lo:.2f}% "
-             f"(gap {100 * (hi - lo):.2f} points)")
+    supernet_job.score_ends(self.ctx, self.scorer(), "val")
     return tr
 
   def run(self, stage: str = "all") -> Any:

@@ -220,8 +220,8 @@ class Experiment:
     ind = independent_rows(self.space, indep, self.ctx.dataset, searched, test,
                            int(self.cfg.experiment.baseline_seed))
     sw = sweep_rows(self.space, sweep, test, val, a1)
+    ends = supernet_job.score_ends(self.ctx, self.scorer(), cache=test).mean(1)
     test.save()
-    ends = supernet_job.score_ends(self.ctx, self.scorer()).mean(1)
     results = {"config": self.cfg.to_dict(), "space": self.space.config(),
                "reference": {"arch": self.space.to_json(a1), "macs": int(self.space.macs(a1)),
                              "test_top1": float(a1_test.mean())},

@@ -36,7 +36,8 @@ import numpy as np
 
 from regnas_jax import fs, stopping
 from regnas_jax.errors import StateError
-from regnas_jax.persist import first_difference, jsonable
+from regnas_jax.identity import difference
+from regnas_jax.persist import jsonable
 
 
 class CheckpointError(StateError):
@@ -54,14 +55,20 @@ class Checkpointer:
 
   Args:
     directory: where the step directories live (created on the first save).
-    identity: JSON-able description of what the state belongs to; stored with every save and
-      compared on restore (a mismatch is an error naming the first differing key).
+    identity: JSON-able description of what the state belongs to (:mod:`regnas_jax.identity`);
+      stored with every save and compared on restore through
+      :func:`regnas_jax.identity.difference` (a mismatch is an error naming the first
+      differing key).
     max_to_keep: number of most recent checkpoints kept.
+
+  After a restore, ``recorded_identity`` is the identity saved with that step as it was written
+  (possibly of an earlier version): what the restored weights' fingerprint is computed from.
   """
 
   def __init__(self, directory: str, identity: dict, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory) if fs.is_local(directory) else directory
     self.identity = jsonable(identity)
+    self.recorded_identity = None
     self._max_to_keep = max_to_keep
     self._mngr = None
     self._pending = None       # the step of the save in flight
@@ -149,10 +156,11 @@ class Checkpointer:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001
       raise _Damaged(f"{where}: unreadable metadata ({_short(e)})") from None
-    diff = first_difference(meta.get("identity", {}), self.identity) if isinstance(meta, dict) else "no meta"
+    diff = difference(meta.get("identity", {}), self.identity) if isinstance(meta, dict) else "no meta"
     if diff:
       raise CheckpointError(f"{where} belongs to another run ({diff}); use another --workdir "
                             f"or remove that one")
+    self.recorded_identity = meta["identity"]
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
       state = self.manager.restore(

@@ -70,8 +70,8 @@ def input_defaults() -> ml_collections.ConfigDict:
   (the packed-JPEG file decoded whole into memory) | 'on_demand' (per read, in the workers);
   ``augment``: 'pad_crop' (padded random crop + flip on the device, ``config.train.augment``) |
   'inception' (host-side random-resized crop + flip at the step's resolution, OFA's and TuNAS's
-  ImageNet augmentation).  Only ``augment`` changes the trained weights, and it enters a
-  checkpoint's identity only when it is not 'pad_crop'.
+  ImageNet augmentation).  Only ``augment`` changes the trained weights, so only it enters a
+  checkpoint's identity.
   """
   return ml_collections.ConfigDict(dict(pipeline="auto", workers=0, prefetch=2, decode="once",
                                         augment="pad_crop"))

@@ -2,9 +2,9 @@
 
 * :func:`write_json` writes through a temporary file and a rename, so a crash never leaves half
   a file; :func:`read_state` reads a state file back and checks it belongs to the same run (an
-  *identity*: a JSON value describing everything the state depends on), naming the first
-  difference otherwise.  Every resumable piece (search states, evaluation caches, the latency
-  model) goes through these two.
+  *identity*: a JSON value describing everything the state depends on, compared through
+  :func:`regnas_jax.identity.difference`), naming the first difference otherwise.  Every
+  resumable piece (search states, evaluation caches, the latency model) goes through these two.
 * :class:`WorkdirLock` lets one run at a time use a work dir: ``<workdir>/.lock`` holds the
   owner's pid and host; a second run is refused with one line naming them, and a lock left by
   a process that died is taken over with a warning.
@@ -28,6 +28,7 @@ import numpy as np
 
 from regnas_jax import fs
 from regnas_jax.errors import StateError
+from regnas_jax.identity import difference
 
 
 def _json_default(x):
@@ -74,33 +75,6 @@ def write_json(path: str, obj: Any, indent: int | None = None) -> None:
     fs.write_text(path, text)
 
 
-def first_difference(saved: Any, current: Any, where: str = "") -> str | None:
-  """Path and values of the first difference between two JSON-like values, or None."""
-  if isinstance(saved, dict) and isinstance(current, dict):
-    for k in sorted(set(saved) | set(current)):
-      if k not in saved or k not in current:
-        return f"{where}{k}: saved {saved.get(k, '(absent)')!r}, now {current.get(k, '(absent)')!r}"
-      d = first_difference(saved[k], current[k], f"{where}{k}.")
-      if d:
-        return d
-    return None
-  if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
-    if len(saved) == len(current):
-      for i, (a, b) in enumerate(zip(saved, current)):
-        d = first_difference(a, b, f"{where[:-1]}[{i}].")
-        if d:
-          return d
-      return None
-  if saved != current:
-    return f"{where[:-1]}: saved {_short_repr(saved)}, now {_short_repr(current)}"
-  return None
-
-
-def _short_repr(v: Any, limit: int = 80) -> str:
-  r = repr(v)
-  return r if len(r) <= limit else r[:limit - 3] + "..."
-
-
 def read_state(path: str, identity: Any, parse: Callable[[dict], Any] | None = None, *,
                other_run: str = "error"):
   """The state saved in ``path`` by a run with the same ``identity``, or ``None`` if there is no
@@ -108,8 +82,10 @@ def read_state(path: str, identity: Any, parse: Callable[[dict], Any] | None = N
 
   The file must be a JSON object ``{"identity": ..., ...}`` (what :func:`save_state` writes);
   ``parse(obj)`` turns it into the caller's state and may raise ``ValueError``/``KeyError``/
-  ``TypeError`` for bad content.  Unreadable JSON, bad content or another run's identity raise
-  :class:`StateError` naming the file and the first difference; the file is left untouched.
+  ``TypeError`` for bad content.  The saved identity is compared by
+  :func:`regnas_jax.identity.difference` (which reads the identities of earlier versions).
+  Unreadable JSON, bad content or another run's identity raise :class:`StateError` naming the
+  file and the first difference; the file is left untouched.
   With ``other_run='ignore'`` a file of another run reads as ``None`` (for caches that are
   simply recomputed, e.g. latency measurements for other settings).
   """
@@ -131,7 +107,7 @@ def read_state(path: str, identity: Any, parse: Callable[[dict], Any] | None = N
                      f"stage again") from None
   if not isinstance(saved, dict) or "identity" not in saved:
     raise StateError(f"{path}: not a saved state of this project (no identity)")
-  diff = first_difference(saved["identity"], jsonable(identity))
+  diff = difference(saved["identity"], jsonable(identity))
   if diff and other_run == "ignore":
     return None
   if diff:

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from regnas_jax import export, jobs, spaces
+from regnas_jax import export, identity, jobs, spaces
 from regnas_jax.errors import ConfigError
 from regnas_jax.jobs import build
 from regnas_jax import checkpoint as ckpt_lib
@@ -179,12 +179,14 @@ def test_cli_bad_input_one_error_line_and_nothing_written(tmp_path, args, messag
 
 def test_shards_rl_batch_and_lr_scaling_settings():
   """TuNAS's settings: the RL batch as a multiple of the training batch, learning rates per 256
-  images, one architecture per device with ``shards=0``; a search saved before these keys
-  existed keeps its identity (it still resumes) while a set key changes it."""
+  images, one architecture per device with ``shards=0``; each enters the search's identity
+  (the shard count as resolved)."""
   from regnas_jax.jobs import tunas as tunas_job
   cfg = smoke_config()
-  base = tunas_job.identity(cfg, build.build_space(cfg))
-  assert not {"shards", "rl_batch_size_multiplier", "scale_lr_by_batch"} & set(base["search"])
+  space = build.build_space(cfg)
+  base = identity.tunas(cfg, space, shards=tunas_job.shard_count(cfg))["search"]
+  assert (base["shards"], base["rl_batch_size_multiplier"], base["scale_lr_by_batch"]) == (
+      1, 0, False)
   assert tunas_job.rl_batch_size(cfg) == cfg.search.val_batch_size
   assert tunas_job.lr_scale(cfg) == 1.0 and tunas_job.shard_count(cfg) == 1
   cfg.search.update(dict(rl_batch_size_multiplier=4, scale_lr_by_batch=True, shards=0))
@@ -193,5 +195,6 @@ def test_shards_rl_batch_and_lr_scaling_settings():
   ccfg = tunas_job.controller_config(cfg.search, tunas_job.lr_scale(cfg))
   assert abs(ccfg.learning_rate - cfg.search.rl_learning_rate * cfg.train.batch_size / 256) < 1e-12
   assert tunas_job.shard_count(cfg) == jax.device_count()   # 0: one per device of the mesh
-  ident = tunas_job.identity(cfg, build.build_space(cfg))["search"]
+  ident = identity.tunas(cfg, space, shards=tunas_job.shard_count(cfg))["search"]
   assert ident["rl_batch_size_multiplier"] == 4 and ident["scale_lr_by_batch"] is True
+  assert ident["shards"] == jax.device_count()

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "regnas_jax")
 
 RANKS = {
-    "errors": 0, "defaults": 0, "fs": 0,
+    "errors": 0, "defaults": 0, "fs": 0, "identity": 0,
     "spaces": 1, "persist": 1, "stopping": 1, "progress": 1, "metrics": 1, "runtime": 1,
     "parallel": 1,
     "nn": 2, "data": 2, "latency": 2, "costs": 2, "checkpoint": 2, "envelopes": 2,

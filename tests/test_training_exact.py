@@ -1,6 +1,8 @@
 """Exact-network training: the focal distillation loss against values computed by hand, and a
-short from-scratch run that resumes bit-identical after losing its last checkpoint."""
+short from-scratch run that resumes bit-identical after losing its last checkpoint, and the
+fingerprint of finished weights."""
 
+import json
 import os
 import shutil
 
@@ -107,3 +109,35 @@ def test_the_old_model_sees_the_batch_at_its_own_resolution(tmp_path):
   assert len(lines) == 2 and all(float(__import__("json").loads(ln)["fd"]) > 0 for ln in lines)
   with pytest.raises(StateError):  # the teacher's side is part of what the weights depend on
     training.train_exact(cfg, module, ds, str(tmp_path / "b"), teacher_resolution=5, **kw)
+
+
+def test_trained_weights_keep_the_fingerprint_of_the_identity_they_were_saved_with(tmp_path):
+  """A finished run is restored, not retrained, and fingerprinted with the identity saved with
+  its checkpoint -- also one in the form of version 1 (no schema), so the search states that
+  hold the fingerprint of such weights stay valid."""
+  import flax.linen as nn
+
+  from regnas_jax import persist
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.BatchNorm(use_running_average=not train)(x.reshape(x.shape[0], -1))
+      return nn.Dense(10)(x)
+
+  cfg = ml_collections.ConfigDict({"train": train_defaults(), "data": {"name": "digits"}})
+  cfg.train.update(dict(steps=2, batch_size=16, checkpoint_every=2, log_every=1))
+  ds = data.load_digits(8)
+  first = training.train_exact(cfg, Tiny(), ds, str(tmp_path), resolution=8, seed=3)
+  meta = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+  saved = json.loads(meta.read_text())
+  v1 = {k: v for k, v in saved["identity"].items() if k not in ("schema", "teacher_resolution")}
+  meta.write_text(json.dumps(dict(saved, identity=v1)))
+  logs = []
+  again = training.train_exact(cfg, Tiny(), ds, str(tmp_path), resolution=8, seed=3,
+                               log=logs.append)
+  arrays = persist.array_fingerprint(again.variables)
+  assert arrays == persist.array_fingerprint(first.variables) and not logs
+  assert again.fingerprint == persist.fingerprint({"training": v1, "arrays": arrays})
+  assert first.fingerprint == persist.fingerprint({"training": saved["identity"],
+                                                   "arrays": arrays}) != again.fingerprint

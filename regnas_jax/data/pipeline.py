@@ -16,7 +16,7 @@ that order and adds what a large dataset needs:
 * **Prefetch to the device.** ``put(host_batch) -> device arrays`` (default ``jax.device_put``;
   a sharded ``jax.make_array_from_process_local_data`` on a mesh) runs for the next batch in a
   thread while the current step computes.
-* **Augmentation** (``config.input.augment``): ``'pad_crop'`` is today's -- uint8 batches at the
+* **Augmentation** (``config.input.augment``): ``'pad_crop'``: uint8 batches at the
   stored size, padded random crop + flip inside the jitted step (``data.preprocess``,
   ``config.train.augment``).  ``'inception'`` is OFA's and TuNAS's ImageNet training
   augmentation on the host: Inception random-resized crop (area 8-100 %, aspect ratio 3/4-4/3,
@@ -24,10 +24,9 @@ that order and adds what a large dataset needs:
   flip; deterministic per ``(seed, step, position in the global batch)``.
 
 ``pipeline='memory'`` (what ``'auto'`` means unless workers, inception or on-demand decoding ask
-for grain) is the original path: the batch gathered from the in-memory split in one thread.  Both
-give identical batches.  Only a setting that changes the trained weights (``augment`` other than
-``'pad_crop'``) enters the identity of a checkpoint (:func:`identity`), so the identities of
-existing runs are unchanged.
+for grain) is the simple path: the batch gathered from the in-memory split in one thread.  Both
+give identical batches.  Of this section only ``augment`` changes the trained weights, so only
+it enters the identity of a checkpoint (:func:`regnas_jax.identity.supernet`).
 """
 
 from __future__ import annotations
@@ -72,13 +71,6 @@ def uses_grain(cfg) -> bool:
   if s["pipeline"] == "auto":
     return s["workers"] > 0 or s["decode"] != "once" or s["augment"] != "pad_crop"
   return s["pipeline"] == "grain"
-
-
-def identity(cfg) -> dict:
-  """What of ``config.input`` changes the trained weights, for a checkpoint's identity: ``{}``
-  for today's behaviour (so existing identities stay valid), else ``{'input': {...}}``."""
-  s = settings(cfg)
-  return {} if s["augment"] == "pad_crop" else {"input": {"augment": s["augment"]}}
 
 
 def step_resolution(seed: int, resolutions, step: int) -> int:

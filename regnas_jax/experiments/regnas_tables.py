@@ -37,6 +37,7 @@ import numpy as np
 
 from regnas_jax import (evaluate, fs, metrics, persist, progress, report, search, spaces,
                         training)
+from regnas_jax import identity as identity_lib
 from regnas_jax.errors import ConfigError
 from regnas_jax.jobs import JobContext, build, family as family_job
 from regnas_jax.jobs import supernet as supernet_job
@@ -114,10 +115,13 @@ class Experiment:
                                                  mesh=self.ctx.mesh)
     return self._scorer
 
+  def search_identity(self) -> dict:
+    return identity_lib.search(self.cfg, self.space, self.trained().fingerprint)
+
   def cache(self, split: str) -> family_lib.EvalCache:
     return family_lib.EvalCache(self.space, lambda pop: self.scorer().correct(pop, split),
                                 self.path("search", f"eval_cache_{split}.npz"),
-                                family_job.search_identity(self.ctx, self.trained()))
+                                self.search_identity())
 
   # -- searches --------------------------------------------------------------------------------
   def family(self, tag: str, specs, seed: int, reference, cache) -> list[dict]:
@@ -125,7 +129,7 @@ class Experiment:
         self.space, specs, cache, family_job.evolution_config(self.cfg), seed=seed,
         reference=reference, nfr_against=self.cfg.search.nfr_against,
         state_path=self.path("search", f"{tag}.json"),
-        identity=family_job.search_identity(self.ctx, self.trained()), log=self.log)
+        identity=self.search_identity(), log=self.log)
 
   def reference(self, cache):
     """A1: searched with the reference reward (R0) at the smallest budget, once."""

@@ -625,7 +625,8 @@ def read_converted_meta(directory: str) -> dict:
 def load_converted(directory: str, net) -> dict:
   """Variables of ``net`` from a directory written by :func:`save_converted`; the saved space
   must equal ``net.space`` except for its resolutions (weights do not depend on them)."""
-  from regnas_jax.checkpoint import _ocp, _short, first_difference
+  from regnas_jax.checkpoint import _ocp, _short
+  from regnas_jax.identity import first_difference
 
   meta = read_converted_meta(directory)
   saved = {k: v for k, v in meta.get("space", {}).items() if k != "resolutions"}

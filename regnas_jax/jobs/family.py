@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from regnas_jax import evaluate, fs, metrics, report, search, spaces
+from regnas_jax import identity as identity_lib
 from regnas_jax.errors import ConfigError, InvalidArchError
 from regnas_jax.jobs import supernet
 from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
@@ -113,11 +114,11 @@ class FamilyJob(Job):
     scorer = evaluate.Scorer.from_config(ctx.cfg, ctx.net, ctx.space, tr.variables, ctx.dataset,
                                          mesh=ctx.mesh)
     ends_ok = supernet.score_ends(ctx, scorer)
+    ident = identity_lib.search(ctx.cfg, ctx.space, tr.fingerprint)
     cache = family_lib.EvalCache(ctx.space, lambda pop: scorer.correct(pop, "val"),
-                                 ctx.path("search", "eval_cache_val.npz"),
-                                 search_identity(ctx, tr))
+                                 ctx.path("search", "eval_cache_val.npz"), ident)
     t_search = time.time()
-    families = self.search(ctx, cache, search_identity(ctx, tr))
+    families = self.search(ctx, cache, ident)
     seconds = time.time() - t_search
     ctx.log(f"search done: {cache.scored} distinct subnets scored on "
             f"{len(scorer.labels('val'))} val images in {seconds:.1f} s")
@@ -186,19 +187,6 @@ class FamilyJob(Job):
 
 def _stack(members):
   return spaces.stack([m["arch"] for m in members])
-
-
-def search_identity(ctx: JobContext, tr) -> dict:
-  """What a saved search (state, evaluation cache) depends on: the trained weights (their
-  fingerprint covers the training config, the steps and the arrays) and how subnets are
-  scored (not whether in static shape envelopes or switch mode: the same scores up to float
-  rounding, so a search saved before those options resumes)."""
-  cfg = ctx.cfg
-  score = {k: v for k, v in cfg.score.to_dict().items() if k not in ("envelopes", "switch")}
-  return {"weights": tr.fingerprint, "space": ctx.space.config(),
-          "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"},
-          "score": score, "calib_images": cfg.train.calib_images,
-          "calib_batch_size": cfg.train.calib_batch_size}
 
 
 def family_record(space, members, val_ok, test_ok) -> dict:

@@ -24,10 +24,11 @@ import time
 import numpy as np
 
 from regnas_jax import evaluate, metrics, persist, report, spaces
+from regnas_jax import identity as identity_lib
 from regnas_jax.errors import ConfigError, SearchError
 from regnas_jax.jobs import supernet
 from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
-from regnas_jax.jobs.family import load_reference, search_identity
+from regnas_jax.jobs.family import load_reference
 from regnas_jax.search import nsga2
 from regnas_jax.search.family import EvalCache
 
@@ -177,7 +178,7 @@ class NSGA2Job(Job):
     scorer = evaluate.Scorer.from_config(cfg, ctx.net, space, tr.variables, ctx.dataset,
                                          mesh=ctx.mesh)
     ends_ok = supernet.score_ends(ctx, scorer)
-    identity = search_identity(ctx, tr)
+    identity = identity_lib.search(cfg, space, tr.fingerprint)
     cache = EvalCache(space, lambda pop: scorer.correct(pop, "val"),
                       ctx.path("search", "eval_cache_val.npz"), identity)
     reference = load_reference(cfg, space)

@@ -37,6 +37,7 @@ import optax
 
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
+from regnas_jax import identity as identity_lib
 from regnas_jax.data import pipeline
 from regnas_jax import evaluate, latency, parallel, persist, report, runtime, spaces, training
 from regnas_jax.errors import ConfigError
@@ -92,7 +93,7 @@ def controller_config(se, scale: float = 1.0) -> tunas.ControllerConfig:
 
 def check_search(cfg, space) -> None:
   """``config.search`` of a TuNAS run (module docstring); errors name the key."""
-  if pipeline.settings(cfg)["augment"] != "pad_crop":  # (its batches are read as before)
+  if pipeline.settings(cfg)["augment"] != "pad_crop":  # (its step reads batches without grain)
     raise ConfigError("config.input.augment: the TuNAS job supports 'pad_crop' only")
   se = cfg.search
   if se.reward not in tunas.REWARDS:
@@ -429,7 +430,7 @@ class TunasJob(Job):
     mesh = ctx.mesh if ctx.mesh is not None else parallel.make_mesh(mc)
     shards = shard_count(cfg, mesh)
     init, init_ident = supernet.initial_weights(ctx)
-    ident = dict(identity(cfg, space, shards), init_from=init_ident)
+    ident = identity_lib.tunas(cfg, space, shards=shards, init_from=init_ident)
     ck = ckpt_lib.Checkpointer(ctx.path("checkpoints"), ident, max_to_keep=tc.max_to_keep)
     k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
     init = init or (lambda k: init_variables(net, k))
@@ -562,25 +563,6 @@ class TunasJob(Job):
                       p, records, target, unit, f"{cfg.name} ({ctx.dataset.name}): TuNAS search")},
                   also=("trajectory.jsonl", "subnets/tunas"))
     return results
-
-
-def identity(cfg, space, shards: int | None = None) -> dict:
-  """What the search state depends on (checked against a checkpoint before it is restored);
-  ``shards``: the resolved shard count (default: resolved from ``config.mesh``)."""
-  se, tc = cfg.search, cfg.train
-  search = {k: v for k, v in se.to_dict().items()
-            if k not in ("random_samples", "random_tries", "retrain_steps", "shards")}
-  for k, default in (("rl_batch_size_multiplier", 0), ("scale_lr_by_batch", False)):
-    if search.get(k, default) == default:   # runs saved before these keys existed still resume
-      search.pop(k, None)
-  n = shard_count(cfg) if shards is None else shards
-  if n != 1:   # the shard count in effect (0 means one per device: it follows the mesh)
-    search["shards"] = n
-  return {"space": space.config(), "supernet": cfg.supernet.to_dict(),
-          "train": {k: v for k, v in tc.to_dict().items() if k not in training.OPERATIONAL_KEYS},
-          "search": search,
-          "seed": cfg.seed,
-          "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
 
 
 register_job(TunasJob())

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from regnas_jax import identity as identity_lib
 from regnas_jax import metrics as metrics_lib
 from regnas_jax import fs, persist
 from regnas_jax.errors import SearchError, StateError
@@ -130,7 +131,7 @@ class EvalCache:
     try:
       with np.load(io.BytesIO(fs.read_bytes(self.path)), allow_pickle=False) as z:
         saved_id = json.loads(str(z["identity"]))
-        diff = persist.first_difference(saved_id, self.identity)
+        diff = identity_lib.difference(saved_id, self.identity)
         if diff:
           raise StateError(f"{self.path} belongs to another run ({diff}); use another --workdir "
                            f"or remove that file")

@@ -31,11 +31,12 @@ import optax
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
 from regnas_jax.data import pipeline
+from regnas_jax import identity as identity_lib
 from regnas_jax import persist
 from regnas_jax.errors import ConfigError
 from regnas_jax.progress import MetricsLog
 from regnas_jax.training.loop import run_loop, step_key
-from regnas_jax.training.supernet import OPERATIONAL_KEYS, Phase, make_optimizer
+from regnas_jax.training.supernet import Phase, make_optimizer
 
 FD_KINDS = ("kl", "logits")
 
@@ -81,7 +82,7 @@ class ExactResult(NamedTuple):
   variables: dict
   steps: int
   seconds: float
-  fingerprint: str
+  fingerprint: str   # the identity the weights were saved with and a hash of the arrays
 
 
 def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: int,
@@ -114,13 +115,10 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
   phase = Phase("exact", steps, (), "max", 1, "none", None, float(tc.lr),
                 min(int(tc.warmup_steps), steps - 1))
   tx, sched = make_optimizer(tc, phase)
-  ident = {"train": {k: v for k, v in tc.to_dict().items() if k not in OPERATIONAL_KEYS},
-           "steps": steps, "seed": seed, "resolution": resolution,
-           "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"},
-           "fd": None if fd is None else fd._asdict(), **(identity_extra or {})}
   t_res = int(resolution if teacher_resolution is None else teacher_resolution)
-  if fd is not None and t_res != resolution:
-    ident["teacher_resolution"] = t_res
+  ident = identity_lib.exact(cfg, steps=steps, seed=seed, resolution=resolution,
+                             fd=None if fd is None else fd._asdict(), teacher_resolution=t_res,
+                             extra=identity_extra)
   ck = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", ident, max_to_keep=tc.max_to_keep)
   v = module.init(jax.random.key(seed), jnp.zeros((1, resolution, resolution, 3)), train=False)
   fresh = (jnp.zeros((), jnp.int32), v["params"], v["batch_stats"], tx.init(v["params"]))
@@ -157,7 +155,9 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
   if start < steps:
     log(f"{desc}: trained {steps - start} steps in {secs:.1f} s")
   variables = {"params": state[1], "batch_stats": state[2]}
-  fp = persist.fingerprint({"training": ident, "arrays": persist.array_fingerprint(variables)})
+  saved_with = ident if start < steps else ck.recorded_identity   # already trained: its own
+  fp = persist.fingerprint({"training": saved_with,
+                            "arrays": persist.array_fingerprint(variables)})
   return ExactResult(variables, steps, secs, fp)
 
 

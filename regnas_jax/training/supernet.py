@@ -39,6 +39,7 @@ import optax
 from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
 from regnas_jax import fs, parallel, persist, runtime
+from regnas_jax import identity as identity_lib
 from regnas_jax.data import pipeline
 from regnas_jax.envelopes import EnvelopeCatalogue, partition
 from regnas_jax.errors import ConfigError
@@ -503,28 +504,8 @@ class TrainResult(NamedTuple):
   seconds: float           # wall time of this process's training (0 when already finished)
   resumed_from: int | None
   phases: list
-  fingerprint: str         # identifies these weights: training identity, steps, array bytes
-
-
-# Config keys of ``config.train`` that do not change the trained weights (left out of the
-# identity a checkpoint is checked against).
-OPERATIONAL_KEYS = ("log_every", "checkpoint_every", "max_to_keep", "calib_images",
-                    "calib_batch_size", "progress_every", "max_nonfinite_steps", "switch")
-
-
-def identity(cfg, space, phases, init_identity=None) -> dict:
-  """What the trained weights depend on: space, supernet options, training schedule, seed,
-  data and the weights it started from (checked against a checkpoint before it is restored)."""
-  tc = {k: v for k, v in cfg.train.to_dict().items() if k not in OPERATIONAL_KEYS}
-  if not tc.get("envelopes"):   # off: the identities of runs before the option stay valid
-    tc.pop("envelopes", None)
-  out = {"space": space.config(), "supernet": cfg.supernet.to_dict(), "train": tc,
-         "phases": [p.to_json() for p in phases], "seed": cfg.seed,
-         "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
-  if init_identity is not None:   # (absent otherwise: identities of earlier runs stay valid)
-    out["init_from"] = init_identity
-  out.update(pipeline.identity(cfg))   # {} unless config.input changes the weights
-  return out
+  fingerprint: str         # identifies these weights: the identity they were saved with,
+                           # steps, array bytes (regnas_jax.identity)
 
 
 def phase_at(phases, step: int) -> tuple[int, int]:
@@ -594,7 +575,8 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
   mesh = parallel.make_mesh(mc)
   parallel.check_batch(tc.batch_size, mesh, "config.train.batch_size")
 
-  ident = identity(cfg, space, phases, init_identity)
+  ident = identity_lib.supernet(cfg, space, phases, init_from=init_identity,
+                                augment=pipeline.settings(cfg)["augment"])
   ck = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), ident,
                              max_to_keep=tc.max_to_keep)
   k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
@@ -602,9 +584,9 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
   start = int(state.step)
   metrics = MetricsLog(fs.join(workdir, "metrics.jsonl"), runtime.tensorboard_dir(cfg, workdir))
   metrics.truncate_after(start)   # lines of steps after the checkpoint (or of an older run)
-  if start >= total:
+  if start >= total:   # already trained: fingerprinted with the identity saved with them
     ck.close()
-    return _result(state, ident, total, 0.0, resumed, phases)
+    return _result(state, ck.recorded_identity, total, 0.0, resumed, phases)
 
   steps = _StepRunner(cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log,
                       mesh, mc, put=put, input_state=extra.get("input_state"))

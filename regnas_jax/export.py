@@ -44,8 +44,9 @@ def save_subnet(directory: str, space, arch, supernet_options: dict, variables,
     tmp.rmtree()
   tmp.mkdir(parents=True)
   opts = {k: v for k, v in supernet_options.items()}
-  info = {"format": "regnas-jax subnet v1", "space": space.config(), "arch": space.to_json(arch),
-          "summary": space.format(arch), "supernet": opts, "metrics": metrics or {}}
+  info = {"format": "regnas-jax subnet v1", "space": space.config(),
+          "arch": space.arch_to_dict(arch), "summary": space.format(arch), "supernet": opts,
+          "metrics": metrics or {}}
   (tmp / "subnet.json").write_text(json.dumps(info, indent=1))
   ckptr = _writer_checkpointer()
   ckptr.save(tmp / "variables", jax.tree.map(np.asarray, variables))
@@ -82,7 +83,7 @@ def load_subnet(directory: str) -> tuple[Any, Any, Any, dict]:
     cfg = dict(info["space"])
     space = spaces.get_space(cfg.pop("space"), **{k: tuple(v) if isinstance(v, list) else v
                                                    for k, v in cfg.items()})
-    arch = space.from_json(info["arch"])
+    arch = space.arch_from_dict(info["arch"])
     opts = dict(info["supernet"])
     opts.pop("init_from", None)  # where the supernet's weights came from, not a module option
     opts["dtype"] = DTYPES[opts.get("dtype", "float32")]

@@ -67,7 +67,7 @@ def supernet(cfg, space, phases, *, init_from=None, augment: str = "pad_crop") -
   return _versioned(
       "supernet", space=space.config(), supernet=cfg.supernet.to_dict(),
       train=_section(cfg.train.to_dict(), OPERATIONAL_KEYS),
-      phases=[p.to_json() for p in phases], seed=cfg.seed, data=_data(cfg),
+      phases=[p.to_dict() for p in phases], seed=cfg.seed, data=_data(cfg),
       init_from=init_from, input={"augment": augment})
 
 

@@ -33,7 +33,7 @@ class LinearCostModel(NamedTuple):
     """Predicted cost per member (works under ``jit``/``vmap`` on a single arch too)."""
     return features(space, pop) @ jnp.asarray(self.weights, jnp.float32) + self.bias
 
-  def to_json(self) -> dict:
+  def to_dict(self) -> dict:
     return {"weights": np.asarray(self.weights).tolist(), "bias": float(self.bias),
             "train_rmse": self.train_rmse, "test_rmse": self.test_rmse, "test_r2": self.test_r2,
             "test_mape": self.test_mape}

@@ -29,7 +29,7 @@ class ToySpaceBase(_base.SearchSpace):
     raise NotImplementedError(f"{type(self).__name__}: not needed by this test")
 
   mutate = contains = grow_to_contain = macs = params = num_archs = _unused
-  to_json = from_json = format = _unused
+  arch_to_dict = arch_from_dict = format = _unused
 
 
 def packed_npz(path, n_train=12, n_test=5, size=8, seed=0):

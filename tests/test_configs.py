@@ -128,7 +128,7 @@ def test_imagenet_tunas_is_tunas_search_setting():
   # T0: ProxylessNAS-Mobile (TuNAS's model archive: op indices per layer) in this space.
   ops = (1, 0, 6, 6, 2, 0, 1, 1, 5, 1, 1, 1, 4, 1, 1, 1, 5, 5, 2, 2, 5)
   names = ["e3_k3", "e3_k5", "e3_k7", "e6_k3", "e6_k5", "e6_k7", "zero"]
-  arch = space.from_json({"space": "proxylessnas", "resolution": 224, "stem_kernel": 3,
+  arch = space.arch_from_dict({"space": "proxylessnas", "resolution": 224, "stem_kernel": 3,
                           "sepconv": "k3", "widths": [32, 16, 32, 40, 80, 96, 192, 320, 1280],
                           "layers": [names[i] for i in ops]})
   assert float(space.macs(arch)) / 1e6 == pytest.approx(se.target, rel=0.01)

@@ -60,14 +60,14 @@ def test_json_round_trip(name):
   pop = contract.population(sp, 11)
   for i in range(len(pop[0])):
     a = sp.canonicalize(member(pop, i))
-    j = sp.to_json(a)
-    back = sp.from_json(json.loads(json.dumps(j)))
-    assert _same(sp.canonicalize(back), a) and sp.to_json(back) == j
+    j = sp.arch_to_dict(a)
+    back = sp.arch_from_dict(json.loads(json.dumps(j)))
+    assert _same(sp.canonicalize(back), a) and sp.arch_to_dict(back) == j
     assert j.get("space", name) == name
     text = sp.format(a)
     assert isinstance(text, str) and text and "\n" not in text
-  objs = json.loads(json.dumps(sp.population_to_json(pop)))
-  assert _same(sp.population_from_json(objs), jax.tree.map(np.asarray, sp.canonicalize(pop)))
+  objs = json.loads(json.dumps(sp.population_to_dicts(pop)))
+  assert _same(sp.population_from_dicts(objs), jax.tree.map(np.asarray, sp.canonicalize(pop)))
 
 
 def _entries(obj, keys=()):
@@ -100,7 +100,7 @@ def _edit(obj, keys, value=None, delete=False):
 
 def _raises_naming(sp, obj, path):
   with pytest.raises(InvalidArchError) as e:
-    sp.from_json(obj)
+    sp.arch_from_dict(obj)
   msg = str(e.value)
   assert msg.startswith(path + ":"), (path, msg)
   assert "\n" not in msg
@@ -111,7 +111,7 @@ def test_json_errors_name_the_entry(name):
   """Every bad value, missing key, unknown key and wrong list length is one
   :class:`InvalidArchError` line that starts with the entry's path."""
   sp, _ = contract.build(name)
-  good = sp.to_json(sp.max_arch())
+  good = sp.arch_to_dict(sp.max_arch())
   for keys, value in [((), good)] + list(_entries(good)):
     path = _path(keys)
     if isinstance(value, dict):
@@ -124,14 +124,14 @@ def test_json_errors_name_the_entry(name):
       _raises_naming(sp, _edit(good, keys, bad), path)
     if isinstance(keys[-1], str):
       try:                                 # a missing key: an error naming it, or optional
-        back = sp.from_json(_edit(good, keys, delete=True))
+        back = sp.arch_from_dict(_edit(good, keys, delete=True))
       except InvalidArchError as e:
         assert str(e).startswith(path + ":"), (path, str(e))
       else:
         assert _same(back, sp.max_arch()), f"{path}: removing it changed the arch"
   # a population names the member
   with pytest.raises(InvalidArchError, match=r"^\[1\]\.resolution: "):
-    sp.population_from_json([good, _edit(good, ("resolution",), 12345)])
+    sp.population_from_dicts([good, _edit(good, ("resolution",), 12345)])
 
 
 @pytest.mark.parametrize("name", NAMES)

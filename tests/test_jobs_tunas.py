@@ -59,8 +59,8 @@ def test_outputs(run_dir):
   logits = {k: np.asarray(v) for k, v in saved["ctrl"]["logits"].items()}
   best = space.canonicalize(tunas.argmax_arch(space, logits))
   top = res["models"][0]
-  assert top["arch"] == space.to_json(best)
-  assert top["macs"] == space.macs(space.from_json(top["arch"]))
+  assert top["arch"] == space.arch_to_dict(best)
+  assert top["macs"] == space.macs(space.arch_from_dict(top["arch"]))
   assert abs(top["cost"] - top["macs"] / 1e6) < 1e-6
   target = res["tunas"]["target"]
   assert abs(target - 0.5 * space.macs(space.max_arch()) / 1e6) < 1e-6

@@ -40,7 +40,7 @@ def test_fit_recovers_a_known_linear_cost():
   noisy = y + np.random.default_rng(3).normal(0, 0.2, len(y))
   m2 = latency.fit(SP, pop, noisy, holdout=0.25)
   assert 0.15 < m2.test_rmse < 0.35 and m2.test_r2 > 0.95 and m2.test_mape < 0.02
-  assert set(m2.to_json()) == {"weights", "bias", "train_rmse", "test_rmse", "test_r2",
+  assert set(m2.to_dict()) == {"weights", "bias", "train_rmse", "test_rmse", "test_r2",
                                "test_mape"}
 
 

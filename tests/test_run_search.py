@@ -124,7 +124,7 @@ def test_smoke_config_searches_a_family_and_compares(smoke_run):
 
   sp = spaces.get_space("ofa_mbv3", **{k: tuple(v) if isinstance(v, list) else v
                                        for k, v in res["space"].items() if k != "space"})
-  archs = [sp.from_json(m["arch"]) for m in fam]
+  archs = [sp.arch_from_dict(m["arch"]) for m in fam]
   mx = sp.macs(sp.max_arch())
   for m, a, b in zip(fam, archs, (0.35, 0.6, 0.9)):
     assert 0.9 * b * mx <= m["macs"] == sp.macs(a) <= b * mx

@@ -32,7 +32,7 @@ def test_resnet50_smoke_config_searches_a_family_of_four(tmp_path):
                                            for k, v in res["space"].items() if k != "space"})
   fam = res["family"]["members"]
   assert [m["name"] for m in fam] == ["A1", "A2", "A3", "A4"]
-  archs = [sp.from_json(m["arch"]) for m in fam]
+  archs = [sp.arch_from_dict(m["arch"]) for m in fam]
   mx = sp.macs(sp.max_arch())
   for m, a, b in zip(fam, archs, (0.25, 0.45, 0.65, 0.9)):
     assert 0.9 * b * mx <= m["macs"] == sp.macs(a) <= b * mx
@@ -55,7 +55,7 @@ def test_scarlet_smoke_config_runs_nsga2_with_an_nfr_objective(tmp_path):
                         resolutions=(8,))
   ref = tmp_path / "ref.json"
   # shaped like an exported subnet.json: {"space": config, "arch": ...}
-  arch = sp.to_json(sp.sample(jax.random.key(0)))
+  arch = sp.arch_to_dict(sp.sample(jax.random.key(0)))
   ref.write_text(json.dumps({"space": sp.config(), "arch": arch}))
   out = run("--config", os.path.join(ROOT, "configs/digits_scarlet.py:smoke"), "--workdir",
             str(tmp_path / "w"), "--config.search.objectives=('top1','macs','nfr')",

@@ -77,7 +77,7 @@ def test_json_state_resumes_to_the_same_result(algo):
   c = window_and_ref()
   whole = run(algo, c)
   part = run(algo, c, stop_after=3)
-  restored = evolution.state_from_json(SP, json.loads(json.dumps(evolution.state_to_json(part))))
+  restored = evolution.state_from_dict(SP, json.loads(json.dumps(evolution.state_to_dict(part))))
   resumed = run(algo, c, state=restored)
   jax.tree.map(np.testing.assert_array_equal, resumed.population, whole.population)
   np.testing.assert_array_equal(resumed.fitness, whole.fitness)

@@ -304,7 +304,7 @@ def test_json_state_round_trip_resumes_exactly():
   sp = IntBox()
   state = nsga2.init(5)
   for g in range(6):
-    back = nsga2.state_from_json(sp, json.loads(json.dumps(nsga2.state_to_json(state))))
+    back = nsga2.state_from_dict(sp, json.loads(json.dumps(nsga2.state_to_dict(state))))
     assert (back.seed, back.generation, back.evaluations, back.history) == (
         state.seed, state.generation, state.evaluations, state.history)
     if g:
@@ -352,10 +352,10 @@ def test_malformed_json_state_is_rejected(key, value, match):
   for _ in range(2):
     cand = nsga2.ask(sp, cfg, state)
     state = nsga2.tell(state, cand, zdt("zdt1", cand, sp.levels), cfg)
-  good = nsga2.state_to_json(state)
-  nsga2.state_from_json(sp, good)
+  good = nsga2.state_to_dict(state)
+  nsga2.state_from_dict(sp, good)
   with pytest.raises(ValueError, match=match) as e:
-    nsga2.state_from_json(sp, _corrupt(good, key, value))
+    nsga2.state_from_dict(sp, _corrupt(good, key, value))
   assert "\n" not in str(e.value) and str(e.value).startswith("NSGA-II state: ")
   with pytest.raises(ValueError, match="expected a JSON object, got list"):
-    nsga2.state_from_json(sp, [good])
+    nsga2.state_from_dict(sp, [good])

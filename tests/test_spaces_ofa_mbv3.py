@@ -154,10 +154,10 @@ def test_canonicalize():
 def test_json_layout():
   """The readable form lists per stage its depth and the choices of the blocks it uses (the
   round trip and error messages are contract tests)."""
-  j = SPACE.to_json(SPACE.max_arch())
+  j = SPACE.arch_to_dict(SPACE.max_arch())
   assert j["resolution"] == 224
   assert j["stages"][0] == {"depth": 4, "kernel": [7, 7, 7, 7], "expand": [6, 6, 6, 6]}
-  j = SPACE.to_json(SPACE.min_arch())
+  j = SPACE.arch_to_dict(SPACE.min_arch())
   assert j["stages"][4] == {"depth": 2, "kernel": [3, 3], "expand": [3, 3]}
 
 

@@ -51,7 +51,7 @@ def test_num_archs_matches_enumeration_on_a_tiny_space(expands, widths):
   for choice in itertools.product(range(2), *[range(2)] * 4, *[range(ne)] * n, *[range(nw)] * 6):
     a = ResNetArch(np.int32(0), np.int32(choice[0]), np.array(choice[1:5], np.int32),
                    np.array(choice[5:5 + n], np.int32), np.array(choice[5 + n:], np.int32))
-    seen.add(json.dumps(sp.to_json(a)))
+    seen.add(json.dumps(sp.arch_to_dict(a)))
   assert len(seen) == sp.num_archs()
 
 
@@ -161,7 +161,7 @@ def test_published_reference_points_at_224():
 def test_json_layout_and_format():
   """The readable form (the round trip and error messages are contract tests)."""
   a = arch([0, 1, 2, 0], 1, 2, stem=0)
-  j = SPACE.to_json(a)
+  j = SPACE.arch_to_dict(a)
   assert j["stem"] == {"middle_layer": False, "width_middle": 1, "width_out": 1}
   assert [s["extra_depth"] for s in j["stages"]] == [0, 1, 2, 0]
   assert [len(s["expand"]) for s in j["stages"]] == [2, 3, 6, 2]

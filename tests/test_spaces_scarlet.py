@@ -14,7 +14,7 @@ S1, S2 = ScarletS1Space(), ScarletS2Space()
 
 
 def named(sp, layers, res=0):
-  return sp.from_json({"resolution": sp.resolutions[res], "layers": layers})
+  return sp.arch_from_dict({"resolution": sp.resolutions[res], "layers": layers})
 
 
 def test_layout_and_choices():
@@ -107,7 +107,7 @@ def test_contains_and_grow_to_contain():
 def test_s1_json_rejects_s2_layers():
   """S1 has no SE variants (the round trip and error messages are contract tests)."""
   with pytest.raises(InvalidArchError, match=r"^layers\[0\]: 'e6_k7_se' is not one of"):
-    S1.from_json(dict(S1.to_json(S1.max_arch()), layers=["e6_k7_se"] * 19))
+    S1.arch_from_dict(dict(S1.arch_to_dict(S1.max_arch()), layers=["e6_k7_se"] * 19))
 
 
 def test_space_config_errors_and_registry():

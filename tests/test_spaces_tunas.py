@@ -141,7 +141,7 @@ def test_active_decisions_and_canonicalize(name):
   assert np.array_equal(np.asarray(act["kernel"]), on) and not on[list(sp.optional_layers)].any()
   c = sp.canonicalize(a)
   assert np.all(c.kernel[~on] == 0) and np.all(c.expand[~on] == 0)
-  assert sp.macs(c) == sp.macs(a) and sp.to_json(c) == sp.to_json(a)
+  assert sp.macs(c) == sp.macs(a) and sp.arch_to_dict(c) == sp.arch_to_dict(a)
 
 
 def test_config_errors():

@@ -209,7 +209,7 @@ class Experiment:
                                resolution=r, seed=int(self.cfg.seed), steps=steps,
                                teacher=teacher, fd=fd, teacher_resolution=teacher_resolution,
                                log=self.log, desc=where,
-                               identity_extra={"arch": self.space.to_json(arch)})
+                               identity_extra={"arch": self.space.arch_to_dict(arch)})
     return {"arch": arch, "module": module, "variables": res.variables, "resolution": r,
             "fingerprint": res.fingerprint}
 
@@ -227,7 +227,7 @@ class Experiment:
     ends = supernet_job.score_ends(self.ctx, self.scorer(), cache=test).mean(1)
     test.save()
     results = {"config": self.cfg.to_dict(), "space": self.space.config(),
-               "reference": {"arch": self.space.to_json(a1), "macs": int(self.space.macs(a1)),
+               "reference": {"arch": self.space.arch_to_dict(a1), "macs": int(self.space.macs(a1)),
                              "test_top1": float(a1_test.mean())},
                "table2": rows, "independent": ind, "sweep": sw,
                "test_images": int(len(a1_test)),
@@ -332,7 +332,7 @@ def independent_rows(space, indep: dict, dataset, searched, test, seed: int) -> 
   row = lambda new, old: {"top1": float(new.mean()), "nfr": float(metrics.nfr(new, old)),
                           "rel_nfr": float(metrics.relative_nfr(new, old)),
                           "old_top1": float(old.mean())}
-  return {"archs": [space.to_json(m["arch"]) for m in fam[:2]],
+  return {"archs": [space.arch_to_dict(m["arch"]) for m in fam[:2]],
           "macs": [int(space.macs(m["arch"])) for m in fam[:2]],
           "independent": row(ok["A2"], ok["A1"]),
           "fd": {**row(ok["FD"], ok["A1"]), "weight": indep["fd_weight"]},
@@ -347,7 +347,7 @@ def sweep_rows(space, sweep: dict, test, val, a1) -> list[dict]:
     t, v = test(pop)[0], val(pop)[0]
     out.append({"ratio": r, "macs": int(space.macs(m["arch"])), "test_top1": float(t.mean()),
                 "test_nfr": float(metrics.nfr(t, a1_test)), "val_top1": float(v.mean()),
-                "val_nfr": float(metrics.nfr(v, a1_val)), "arch": space.to_json(m["arch"])})
+                "val_nfr": float(metrics.nfr(v, a1_val)), "arch": space.arch_to_dict(m["arch"])})
   return out
 
 

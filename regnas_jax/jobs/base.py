@@ -105,7 +105,7 @@ def run_record(ctx: JobContext, macs_note: str, training=None, ends_ok=None) -> 
     out["training"] = {"steps": training.steps,
                        "seconds_this_process": round(training.seconds, 2),
                        "resumed_from": training.resumed_from,
-                       "phases": [p.to_json() for p in training.phases],
+                       "phases": [p.to_dict() for p in training.phases],
                        "fingerprint": training.fingerprint}
   if ends_ok is not None:
     out["test_top1"] = {"max": float(ends_ok[0].mean()), "min": float(ends_ok[1].mean())}

@@ -66,7 +66,7 @@ def load_reference(cfg, space):
   if isinstance(obj, dict) and isinstance(obj.get("arch"), dict):  # results.json / subnet.json
     obj = obj["arch"]
   try:
-    return space.from_json(obj)
+    return space.arch_from_dict(obj)
   except InvalidArchError as e:
     raise ConfigError(f"config.search.reference: {path}: {e}") from None
 
@@ -193,7 +193,7 @@ def family_record(space, members, val_ok, test_ok) -> dict:
   """JSON record of a family: members with metrics, and pairwise NFR matrices (test and val)."""
   rows = []
   for i, m in enumerate(members):
-    rows.append({"name": m["name"], "arch": space.to_json(m["arch"]),
+    rows.append({"name": m["name"], "arch": space.arch_to_dict(m["arch"]),
                  "summary": space.format(m["arch"]), "macs": int(space.macs(m["arch"])),
                  "params": int(space.params(m["arch"])), "val_top1": float(val_ok[i].mean()),
                  "test_top1": float(test_ok[i].mean()), "reward": m["reward"],

@@ -77,7 +77,7 @@ def front_record(space, state: nsga2.NSGA2State, objectives, raw_fn) -> list[dic
   for i in np.flatnonzero(ranks == 0):
     a = spaces.member(state.population, int(i))
     raw = raw_fn(state.objectives[i])
-    out.append({"arch": space.to_json(a), **{o: float(v) for o, v in zip(objectives, raw)}})
+    out.append({"arch": space.arch_to_dict(a), **{o: float(v) for o, v in zip(objectives, raw)}})
   return sorted(out, key=lambda r: r.get("macs", 0.0))
 
 
@@ -105,7 +105,7 @@ def search(space, cache: EvalCache, se, *, seed: int, ref_correct=None, state_pa
                             "max_macs": limit if np.isfinite(limit) else None,
                             "min_top1": float(se.min_top1)})
   loaded = persist.read_state(state_path, ident, lambda saved: (
-      nsga2.state_from_json(space, saved["state"]), list(saved["fronts"])))
+      nsga2.state_from_dict(space, saved["state"]), list(saved["fronts"])))
   state, fronts = loaded if loaded is not None else (nsga2.init(seed), [])
   if loaded is not None:
     log(f"resumed the NSGA-II search from {state_path} at generation {state.generation}")
@@ -120,7 +120,7 @@ def search(space, cache: EvalCache, se, *, seed: int, ref_correct=None, state_pa
     state = nsga2.tell(state, cand, minimised, cfg, feasible)
     fronts.append(front_record(space, state, objectives, lambda m: m * signs))
     cache.save()
-    persist.save_state(state_path, ident, state=nsga2.state_to_json(state), fronts=fronts)
+    persist.save_state(state_path, ident, state=nsga2.state_to_dict(state), fronts=fronts)
     best = (f", best val top-1 {100 * -state.objectives[:, top_col].min():.2f}%"
             if top_col is not None else "")
     log(f"NSGA-II generation {state.generation - 1}/{cfg.generations}: first front "
@@ -206,7 +206,7 @@ class NSGA2Job(Job):
     val_ok, test_ok = cache(pop), scorer.correct(pop, "test")
     rows = []
     for k, (a, v_ok, t_ok) in enumerate(zip(archs, val_ok, test_ok)):
-      r = {"name": f"K{k + 1}", "arch": space.to_json(a), "summary": space.format(a),
+      r = {"name": f"K{k + 1}", "arch": space.arch_to_dict(a), "summary": space.format(a),
            "macs": int(space.macs(a)), "params": int(space.params(a)),
            "val_top1": float(v_ok.mean()), "test_top1": float(t_ok.mean())}
       if ref is not None:

@@ -212,7 +212,7 @@ def latency_cost(ctx: JobContext):
            "seed": cfg.seed, "backend": jax.default_backend()}
 
   def parse(saved):
-    archs = space.population_from_json(saved["archs"])
+    archs = space.population_from_dicts(saved["archs"])
     ms = np.asarray(saved["ms"], np.float64)
     if ms.shape != (spaces.pop_size(archs),) or not np.all(np.isfinite(ms)):
       raise ValueError("'ms' must hold one finite time per architecture")
@@ -230,8 +230,8 @@ def latency_cost(ctx: JobContext):
   else:
     archs, ms = loaded
   model = latency.fit(space, archs, ms, holdout=0.25, seed=cfg.seed, ridge=1e-3)
-  fit = {k: v for k, v in model.to_json().items() if k not in ("weights", "bias")}
-  persist.save_state(path, ident, archs=space.population_to_json(archs), ms=ms.tolist(), fit=fit)
+  fit = {k: v for k, v in model.to_dict().items() if k not in ("weights", "bias")}
+  persist.save_state(path, ident, archs=space.population_to_dicts(archs), ms=ms.tolist(), fit=fit)
   ctx.log(f"latency model: held-out RMSE {model.test_rmse:.3f} ms, R^2 {model.test_r2:.3f}, "
           f"MAPE {100 * model.test_mape:.1f}% (train RMSE {model.train_rmse:.3f} ms)")
   predict = lambda a: model.predict(space, a)
@@ -370,7 +370,8 @@ def retrain(ctx: JobContext, arch, name: str, steps: int, seed: int) -> dict:
   r = int(space.resolutions[int(np.asarray(arch.resolution))])
   res = training.train_exact(ctx.cfg, module, ctx.dataset, ctx.path("retrain", name),
                              resolution=r, seed=seed, steps=steps, log=ctx.log,
-                             identity_extra={"arch": space.to_json(arch)}, desc=f"retrain {name}")
+                             identity_extra={"arch": space.arch_to_dict(arch)},
+                             desc=f"retrain {name}")
   top1 = float(training.evaluate_exact(module, res.variables, ctx.dataset, "test", r).mean())
   ctx.log(f"retrained {name} ({space.format(arch)[:50]}...) for {steps} steps: test top-1 "
           f"{100 * top1:.2f}%")
@@ -531,7 +532,7 @@ class TunasJob(Job):
     scorer = evaluate.Scorer.from_config(cfg, ctx.net, space, variables, ctx.dataset,
                                          mesh=ctx.mesh)
     val_ok, test_ok = scorer.correct(pop, "val"), scorer.correct(pop, "test")
-    rows = [{"name": "TuNAS argmax" if i == 0 else f"random {i}", "arch": space.to_json(a),
+    rows = [{"name": "TuNAS argmax" if i == 0 else f"random {i}", "arch": space.arch_to_dict(a),
              "summary": space.format(a), "cost": float(cost_fn(a)), "macs": int(space.macs(a)),
              "params": int(space.params(a)), "val_top1": float(val_ok[i].mean()),
              "test_top1": float(test_ok[i].mean())} for i, a in enumerate(archs)]

@@ -9,7 +9,7 @@ optax's ``init``/``update`` pairs::
     state = evolution.tell(state, candidates, fitness_of(candidates))
 
 Randomness is a function of ``(seed, generation)``, so a state saved after any ``tell``
-(:func:`state_to_json`) resumes to exactly the same result.  :mod:`family` runs the REG-NAS
+(:func:`state_to_dict`) resumes to exactly the same result.  :mod:`family` runs the REG-NAS
 family search on top: one constrained search per budget, each member containing the previous.
 :mod:`nsga2` is the multi-objective search (constrained, weighted NSGA-II; SCARLET-NAS), with the
 same ask/tell shape but a vector of objectives per candidate.  :mod:`tunas` holds TuNAS's policy

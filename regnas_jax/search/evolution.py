@@ -196,7 +196,7 @@ def tell(state: SearchState, candidates, fitness, cfg: EvolutionConfig) -> Searc
                         evaluations=state.evaluations + len(fitness))
 
 
-def state_to_json(state: SearchState) -> dict:
+def state_to_dict(state: SearchState) -> dict:
   pop = None if state.population is None else {
       k: np.asarray(v).tolist() for k, v in state.population._asdict().items()}
   return {"algorithm": state.algorithm, "seed": state.seed, "generation": state.generation,
@@ -205,7 +205,7 @@ def state_to_json(state: SearchState) -> dict:
           "history": list(state.history), "evaluations": state.evaluations}
 
 
-def state_from_json(space, obj: dict) -> SearchState:
+def state_from_dict(space, obj: dict) -> SearchState:
   pop = obj.get("population")
   if pop is not None:
     pop = space.validate({k: np.asarray(v) for k, v in pop.items()}, population=True)

@@ -47,7 +47,7 @@ class MemberSpec:
   inclusion: bool = True
   algorithm: str = "evolution"
 
-  def to_json(self) -> dict:
+  def to_dict(self) -> dict:
     return {"name": self.name, "macs_low": float(self.macs_low), "macs_high": float(self.macs_high),
             "reward": list(map(float, self.reward)), "inclusion": bool(self.inclusion),
             "algorithm": self.algorithm}
@@ -152,7 +152,7 @@ class EvalCache:
     self._saved = len(self.table)
 
 
-def _arch_json(arch) -> dict:
+def _arch_dict(arch) -> dict:
   return {k: np.asarray(v).tolist() for k, v in arch._asdict().items()}
 
 
@@ -181,16 +181,16 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
   if nfr_against not in NFR_AGAINST:
     raise ValueError(f"nfr_against: {nfr_against!r} is not one of {NFR_AGAINST}")
   cfg.check()
-  ident = {"identity": identity or {}, "specs": [s.to_json() for s in specs],
+  ident = {"identity": identity or {}, "specs": [s.to_dict() for s in specs],
            "search": dict(cfg._asdict()), "seed": int(seed), "nfr_against": nfr_against,
-           "reference": None if reference is None else _arch_json(space.validate(reference))}
+           "reference": None if reference is None else _arch_dict(space.validate(reference))}
   ident = persist.jsonable(ident)
   members: list[dict] = []
   current = None
   def parse(saved):
     done = [dict(m, arch=space.validate(m["arch"], population=False)) for m in saved["members"]]
     cur = saved.get("current")
-    return done, None if cur is None else evolution.state_from_json(space, cur)
+    return done, None if cur is None else evolution.state_from_dict(space, cur)
 
   loaded = persist.read_state(state_path, ident, parse) if state_path else None
   if loaded is not None:
@@ -201,10 +201,10 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
   def save(cur):
     if not state_path:
       return
-    ms = [dict(m, arch=_arch_json(m["arch"])) for m in members]
+    ms = [dict(m, arch=_arch_dict(m["arch"])) for m in members]
     cache.save()   # first: the state never refers to scores the cache lacks
     persist.save_state(state_path, ident, members=ms,
-                       current=None if cur is None else evolution.state_to_json(cur))
+                       current=None if cur is None else evolution.state_to_dict(cur))
 
   def metrics(correct, refs):
     top1 = metrics_lib.top1(correct)
@@ -259,7 +259,7 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
 def _record(space, spec: MemberSpec, arch, top1, nfr_, fit, state) -> dict:
   arch = space.validate(jax.tree.map(np.asarray, arch), population=False)
   return {"name": spec.name, "arch": arch, "val_top1": top1, "val_nfr": nfr_, "reward": fit,
-          "macs": int(space.macs(arch)), "spec": spec.to_json(),
+          "macs": int(space.macs(arch)), "spec": spec.to_dict(),
           "search": None if state is None else {
               "algorithm": state.algorithm, "generations": state.generation - 1,
               "evaluations": state.evaluations, "best_per_generation": list(state.history)}}

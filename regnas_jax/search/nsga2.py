@@ -14,7 +14,7 @@ Every objective is *minimised* (pass ``-top1`` to maximise accuracy).  One gener
    contribution multiplied by its weight ``w_m`` (SCARLET's "crowding distance weighted by w").
 
 Generation 0 is ``population_size`` random proposals that pass the cheap constraint.  Randomness
-is a function of ``(seed, generation)``, so a state saved after ``tell`` (:func:`state_to_json`)
+is a function of ``(seed, generation)``, so a state saved after ``tell`` (:func:`state_to_dict`)
 resumes exactly.  :func:`equispaced` picks K models spread along the final front.
 
 *Mutation* (``cfg.mutation``): ``'space'`` is the space's own ``mutate`` with ``mutate_prob``;
@@ -416,7 +416,7 @@ _JSON_KEYS = ("algorithm", "seed", "generation", "population", "objectives", "ev
               "history")
 
 
-def state_to_json(state: NSGA2State) -> dict:
+def state_to_dict(state: NSGA2State) -> dict:
   """The state as plain JSON values: the population as each field's choice-index lists, the
   objectives ``(N, M)`` and every generation's first front as lists of lists of floats."""
   pop = None if state.population is None else {
@@ -445,8 +445,8 @@ def _json_matrix(value, where: str) -> np.ndarray:
   return a
 
 
-def state_from_json(space, obj: Mapping) -> NSGA2State:
-  """The state written by :func:`state_to_json`; the population is validated against ``space``.
+def state_from_dict(space, obj: Mapping) -> NSGA2State:
+  """The state written by :func:`state_to_dict`; the population is validated against ``space``.
 
   A malformed object raises ``ValueError`` (the population's errors as
   :class:`InvalidArchError`) with one line naming the bad entry.

@@ -82,7 +82,7 @@ class SearchSpace(abc.ABC):
   * :meth:`macs` / :meth:`params` -- analytic costs of the exact subnet (exact integers for
     concrete archs, float32 under ``jit``); the contract tests compare them with the costs
     counted off the exact module's program.
-  * :meth:`to_json` / :meth:`from_json` -- a readable form that round-trips, with
+  * :meth:`arch_to_dict` / :meth:`arch_from_dict` -- a readable form that round-trips, with
     :class:`InvalidArchError` messages naming the offending entry; :meth:`format` -- a one-line
     summary for tables; :meth:`num_archs` -- distinct networks per resolution, for the logs.
   * :meth:`canonicalize` only when some decisions can be unused (a skipped block's kernel): the
@@ -287,28 +287,29 @@ class SearchSpace(abc.ABC):
     return self.arch_type(**out)
 
   @abc.abstractmethod
-  def to_json(self, arch: Arch) -> dict:
-    """Readable JSON form of one concrete architecture (``{"space": name, ...}``)."""
+  def arch_to_dict(self, arch: Arch) -> dict:
+    """Readable form of one concrete architecture as a JSON-able dict (``{"space": name,
+    ...}``: choice values, not indices)."""
 
   @abc.abstractmethod
-  def from_json(self, obj: Mapping) -> Arch:
-    """Parse :meth:`to_json` output; :class:`InvalidArchError` names the bad entry."""
+  def arch_from_dict(self, obj: Mapping) -> Arch:
+    """Parse :meth:`arch_to_dict` output; :class:`InvalidArchError` names the bad entry."""
 
   @abc.abstractmethod
   def format(self, arch: Arch) -> str:
     """One-line summary of one concrete architecture (tables, logs)."""
 
-  def population_to_json(self, pop: Arch) -> list[dict]:
+  def population_to_dicts(self, pop: Arch) -> list[dict]:
     pop = self.validate(pop, population=True)
-    return [self.to_json(jax.tree.map(lambda x: x[i], pop)) for i in range(len(pop[0]))]
+    return [self.arch_to_dict(jax.tree.map(lambda x: x[i], pop)) for i in range(len(pop[0]))]
 
-  def population_from_json(self, objs: Sequence[Mapping]) -> Arch:
+  def population_from_dicts(self, objs: Sequence[Mapping]) -> Arch:
     if not isinstance(objs, (list, tuple)) or not objs:
       raise InvalidArchError("a population must be a non-empty JSON list of architectures")
     archs = []
     for i, o in enumerate(objs):
       try:
-        archs.append(self.from_json(o))
+        archs.append(self.arch_from_dict(o))
       except InvalidArchError as e:
         raise InvalidArchError(f"[{i}].{e}") from None
     return stack(archs)

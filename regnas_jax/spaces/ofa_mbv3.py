@@ -259,7 +259,7 @@ class OFAMobileNetV3Space(base.SearchSpace):
     return total + w[6] * w[7] + 2 * w[7] + w[7] * w[8] + (w[8] + 1) * self.num_classes
 
   # -- JSON ----------------------------------------------------------------------------------
-  def to_json(self, arch: MBV3Arch) -> dict:
+  def arch_to_dict(self, arch: MBV3Arch) -> dict:
     """Readable form: resolution and, per stage, its depth and the choices of its used blocks."""
     a = self.validate(arch, population=False)
     stages = []
@@ -272,8 +272,9 @@ class OFAMobileNetV3Space(base.SearchSpace):
     return {"space": self.name, "resolution": int(self.resolutions[a.resolution]),
             "stages": stages}
 
-  def from_json(self, obj: Mapping) -> MBV3Arch:
-    """Parse :meth:`to_json` output; blocks beyond a stage's depth take the smallest choice."""
+  def arch_from_dict(self, obj: Mapping) -> MBV3Arch:
+    """Parse :meth:`arch_to_dict` output; blocks beyond a stage's depth take the smallest
+    choice."""
     if not isinstance(obj, Mapping):
       raise InvalidArchError(f"arch: expected a JSON object, got {type(obj).__name__}")
     base.json_keys(obj, ("space", "resolution", "stages"), "")
@@ -298,7 +299,7 @@ class OFAMobileNetV3Space(base.SearchSpace):
 
   def format(self, arch: MBV3Arch) -> str:
     """One-line summary, e.g. ``r160: k3e4 k5e6 / k7e3 k3e3 k5e4 / ...`` (stages split by /)."""
-    j = self.to_json(arch)
+    j = self.arch_to_dict(arch)
     parts = [" ".join(f"k{k}e{base.readable(e)}" for k, e in zip(st["kernel"], st["expand"]))
              for st in j["stages"]]
     return f"r{j['resolution']}: " + " / ".join(parts)

@@ -327,7 +327,7 @@ class OFAResNet50Space(base.SearchSpace):
     return total + (c_in + 1) * self.num_classes
 
   # -- JSON ----------------------------------------------------------------------------------
-  def to_json(self, arch: ResNetArch) -> dict:
+  def arch_to_dict(self, arch: ResNetArch) -> dict:
     """Readable form: resolution, stem (middle layer, widths) and per stage its extra depth,
     width multiplier and the expand ratios of its used blocks."""
     a = self.validate(arch, population=False)
@@ -344,8 +344,9 @@ class OFAResNet50Space(base.SearchSpace):
                      "width_out": base.readable(wc[a.width[1]])},
             "stages": stages}
 
-  def from_json(self, obj: Mapping) -> ResNetArch:
-    """Parse :meth:`to_json` output; blocks beyond a stage's depth take the smallest choice."""
+  def arch_from_dict(self, obj: Mapping) -> ResNetArch:
+    """Parse :meth:`arch_to_dict` output; blocks beyond a stage's depth take the smallest
+    choice."""
     if not isinstance(obj, Mapping):
       raise InvalidArchError(f"arch: expected a JSON object, got {type(obj).__name__}")
     base.json_keys(obj, ("space", "resolution", "stem", "stages"), "")
@@ -383,7 +384,7 @@ class OFAResNet50Space(base.SearchSpace):
 
   def format(self, arch: ResNetArch) -> str:
     """One-line summary, e.g. ``r160 stem+ w.65/.8: w1 e.2 e.25 / ...`` (stages split by /)."""
-    j = self.to_json(arch)
+    j = self.arch_to_dict(arch)
     st = j["stem"]
     f = lambda v: f"{v:g}".lstrip("0") if v < 1 else f"{v:g}"
     parts = [f"w{f(s['width'])} " + " ".join(f"e{f(e)}" for e in s["expand"])

@@ -273,13 +273,13 @@ class ScarletS1Space(base.SearchSpace):
     return self._costs(arch, params=True)
 
   # -- JSON ----------------------------------------------------------------------------------
-  def to_json(self, arch: ScarletArch) -> dict:
+  def arch_to_dict(self, arch: ScarletArch) -> dict:
     """Readable form: ``{"space", "resolution", "layers": ["e6_k7_se", "skip", ...]}``."""
     a = self.validate(arch, population=False)
     return {"space": self.name, "resolution": int(self.resolutions[a.resolution]),
             "layers": [self.op_names[i] for i in a.op]}
 
-  def from_json(self, obj: Mapping) -> ScarletArch:
+  def arch_from_dict(self, obj: Mapping) -> ScarletArch:
     if not isinstance(obj, Mapping):
       raise InvalidArchError(f"arch: expected a JSON object, got {type(obj).__name__}")
     base.json_keys(obj, ("space", "resolution", "layers"), "")
@@ -296,7 +296,7 @@ class ScarletS1Space(base.SearchSpace):
 
   def format(self, arch: ScarletArch) -> str:
     """One-line summary, e.g. ``r224: e3_k7 e6_k5 | skip e3_k5 ...`` (width changes split by |)."""
-    j = self.to_json(arch)
+    j = self.arch_to_dict(arch)
     parts, prev = [], None
     for b, name in zip(self.layers, j["layers"]):
       if prev is not None and b.out_ch != prev:

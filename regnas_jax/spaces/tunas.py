@@ -445,7 +445,7 @@ class TunasSpace(base.SearchSpace):
     return (f"e{base.readable(self.expand_choices[expand])}_k{self.kernel_choices[kernel]}"
             f"{'_se' if se else ''}")
 
-  def to_json(self, arch: TunasArch) -> dict:
+  def arch_to_dict(self, arch: TunasArch) -> dict:
     """Readable form: widths per group, ``"zero"`` or ``"e6_k5[_se]"`` per layer."""
     a = self.validate(arch, population=False)
     on = self.layer_on(a)
@@ -457,7 +457,7 @@ class TunasSpace(base.SearchSpace):
             "layers": [self.layer_name(a.kernel[i], a.expand[i], a.se[i]) if on[i] else "zero"
                        for i in range(len(self.layers))]}
 
-  def from_json(self, obj: Mapping) -> TunasArch:
+  def arch_from_dict(self, obj: Mapping) -> TunasArch:
     if not isinstance(obj, Mapping):
       raise InvalidArchError(f"arch: expected a JSON object, got {type(obj).__name__}")
     base.json_keys(obj, ("space", "resolution", "stem_kernel", "sepconv", "widths", "layers"), "")
@@ -497,7 +497,7 @@ class TunasSpace(base.SearchSpace):
 
   def format(self, arch: TunasArch) -> str:
     """One-line summary, e.g. ``r32 w[8,8|8,16,...]: e3_k5 zero ... | e6_k7 ...`` (blocks by |)."""
-    j = self.to_json(arch)
+    j = self.arch_to_dict(arch)
     parts, prev = [], None
     for b, name in zip(self.layers, j["layers"]):
       if prev is not None and b.block != prev:

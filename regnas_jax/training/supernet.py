@@ -83,7 +83,7 @@ class Phase:
   def allowed_dict(self) -> dict:
     return {k: v for k, v in self.allowed}
 
-  def to_json(self) -> dict:
+  def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["allowed"] = {k: list(v) for k, v in self.allowed}
     return d

@@ -33,7 +33,6 @@ from regnas_jax import data as data_lib
 from regnas_jax import parallel
 from regnas_jax.envelopes import EnvelopeCatalogue, group_block, partition  # noqa: F401
 
-from regnas_jax.metrics import nfr, nfr_matrix, relative_nfr, top1  # noqa: F401 (re-exported)
 from regnas_jax.spaces.base import pop_size
 
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from regnas_jax import evaluate, spaces
+from regnas_jax import metrics, spaces
 from regnas_jax.errors import StateError
 from regnas_jax.search import EvolutionConfig, SearchError, family
 
@@ -48,9 +48,9 @@ def test_members_respect_windows_and_contain_each_other():
     assert SP.contains(big["arch"], small["arch"])
   ok = correct_fn(spaces.stack([m["arch"] for m in members]))
   for i, m in enumerate(members):          # records agree with an independent recomputation
-    assert m["val_top1"] == evaluate.top1(ok[i])
+    assert m["val_top1"] == metrics.top1(ok[i])
     if i:
-      assert m["val_nfr"] == evaluate.nfr(ok[i], ok[i - 1])
+      assert m["val_nfr"] == metrics.nfr(ok[i], ok[i - 1])
       assert m["reward"] == pytest.approx(m["val_top1"] - m["val_nfr"])
   assert cache.scored == len(cache.evaluated()) <= 3 * CFG.evaluations
 

@@ -105,13 +105,6 @@ def holdout_split(n: int, val_size: int, seed: int):
   return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 
 
-def to_array_source(src) -> ArraySource:
-  """Materialise a source in memory (for small splits such as a validation holdout)."""
-  if isinstance(src, ArraySource):
-    return src
-  return ArraySource(*src.get(np.arange(len(src))))
-
-
 # ----------------------------------------------------------------------------------------------
 # Offline default: scikit-learn digits
 # ----------------------------------------------------------------------------------------------

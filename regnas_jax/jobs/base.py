@@ -7,7 +7,7 @@ for ``config.search.algorithm``.
 
 What a new job must provide (subclass :class:`Job`, then :func:`register_job`):
 
-* ``name`` and ``algorithms`` -- the values of ``config.search.algorithm`` it serves;
+* ``algorithms`` -- the values of ``config.search.algorithm`` it serves;
 * ``check(cfg, space)`` -- raise :class:`~regnas_jax.errors.ConfigError` naming the first bad
   key of the sections only this job reads (``config.search`` mostly).  It runs before the
   dataset is loaded and before anything is written;
@@ -59,7 +59,6 @@ class JobContext:
 class Job(abc.ABC):
   """A job (module docstring): ``check`` the config, then ``run`` it."""
 
-  name: str = ""
   algorithms: tuple = ()
 
   @abc.abstractmethod

@@ -72,7 +72,6 @@ def load_reference(cfg, space):
 
 
 class FamilyJob(Job):
-  name = "family"
   algorithms = ("evolution", "random")
 
   def check(self, cfg, space) -> None:

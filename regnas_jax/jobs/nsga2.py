@@ -130,7 +130,6 @@ def search(space, cache: EvalCache, se, *, seed: int, ref_correct=None, state_pa
 
 
 class NSGA2Job(Job):
-  name = "nsga2"
   algorithms = ("nsga2",)
 
   def check(self, cfg, space) -> None:

@@ -382,7 +382,6 @@ def retrain(ctx: JobContext, arch, name: str, steps: int, seed: int) -> dict:
 # The job
 # ----------------------------------------------------------------------------------------------
 class TunasJob(Job):
-  name = "tunas"
   algorithms = ("tunas",)
 
   def check(self, cfg, space) -> None:

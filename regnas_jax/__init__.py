@@ -1,8 +1,10 @@
 """regnas-jax: regression-free neural architecture search in JAX/Flax.
 
-Layers (each imports only those above it in this list; ``tests/test_layers.py`` checks it):
+Layers (each imports only those above it in this list; ``tests/test_import_layering.py`` checks
+it):
 
-  errors, defaults   the error types; default config sections (no JAX)
+  errors, defaults, identity   the error types; default config sections; what saved state
+            depends on and the comparison of saved identities (no JAX)
   spaces    architectures as small integer pytrees: sampling, variation, inclusion, costs, JSON
   persist, stopping, progress, metrics   state files and the work-dir lock; SIGTERM; progress
             lines and metrics.jsonl; Top-1 and negative flip rates

@@ -12,9 +12,8 @@ import shutil
 import tempfile
 
 # The suite's programs are tiny and compile-bound: XLA:CPU compiles them faster without LLVM's
-# expensive passes (27% less compile time, measured on the ImageNet-layout masked test that the
-# contract tests have since replaced).  Set before jax starts;
-# the subprocesses inherit it.
+# expensive passes (27% less compile time, measured on a masked supernet of the ImageNet
+# layout).  Set before jax starts; the subprocesses inherit it.
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()

@@ -39,7 +39,7 @@ def test_outputs(run_dir):
   space = build.build_space(cfg)
   on_disk = json.load(open(os.path.join(work, "results.json")))
   assert on_disk["tunas"] == json.loads(json.dumps(res["tunas"]))
-  # The trajectory: one record per logged step with the quantities the issue names.
+  # The trajectory: one record per logged step with reward, Q, cost, entropy and warmup.
   traj = [json.loads(ln) for ln in open(os.path.join(work, "trajectory.jsonl"))]
   assert [r["step"] for r in traj] == list(range(cfg.train.log_every, cfg.train.steps + 1,
                                                  cfg.train.log_every))

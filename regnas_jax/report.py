@@ -315,7 +315,7 @@ def regnas_tables_markdown(res: dict) -> str:
   out = [f"Reference A1 (searched with R0 at the smallest budget): {ref['macs'] / 1e6:.2f} MMACs, "
          f"test top-1 {100 * ref['test_top1']:.2f}%.  Test split ({res['test_images']} images); "
          f"mean ± std over {n_seeds} search seeds; NFR against the previous member; "
-         "C = (M(proposed) - M(row)) / M(row) (seed 000's Eq. 1).", "",
+         "C = (M(proposed) - M(row)) / M(row) (REG-NAS's supplementary, Eq. 1).", "",
          "| member | variant | MMACs | top-1 (%) | C(top-1) | NFR (%) | C(NFR) | relative NFR | "
          "NFR vs A1 (%) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
   for r in res["table2"]:

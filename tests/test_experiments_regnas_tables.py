@@ -1,5 +1,5 @@
 """REG-NAS's tables on the digits smoke config: every stage runs, the report has the rows of
-seed 000's Table 2 and supplementary Table 1, C is Eq. 1, and a work dir whose stages were cut
+Tables 2 and 1 of REG-NAS's supplementary, C is its Eq. 1, and a work dir whose stages were cut
 short (what kills leave) resumes to the same results."""
 
 import importlib.util
@@ -65,7 +65,7 @@ def test_every_stage_and_the_tables(finished):
     assert np.isclose(r["top1"]["mean"], np.mean(r["top1"]["values"]))
     prop = next(p for p in res["table2"] if p["member"] == r["member"] and
                 p["variant"] == regnas_tables.PROPOSED)
-    # C = (M(proposed) - M(row)) / M(row), seed 000's Eq. 1
+    # C = (M(proposed) - M(row)) / M(row), Eq. 1 of REG-NAS's supplementary
     assert np.isclose(r["c_top1"], (prop["top1"]["mean"] - r["top1"]["mean"]) / r["top1"]["mean"])
     if r["nfr"]["mean"] > 0:
       assert np.isclose(r["c_nfr"], (prop["nfr"]["mean"] - r["nfr"]["mean"]) / r["nfr"]["mean"])

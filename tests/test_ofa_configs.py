@@ -35,7 +35,7 @@ def test_paper_setting(name):
   cfg = load(name)
   sp = build.build_space(cfg)
   assert (cfg.train.steps, cfg.supernet.init_from, cfg.data.tfds_name) == (0, "", "imagenet2012")
-  assert cfg.data.val_size == 10000 and cfg.seed == 0       # OFA's holdout, the paper's seed 000
+  assert cfg.data.val_size == 10000 and cfg.seed == 0       # OFA's holdout; seed 0
   se = cfg.search
   assert (se.reference_reward, se.reward, se.inclusion, se.budget_unit) == (
       "R0", "R2", True, "mmacs")

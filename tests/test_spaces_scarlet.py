@@ -36,8 +36,8 @@ def test_layout_and_choices():
 
 
 def test_published_reference_points_at_224():
-  """The seed's Table 2 (all identity: 23 M, all K7E6: 557 M) and SCARLET-A's published 365 M
-  MACs / 6.7 M parameters (its released model definition, in S2)."""
+  """Table 2 of SCARLET-NAS's supplementary (all identity: 23 M, all K7E6: 557 M) and
+  SCARLET-A's published 365 M MACs / 6.7 M parameters (its released model definition, in S2)."""
   assert S1.macs(S1.min_arch()) / 1e6 == pytest.approx(23, abs=0.5)
   assert S1.macs(S1.max_arch()) / 1e6 == pytest.approx(557, abs=0.5)
   scarlet_a = ["e3_k7", "e6_k5", "e3_k5", "e3_k7_se", "e6_k3_se", "e3_k5_se", "e6_k3_se",

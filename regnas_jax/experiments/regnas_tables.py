@@ -1,4 +1,5 @@
-"""REG-NAS's tables on one trained supernet (seed 000's Table 2 and supplementary Table 1).
+"""REG-NAS's tables on one trained supernet: Tables 2 and 1 of the supplementary of "Towards
+Regression-Free Neural Networks for Diverse Compute Platforms" (Duggal et al., REG-NAS).
 
   python -m regnas_jax.experiments.regnas_tables --config configs/cifar10_mbv3.py:cpu \\
       --config.data.path=/data/cifar10_jpeg.npz --workdir runs/regnas_tables [--stage STAGE]
@@ -21,7 +22,7 @@ Stages, each resumable (a killed stage picks up where it stopped) and run in thi
                  independent A1) is the baseline reported;
 ``report``       Top-1 and NFR of everything on the test split (cached in
                  ``search/eval_cache_test.npz``), mean +- std over search seeds, the relative
-                 change C of seed 000's Eq. 1 against the proposed row; ``results.json``,
+                 change C of the supplementary's Eq. 1 against the proposed row; ``results.json``,
                  ``results.md`` and ``top1_vs_nfr.png`` in the work dir.
 
 Settings are the ``experiment`` section of the config (``defaults.experiment_defaults``).

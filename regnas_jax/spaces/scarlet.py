@@ -1,4 +1,4 @@
-"""SCARLET-NAS's scalable search spaces S1 and S2 (Chu et al., ICCVW 2021; seed 002).
+"""SCARLET-NAS's scalable search spaces S1 and S2 (Chu et al., ICCVW 2021).
 
 Macro structure (widths for ``width_mult=1``, each ``make_divisible(w * m, 8)``; layout of the
 released SCARLET-A/B/C models)::
@@ -14,7 +14,7 @@ channels, h-swish, k x k depthwise (carries the stride), h-swish, [squeeze-excit
 expanded channels, reduction 4, h-sigmoid gate], 1x1 project, BN, residual when stride 1 and
 ``c_in == c_out`` -- with e in {3, 6} and k in {3, 5, 7}, or a *skip*.  S1 has 7 choices per
 layer (7^19 networks), S2 adds an SE variant of every bottleneck (13 choices, 13^19).  A skip is
-allowed at every layer, also where the stride or the width changes (the seed's "all identity"
+allowed at every layer, also where the stride or the width changes (SCARLET-NAS's "all identity"
 model keeps only the stem and the head): in the supernet a skip is either a plain subsample +
 zero-pad of the channels, or with ``els`` the equivariant learnable stabilizer (a bias-free 1x1
 conv to ``c_out``, no BN, no activation).  On export the skip becomes a plain subsample and its

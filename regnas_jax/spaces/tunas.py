@@ -44,7 +44,7 @@ with first-N channel masks (a group's width is shared by every layer reading or 
 shared 1x1 convs across expansions and kernel sizes, one depthwise kernel per kernel size (not
 nested), zero layers as a gate.  Inclusion (:meth:`contains`) therefore needs *equal* kernels.
 
-MACs count conv/linear multiply-adds only (OFA's counter, also the seed's "FLOPs").
+MACs count conv/linear multiply-adds only (OFA's counter, also what TuNAS calls "FLOPs").
 """
 
 from __future__ import annotations

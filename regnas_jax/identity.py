@@ -19,7 +19,7 @@ defaults included.  :func:`difference` compares a saved identity with the curren
 :func:`upgrade` has brought it (and every identity nested in it, e.g. the search identity inside
 a search state) to the current version.  Version 1 is the form without a ``schema`` key, which
 left settings out at their default: ``upgrade`` writes those defaults in, so the work dirs of
-version 1 resume unchanged.  A setting the project no longer has (:data:`RETIRED`) reads as
+version 1 resume unchanged.  A setting dropped from the project (:data:`RETIRED`) reads as
 absent when it was off.
 """
 
@@ -33,7 +33,8 @@ SCHEMA = "schema"
 KINDS = ("supernet", "exact", "tunas", "search")
 
 # Keys of ``config.train`` that do not change the trained weights (how often to log, save and
-# report; how to re-calibrate BN before scoring, which the search identity records instead).
+# report; how to re-calibrate BN before scoring, which the search identity records instead;
+# ``switch``: the same gradients computed by ``lax.switch``).
 OPERATIONAL_KEYS = ("log_every", "checkpoint_every", "max_to_keep", "calib_images",
                     "calib_batch_size", "progress_every", "max_nonfinite_steps", "switch")
 # Keys of ``config.score`` that do not change a score (beyond float rounding).
@@ -41,8 +42,9 @@ SCORE_OPERATIONAL_KEYS = ("switch",)
 # Keys of TuNAS's ``config.search`` that do not change the search state (the report's random
 # baseline and retraining; ``shards`` is recorded as the resolved count).
 TUNAS_OPERATIONAL_KEYS = ("random_samples", "random_tries", "retrain_steps", "shards")
-# Settings the project no longer has: a saved section with one of them off (falsy) equals the
-# section without it; on, the saved state was made by another computation and is refused.
+# Settings dropped from the project (``envelopes``: static shape envelopes): a section with one
+# of them off (falsy) equals the section without it; on, the state was made by another
+# computation and is refused.
 RETIRED = ("envelopes",)
 
 

@@ -196,7 +196,8 @@ def search_identity(ctx: JobContext, tr) -> dict:
   cfg = ctx.cfg
   score = {k: v for k, v in cfg.score.to_dict().items() if k not in ("envelopes", "switch")}
   return {"weights": tr.fingerprint, "space": ctx.space.config(),
-          "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"},
+          "data": {k: v for k, v in cfg.data.to_dict().items()
+                   if k not in ("cache_dir", "download")},
           "score": score, "calib_images": cfg.train.calib_images,
           "calib_batch_size": cfg.train.calib_batch_size}
 

@@ -580,7 +580,8 @@ def identity(cfg, space, shards: int | None = None) -> dict:
           "train": {k: v for k, v in tc.to_dict().items() if k not in training.OPERATIONAL_KEYS},
           "search": search,
           "seed": cfg.seed,
-          "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
+          "data": {k: v for k, v in cfg.data.to_dict().items()
+                   if k not in ("cache_dir", "download")}}
 
 
 register_job(TunasJob())

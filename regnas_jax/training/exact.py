@@ -116,7 +116,8 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
   tx, sched = make_optimizer(tc, phase)
   ident = {"train": {k: v for k, v in tc.to_dict().items() if k not in OPERATIONAL_KEYS},
            "steps": steps, "seed": seed, "resolution": resolution,
-           "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"},
+           "data": {k: v for k, v in cfg.data.to_dict().items()
+                    if k not in ("cache_dir", "download")},
            "fd": None if fd is None else fd._asdict(), **(identity_extra or {})}
   t_res = int(resolution if teacher_resolution is None else teacher_resolution)
   if fd is not None and t_res != resolution:

@@ -520,7 +520,8 @@ def identity(cfg, space, phases, init_identity=None) -> dict:
     tc.pop("envelopes", None)
   out = {"space": space.config(), "supernet": cfg.supernet.to_dict(), "train": tc,
          "phases": [p.to_json() for p in phases], "seed": cfg.seed,
-         "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"}}
+         "data": {k: v for k, v in cfg.data.to_dict().items()
+                  if k not in ("cache_dir", "download")}}
   if init_identity is not None:   # (absent otherwise: identities of earlier runs stay valid)
     out["init_from"] = init_identity
   out.update(pipeline.identity(cfg))   # {} unless config.input changes the weights

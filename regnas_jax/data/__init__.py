@@ -266,7 +266,8 @@ def from_sources(train, test, num_classes: int, *, image_size: int | None = None
       img, label = src.raw(0)
     except (KeyError, TypeError, ValueError, IndexError) as e:
       raise DataError(f"from_sources: {arg}[0] is not a record with {image_key!r} and "
-                      f"{label_key!r} nor an (image, label) pair ({type(e).__name__}: {e})") from None
+                      f"{label_key!r} nor an (image, label) pair ({type(e).__name__}: "
+                      f"{e})") from None
     if img.ndim != 3 or img.shape[-1] != 3 or not 0 <= label < num_classes:
       raise DataError(f"from_sources: {arg}[0]: an image {img.shape} and label {label}; "
                       f"expected an (H, W, 3) image and a label in 0..{num_classes - 1}")

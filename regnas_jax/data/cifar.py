@@ -22,8 +22,8 @@ optional.
 
 The python pickles are read by a **restricted unpickler** (never ``pickle.load``): the only
 globals it resolves are the ones a CIFAR batch holds -- numpy's array and dtype reconstruction
-(``_reconstruct``, and ``_frombuffer`` of protocol 5; no object dtypes), ``_codecs.encode`` (how Python 3 pickles bytes at protocol 2) and plain
-builtin containers and numbers.  Any other global (``os.system``, ``builtins.eval``, a class) is
+(``_reconstruct``, and ``_frombuffer`` of protocol 5; no object dtypes), ``_codecs.encode`` (how
+Python 3 pickles bytes at protocol 2) and plain builtin containers and numbers.  Any other global (``os.system``, ``builtins.eval``, a class) is
 refused with a :class:`~regnas_jax.errors.DataError` naming it, before anything is called.
 
 Archives are read in one streaming pass (nothing is extracted to disk).  Every fault -- a

@@ -568,9 +568,8 @@ def load_packed_npz(path: str, name: str = "npz", num_classes: int | None = None
   if decode == "on_demand":
     full, test = (PackedJpegSource(path, s, num_classes, _file_key(path))
                   for s in ("train", "test"))
-    tr, va = holdout_split(len(full), val_size, seed)
-    return Dataset(name, SubsetSource(full, tr), SubsetSource(full, va), test, num_classes,
-                   full.raw(0)[0].shape[0], tuple(mean), tuple(std), names)
+    return _with_holdout(name, full, test, num_classes, full.raw(0)[0].shape[0], mean, std,
+                         val_size, seed, names)
   tr_x, tr_y, te_x, te_y = decode_packed_jpeg(path, cache_dir, num_classes)
   return _with_holdout(name, ArraySource(tr_x, tr_y), ArraySource(te_x, te_y), num_classes,
                        tr_x.shape[1], mean, std, val_size, seed, names)

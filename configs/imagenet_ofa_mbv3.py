@@ -99,7 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       init_from=""))  # OFA's weights: a converted directory or OFA's checkpoint file
   c.data = ml_collections.ConfigDict(dict(
       name="tfds", path="", tfds_name="imagenet2012", tfds_dir="", image_size=224,
-      val_size=10000, split_seed=0, cache_dir=""))
+      val_size=10000, split_seed=0, cache_dir="", download=False))
   c.input = input_defaults()
   c.train = train_defaults()
   # steps=0: OFA's weights as they are.  For fine-tuning (steps > 0): OFA's last shrinking phase

@@ -71,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.supernet = supernet_defaults(depthwise_impl="auto", dtype="float32", dropout_rate=0.0)
   c.data = ml_collections.ConfigDict(dict(
       name="tfds", path="", tfds_name="imagenet2012", tfds_dir="", image_size=224,
-      val_size=VAL_IMAGES, split_seed=0, cache_dir=""))
+      val_size=VAL_IMAGES, split_seed=0, cache_dir="", download=False))
   c.input = input_defaults()
   c.train = train_defaults()   # the shared weights' optimiser; steps = search steps
   # lr per 256 images (search.scale_lr_by_batch): 2.64 at batch 4,096.

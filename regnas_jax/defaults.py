@@ -51,14 +51,20 @@ def _dataset(name: str) -> dict:
 def data_defaults(dataset: str) -> ml_collections.ConfigDict:
   """The data section of a config on ``dataset`` ('digits' | 'cifar10').
 
-  ``name``: 'digits' | 'cifar10' (packed JPEG file at ``path``) | 'tfds' (``tfds_name``,
-  ``tfds_dir``); ``val_size`` training images form the holdout-validation split of cifar10 and
-  tfds (digits has its own fixed split); ``cache_dir`` keeps decoded images for later runs.
+  ``name``: 'digits' | 'cifar10' / 'cifar100' (at ``path``: the archive as distributed, binary
+  or python version, its folder, or a packed ``.npz``) | 'folder' (``path``: DIR with
+  ``train/<class>/*.jpg`` and ``val/<class>/*.jpg``) | 'npz' (a packed file of any dataset) |
+  'tfds' (``tfds_name``, ``tfds_dir``; ``download``: let tfds download and prepare it, off by
+  default); ``image_size``: the side images are stored at where they vary (folder, tfds; 0: the
+  space's largest resolution); ``val_size`` training images form the holdout-validation split
+  (0: 5,000; digits has its own fixed split); ``cache_dir`` keeps decoded images for later
+  runs.  ``cache_dir`` and ``download`` do not change the data, so they are no part of a run's
+  identity.
   """
   d = _dataset(dataset)["data"]
   return ml_collections.ConfigDict(dict(
       name=dataset, path="", tfds_name="", tfds_dir="", image_size=d["image_size"],
-      val_size=d["val_size"], split_seed=0, cache_dir=""))
+      val_size=d["val_size"], split_seed=0, cache_dir="", download=False))
 
 
 def input_defaults() -> ml_collections.ConfigDict:

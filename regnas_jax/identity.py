@@ -55,7 +55,7 @@ def _section(d: dict, operational=()) -> dict:
 
 
 def _data(cfg) -> dict:
-  return _section(cfg.data.to_dict(), ("cache_dir",))
+  return _section(cfg.data.to_dict(), ("cache_dir", "download"))
 
 
 def _versioned(kind: str, **fields) -> dict:

@@ -53,6 +53,7 @@ FILE_COSTS = {
     "test_evaluate.py": 130, "test_train.py": 100, "test_io_ofa.py": 70, "test_readme.py": 100,
     "test_spaces_ofa_mbv3.py": 50, "test_export.py": 45, "test_spaces_ofa_resnet50.py": 40,
     "test_runtime.py": 50, "test_parallel.py": 800, "test_data_pipeline.py": 60,
+    "test_data_formats.py": 300,
     "test_ofa_configs.py": 150, "test_configs.py": 90,
 }
 FILE_COST_DEFAULT = 30

@@ -15,7 +15,7 @@ from regnas_jax import spaces
 from regnas_jax.errors import ConfigError, InvalidSpaceError
 from regnas_jax.training import METHODS, OPTIMIZERS, SUBNET_LOOPS
 
-DATASETS = ("digits", "cifar10", "tfds")
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "npz", "tfds")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -38,9 +38,10 @@ def check_number(section: str, key: str, v, lo: float, hi: float = math.inf, *,
                       f"{rng}, got {v!r}")
 
 
-def check_common(cfg) -> None:
-  """The sections every job reads: ``data``, ``score`` and ``train``."""
-  if cfg.data.name not in DATASETS:
+def check_common(cfg, dataset_given: bool = False) -> None:
+  """The sections every job reads: ``data`` (unless the dataset is given from Python), ``score``
+  and ``train``."""
+  if not dataset_given and cfg.data.name not in DATASETS:
     raise ConfigError(f"config.data.name: {cfg.data.name!r} is not one of {DATASETS}")
   sc = cfg.score
   for key, lo in (("block_size", 1), ("batch_size", 1), ("max_images", 0), ("envelopes", 0)):
@@ -104,29 +105,66 @@ def build_supernet(cfg, space):
     raise ConfigError(f"config.supernet: {e}") from None
 
 
-def load_dataset(cfg, space) -> data_lib.Dataset:
-  """The dataset of ``cfg.data`` (errors name the config key)."""
+def _need_path(dc, what: str) -> str:
+  if not dc.path:
+    raise ConfigError(f"config.data.path: give {what} (--config.data.path=PATH)")
+  return dc.path
+
+
+def _read_dataset(cfg, space, decode: str) -> data_lib.Dataset:
+  """The dataset ``cfg.data`` names (module docstring of :mod:`regnas_jax.data`)."""
   dc = cfg.data
-  inp = pipeline.settings(cfg)   # config.input checked before anything is read
   val = int(dc.val_size) if dc.val_size else 5000
   size = int(dc.image_size) if dc.image_size else max(space.resolutions)
   if dc.name == "digits":
-    ds = data_lib.load_digits(size, seed=dc.split_seed)
-  elif dc.name == "cifar10":
-    if not dc.path:
-      raise ConfigError("config.data.path: give the packed CIFAR-10 file "
-                        "(--config.data.path=/path/to/cifar10_jpeg.npz)")
-    ds = data_lib.load_cifar10_npz(dc.path, val_size=val, seed=dc.split_seed,
-                                   cache_dir=dc.cache_dir or None, decode=inp["decode"])
-  else:
-    if not dc.tfds_name:
-      raise ConfigError("config.data.tfds_name: name the tfds dataset (e.g. cifar10)")
-    ds = data_lib.load_tfds(dc.tfds_name, dc.tfds_dir or None, size, val, dc.split_seed)
+    return data_lib.load_digits(size, seed=dc.split_seed)
+  if dc.name in ("cifar10", "cifar100"):
+    path = _need_path(dc, f"the {dc.name} archive as distributed (.tar.gz, binary or python "
+                          f"version), its folder, or a packed .npz")
+    return data_lib.load_cifar(dc.name, path, val_size=val, seed=dc.split_seed,
+                               cache_dir=dc.cache_dir or None, decode=decode)
+  if dc.name == "npz":
+    return data_lib.load_packed_npz(_need_path(dc, "the packed .npz file"), val_size=val,
+                                    seed=dc.split_seed, cache_dir=dc.cache_dir or None,
+                                    decode=decode)
+  if dc.name == "folder":
+    path = _need_path(dc, "the image folder DIR holding DIR/train/<class>/*.jpg and "
+                          "DIR/val/<class>/*.jpg")
+    return data_lib.load_folder(path, size, val_size=val, seed=dc.split_seed)
+  if not dc.tfds_name:
+    raise ConfigError("config.data.tfds_name: name the tfds dataset (e.g. cifar10)")
+  return data_lib.load_tfds(dc.tfds_name, dc.tfds_dir or None, size, val, dc.split_seed,
+                            download=bool(dc.get("download", False)))
+
+
+def load_dataset(cfg, space, dataset: data_lib.Dataset | None = None) -> data_lib.Dataset:
+  """The dataset of ``cfg.data`` (errors name the config key), or ``dataset`` given from Python
+  (checked against the space and the batch size alike)."""
+  if dataset is not None and not isinstance(dataset, data_lib.Dataset):
+    raise ConfigError(f"dataset: a regnas_jax.data.Dataset is needed (data.from_arrays, "
+                      f"data.from_sources), got {type(dataset).__name__}")
+  decode = pipeline.settings(cfg)["decode"]   # config.input checked before anything is read
+  ds = _read_dataset(cfg, space, decode) if dataset is None else dataset
   if ds.num_classes != space.num_classes:
     raise ConfigError(f"config.space.num_classes: {ds.name} has {ds.num_classes} classes, "
                       f"got {space.num_classes}")
   data_lib.epoch_batch_indices(len(ds.train), cfg.train.batch_size, 0, cfg.seed)
   return ds
+
+
+def with_given_dataset(cfg, dataset: data_lib.Dataset):
+  """A copy of ``cfg`` whose ``data`` section describes ``dataset`` (given from Python): its
+  name, sizes and :func:`data.fingerprint`, what a work dir's identity is then checked against
+  (a run resumes only on the same data)."""
+  import ml_collections
+
+  out = cfg.copy_and_resolve_references()
+  with out.unlocked():
+    out.data = ml_collections.ConfigDict(dict(
+        name=dataset.name, source="python", fingerprint=data_lib.fingerprint(dataset),
+        num_classes=dataset.num_classes, image_size=dataset.image_size,
+        sizes=[len(dataset.train), len(dataset.val), len(dataset.test)]))
+  return out
 
 
 def describe(space, dataset) -> str:

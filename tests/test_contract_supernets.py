@@ -26,8 +26,8 @@ import contract
 from contract import assert_close
 from regnas_jax import costs
 from regnas_jax.nn.supernet import build_supernet
-from regnas_jax.spaces import SPACES, SkipSpace, member
-from regnas_jax.spaces.base import envelope_key, take
+from regnas_jax.spaces import SPACES, member
+from regnas_jax.spaces.base import take
 
 NAMES = contract.NAMES
 
@@ -95,31 +95,6 @@ def test_vmapped_population_equals_member_by_member(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_envelope_equals_masked_and_extracted(name):
-  """Run inside a static shape envelope (``clone(envelope=...)``), members compute what they
-  compute at the largest shapes -- eval and train logits, and the BN statistics a train step
-  writes (the whole tree: entries outside the envelope keep their values) -- and so what their
-  extracted subnets compute (``test_masked_equals_extracted``).  Envelopes: one member's own
-  (the tightest: every layer sliced to it), two random members', the min arch's."""
-  e = contract.env(name)
-  if not getattr(e.net, "envelopes", False):
-    pytest.skip(f"{type(e.net).__name__} runs the largest shapes only (envelopes are an optional part of the contract)")
-  ev, tr, new = contract.vmapped_run(name)
-  run = jax.jit(jax.vmap(_run_fn, in_axes=(None, None, 0, None, 0)), static_argnums=0)
-  for idx in ([0], [2], [2, 3]):
-    group = take(e.pop, idx)
-    key = envelope_key(e.sp.envelope(group))
-    enet = e.net.clone(envelope=key)
-    g_ev, g_tr, g_new = jax.tree.map(np.asarray, run(enet, e.params, take(e.stats, idx),
-                                                     e.images, group))
-    for j, i in enumerate(idx):
-      assert_close(g_ev[j], ev[i], rtol=1e-5)
-      assert_close(g_tr[j], tr[i])
-      contract.assert_trees_close(jax.tree.map(lambda x, j=j: x[j], g_new),
-                                  jax.tree.map(lambda x, i=i: x[i], new))
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_switch_mode_equals_masked(name):
   """In switch mode (``clone(switch=True)``: each block runs its chosen branch by ``lax.switch``)
   members run one at a time under ``lax.map`` compute what the masked supernet computes: eval
@@ -136,37 +111,6 @@ def test_switch_mode_equals_masked(name):
   assert_close(s_ev, ev, rtol=1e-5)
   assert_close(s_tr, tr)
   contract.assert_trees_close(s_new, new)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_members_own_envelope_costs_its_exact_subnet(name):
-  """The multiply-accumulates counted off the traced program (``regnas_jax.costs``) of a member
-  run in its own envelope are the exact subnet's (``space.macs``), and the envelope of several
-  members costs at least each one's: the envelope program pays for the subnet, not the
-  supernet.  (Literal configuration: SCARLET's ELS maps are folded away on export, so the exact
-  subnet does not pay for them; 128 px: no kernel wider than its feature map, see
-  ``test_analytic_costs_equal_counted_costs``; only tracing, nothing compiles.)"""
-  sp, net = contract.build(name, literal=True, resolutions=(128,))
-  if not getattr(net, "envelopes", False):
-    pytest.skip(f"{type(net).__name__} runs the largest shapes only (envelopes are an optional part of the contract)")
-  net = contract.exact_clone(net)
-  v = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), contract.shapes(name, True))
-  r = sp.resolutions[0]
-  x = jnp.zeros((1, r, r, 3))
-  pop = contract.population(sp, 4)
-  counted = lambda m, a: costs.count_macs(lambda v, x: m.apply(v, x, a), v, x)
-  full = counted(net, member(pop, 0))
-  for i in (0, 2, 3, 5):
-    a = member(pop, i)
-    own = counted(net.clone(envelope=envelope_key(sp.envelope(take(pop, [i])))), a)
-    if isinstance(sp, SkipSpace):   # a skip zero-pads its channels, which the export drops
-      assert int(sp.macs(a)) <= own < full, i
-    else:
-      assert own == int(sp.macs(a)), i
-  pair = take(pop, [2, 3])
-  both = counted(net.clone(envelope=envelope_key(sp.envelope(pair))), member(pair, 0))
-  assert max(int(sp.macs(member(pair, j))) for j in (0, 1)) <= both <= full
-  assert int(sp.macs(member(pop, 0))) < full       # the min arch's program at max shapes
 
 
 def _run_fn(net, params, stats, x, a):

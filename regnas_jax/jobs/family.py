@@ -191,10 +191,10 @@ def _stack(members):
 def search_identity(ctx: JobContext, tr) -> dict:
   """What a saved search (state, evaluation cache) depends on: the trained weights (their
   fingerprint covers the training config, the steps and the arrays) and how subnets are
-  scored (not whether in static shape envelopes or switch mode: the same scores up to float
-  rounding, so a search saved before those options resumes)."""
+  scored (not whether in switch mode: the same scores up to float rounding, so a search saved
+  before that option resumes)."""
   cfg = ctx.cfg
-  score = {k: v for k, v in cfg.score.to_dict().items() if k not in ("envelopes", "switch")}
+  score = {k: v for k, v in cfg.score.to_dict().items() if k != "switch"}
   return {"weights": tr.fingerprint, "space": ctx.space.config(),
           "data": {k: v for k, v in cfg.data.to_dict().items() if k != "cache_dir"},
           "score": score, "calib_images": cfg.train.calib_images,

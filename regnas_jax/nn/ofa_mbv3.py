@@ -29,7 +29,6 @@ import jax.numpy as jnp
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec, variant_branches
 from regnas_jax.nn.common import bn_slice, segment_order
-from regnas_jax.spaces.base import envelope_arch
 from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
 
 
@@ -77,9 +76,6 @@ class OFAMobileNetV3(nn.Module):
     bn_momentum, bn_epsilon: BatchNorm settings (Flax momentum convention).
     dropout_rate: dropout before the classifier in train mode (needs a ``'dropout'`` rng).
     dtype: compute dtype (parameters and BN statistics stay float32).
-    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch; ``None``: the
-      largest shapes): blocks beyond its depths are not run, the others at its kernel size,
-      expanded and SE widths, masks acting inside them (``regnas_jax.nn.supernet``).
     switch: switch mode (``regnas_jax.nn.supernet``): every block branches on its expand and
       kernel choice (``lax.switch``) instead of masking them -- for members run one at a time.
   """
@@ -90,13 +86,11 @@ class OFAMobileNetV3(nn.Module):
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
-  envelope: Any = None
   switch: bool = False
 
   # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = True
   op_average = False
-  envelopes = True
   switches = True
 
   @nn.nowrap
@@ -136,34 +130,24 @@ class OFAMobileNetV3(nn.Module):
 
     active = sp.block_active(arch)
     mids = sp.mid_channels(arch)
-    env = None if self.envelope is None else envelope_arch(sp, self.envelope)
     for i, b in enumerate(sp.blocks):
-      mid_n, se_n, k_n = max(b.mid_choices), max(b.se_choices), None
-      if env is not None:
-        if not sp.block_active(env)[i]:
-          continue     # a residual block no member runs: it returns its input
-        mid_n, se_n = b.mid_choices[env.expand[i]], b.se_choices[env.expand[i]]
-        k_n = int(env.kernel[i]) + 1
-      mid_mask = jnp.arange(mid_n) < mids[i]
+      mid_mask = jnp.arange(max(b.mid_choices)) < mids[i]
       se_mask = None
       if b.se:
-        se_mask = jnp.arange(se_n) < jnp.asarray(b.se_choices)[arch.expand[i]]
-      sized = lambda n: None if env is None else n
+        se_mask = jnp.arange(max(b.se_choices)) < jnp.asarray(b.se_choices)[arch.expand[i]]
       branch = functools.partial(
           ElasticIBN, max(b.mid_choices), b.out_ch, b.stride, b.act, sp.kernel_choices,
           "elastic", self.kernel_transform, max(b.se_choices) if b.se else 0, "hsigmoid",
           self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
       variants, choice = (), None
-      if self.switch and env is None:
+      if self.switch:
         n_e = len(sp.expand_choices)
         variants = tuple(
             branch(mid_size=b.mid_choices[e], se_size=b.se_choices[e] if b.se else None,
                    kernel_switch=True)
             for e in range(n_e))
         choice = arch.expand[i]
-      x = ElasticMBConv(branch(mid_size=sized(mid_n), kernel_count=k_n,
-                               se_size=sized(se_n) if b.se else None),
-                        b.residual, variants, name=b.name)(
+      x = ElasticMBConv(branch(), b.residual, variants, name=b.name)(
           x, arch.kernel[i], mid_mask, se_mask, active[i], train, choice)
     return _head(self, w[7], w[8], sp.num_classes, masked=True)(x, train)
 

@@ -23,12 +23,10 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import Head
 from regnas_jax.nn.common import bn_slice, segment_order
-from regnas_jax.spaces.base import envelope_arch
 from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
 
 STEM = ("stem_conv1", "stem_bn1", "stem_conv2", "stem_bn2", "stem_conv3", "stem_bn3")
@@ -50,34 +48,25 @@ class ElasticBottleneck(nn.Module):
   bn_epsilon: float = 1e-5
   dtype: Any = None
   zero_init_residual: bool = True
-  # a static shape envelope (all None: the largest shapes): the variables' input width and the
-  # middle and output widths computed
-  in_ch: int | None = None
-  mid_size: int | None = None
-  out_size: int | None = None
 
   @nn.compact
   def __call__(self, x, mid_mask, out_mask, active, train: bool):
     b = self.layout
     c_out = max(b.out_choices)
 
-    def conv_bn(h, feats, kernel, stride, mask, name, in_full, size):
-      h = layers.conv(feats, kernel, stride, name=name, dtype=self.dtype, in_features=in_full,
-                      out_size=size)(h)
+    def conv_bn(h, feats, kernel, stride, mask, name):
+      h = layers.conv(feats, kernel, stride, name=name, dtype=self.dtype)(h)
       init = _residual_scale_init(self.zero_init_residual and name == "conv3")
       return layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype, init,
                                     features=feats,
                                     name=name.replace("conv", "bn") if name != "down"
                                     else "down_bn")(h, train, mask, active)
 
-    mid_in = None if self.mid_size is None else b.max_mid
-    h = jax.nn.relu(conv_bn(x, b.max_mid, 1, 1, mid_mask, "conv1", self.in_ch, self.mid_size))
-    h = jax.nn.relu(conv_bn(h, b.max_mid, 3, b.stride, mid_mask, "conv2", mid_in,
-                            self.mid_size))
-    h = conv_bn(h, c_out, 1, 1, out_mask, "conv3", mid_in, self.out_size)
+    h = jax.nn.relu(conv_bn(x, b.max_mid, 1, 1, mid_mask, "conv1"))
+    h = jax.nn.relu(conv_bn(h, b.max_mid, 3, b.stride, mid_mask, "conv2"))
+    h = conv_bn(h, c_out, 1, 1, out_mask, "conv3")
     if b.downsample:
-      r = conv_bn(ops.avg_pool_ceil(x, b.stride), c_out, 1, 1, out_mask, "down", self.in_ch,
-                  self.out_size)
+      r = conv_bn(ops.avg_pool_ceil(x, b.stride), c_out, 1, 1, out_mask, "down")
       return jax.nn.relu(h + r)
     return jnp.where(active, jax.nn.relu(h + x), x)
 
@@ -98,9 +87,6 @@ class OFAResNet50(nn.Module):
     dtype: compute dtype (parameters and BN statistics stay float32).
     zero_init_residual: initialise the scale of each block's last BN to 0 (every block starts
       as its shortcut); without it an 18-block supernet's logits explode at the start.
-    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch; ``None``: the
-      largest shapes): blocks beyond its depths (and the stem's middle layer when it has none)
-      are not run, the others at its stem, stage and middle widths, masks acting inside them.
   """
   space: OFAResNet50Space
   bn_momentum: float = 0.9
@@ -108,7 +94,6 @@ class OFAResNet50(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   zero_init_residual: bool = True
-  envelope: Any = None
 
   # train.resolve_subnet_loop: XLA:CPU runs 3x3 convolutions slowly inside a scan's loop body,
   # so subnets of a training step are vmapped on CPU too (about 4x faster;
@@ -118,7 +103,6 @@ class OFAResNet50(nn.Module):
   # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = True
   op_average = False
-  envelopes = True
 
   @nn.nowrap
   def exact_module(self, arch):
@@ -143,59 +127,32 @@ class OFAResNet50(nn.Module):
   @nn.compact
   def __call__(self, images, arch: ResNetArch, train: bool = False):
     sp = self.space
-    env = None if self.envelope is None else envelope_arch(sp, self.envelope)
-    bn = lambda name, h, mask, c, active=True: layers.MaskedBatchNorm(
-        self.bn_momentum, self.bn_epsilon, self.dtype, features=c, name=name)(
-            h, train, mask, active)
+    bn = lambda name, h, mask, active=True: layers.MaskedBatchNorm(
+        self.bn_momentum, self.bn_epsilon, self.dtype, name=name)(h, train, mask, active)
+    conv = lambda feats, stride, name: layers.conv(feats, 3, stride, name=name, dtype=self.dtype)
     mids, outs = sp.stem_choices
-    # the widths computed: the largest, or the envelope's (layers then slice their variables)
-    e0, e1 = (max(mids), max(outs)) if env is None else (int(c) for c in sp.stem_channels(env))
-    sized = (lambda full, n: None) if env is None else (lambda full, n: n)
-    conv = lambda feats, stride, name, cin, n: layers.conv(
-        feats, 3, stride, name=name, dtype=self.dtype, in_features=sized(None, cin),
-        out_size=sized(None, n))
     c0, c1 = sp.stem_channels(arch)
-    m0, m1 = jnp.arange(e0) < c0, jnp.arange(e1) < c1
+    m0, m1 = jnp.arange(max(mids)) < c0, jnp.arange(max(outs)) < c1
     stem_on = arch.stem_depth > 0
 
     x = images.astype(self.dtype)
-    x = jax.nn.relu(bn("stem_bn1", conv(max(mids), sp.stem_stride, "stem_conv1", None, e0)(x),
-                       m0, max(mids)))
-    if env is None or env.stem_depth > 0:
-      h = jax.nn.relu(bn("stem_bn2", conv(max(mids), 1, "stem_conv2", max(mids), e0)(x), m0,
-                         max(mids), stem_on))
-      x = jnp.where(stem_on, x + h, x)
-    x = jax.nn.relu(bn("stem_bn3", conv(max(outs), 1, "stem_conv3", max(mids), e1)(x), m1,
-                       max(outs)))
+    x = jax.nn.relu(bn("stem_bn1", conv(max(mids), sp.stem_stride, "stem_conv1")(x), m0))
+    h = jax.nn.relu(bn("stem_bn2", conv(max(mids), 1, "stem_conv2")(x), m0, stem_on))
+    x = jnp.where(stem_on, x + h, x)
+    x = jax.nn.relu(bn("stem_bn3", conv(max(outs), 1, "stem_conv3")(x), m1))
     if sp.max_pool:
       x = ops.max_pool_3x3_s2(x)
 
     active = sp.block_active(arch)
     mid_ch = sp.mid_channels(arch)
     out_ch = sp.stage_channels(arch)
-    in_full = max(outs)
-    if env is not None:
-      env_active, env_mid, env_out = (np.asarray(f(env)) for f in (
-          sp.block_active, sp.mid_channels, sp.stage_channels))
     for i, b in enumerate(sp.blocks):
-      c_out = max(b.out_choices)
-      caps = {}
-      mid_n, out_n = b.max_mid, c_out
-      if env is not None:
-        if not env_active[i]:
-          continue     # an identity block no member runs: it returns its input
-        mid_n, out_n = int(env_mid[i]), int(env_out[b.stage])
-        caps = dict(in_ch=in_full, mid_size=mid_n, out_size=out_n)
-      mid_mask = jnp.arange(mid_n) < mid_ch[i]
-      out_mask = jnp.arange(out_n) < out_ch[b.stage]
+      mid_mask = jnp.arange(b.max_mid) < mid_ch[i]
+      out_mask = jnp.arange(max(b.out_choices)) < out_ch[b.stage]
       x = ElasticBottleneck(b, self.bn_momentum, self.bn_epsilon, self.dtype,
-                            self.zero_init_residual, name=b.name, **caps)(
+                            self.zero_init_residual, name=b.name)(
           x, mid_mask, out_mask, active[i], train)
-      in_full = c_out
-    head = _head(self, sp.num_classes)
-    if env is not None:
-      head = dataclasses.replace(head, in_ch=in_full)
-    return head(x, train)
+    return _head(self, sp.num_classes)(x, train)
 
 
 def _head(module, num_classes) -> Head:

@@ -40,12 +40,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec, pad_channels, variant_branches
 from regnas_jax.nn.common import bn_slice
-from regnas_jax.spaces.base import envelope_arch
 from regnas_jax.spaces.scarlet import ScarletArch, ScarletS1Space
 
 
@@ -83,7 +81,6 @@ class ChoiceLayer(nn.Module):
   branch: ElasticIBN
   layout: Any                 # spaces.scarlet.LayerLayout
   els: bool
-  skip_only: bool = False     # a shape envelope where every member skips this layer
   # switch mode: one exact-size branch per (expand, SE) choice, index ``expand * n_se + se``
   # (``n_se`` 2 where SE is searched, else 1), and the skip path as the last branch
   variants: tuple = ()
@@ -104,8 +101,6 @@ class ChoiceLayer(nn.Module):
           lambda mdl, x, kernel_index: skip_path(x)]
       return nn.switch(jnp.where(skip, len(self.variants), choice), fns, self, x, kernel_index)
     s = skip_path(x)
-    if self.skip_only:
-      return s
     h = self.branch(x, kernel_index, mid_mask, train, update=~skip, se_mask=se_mask,
                     se_weight=se_on.astype(jnp.float32))
     block = x + h if b.residual else h
@@ -124,9 +119,6 @@ class ScarletSupernet(nn.Module):
     depthwise_impl: ``'auto'`` | ``'xla'`` | ``'shift'`` (see :func:`ops.depthwise_conv`).
     kernel_transform: OFA's learned kernel transform matrices for the smaller kernels.
     bn_momentum, bn_epsilon, dropout_rate, dtype: as for the other supernets.
-    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch from
-      ``space.envelope``; ``None``: the largest shapes): a layer every member skips runs its
-      skip path only, the others at the envelope's kernel, expanded width and SE.
     switch: switch mode (``regnas_jax.nn.supernet``): every layer branches on its skip, expand,
       SE and kernel choice (``lax.switch``) instead of masking them -- for members run one at a
       time.
@@ -138,13 +130,11 @@ class ScarletSupernet(nn.Module):
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
-  envelope: Any = None
   switch: bool = False
 
   # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = False
   op_average = False
-  envelopes = True
   switches = True
 
   @nn.nowrap
@@ -175,33 +165,24 @@ class ScarletSupernet(nn.Module):
     x = _stem(images.astype(self.dtype), bn, train, sp.widths, sp.stem_stride,
               self.depthwise_impl, self.dtype)
     skip, e, k, se = sp.decode(arch)
-    env = None
-    if self.envelope is not None:
-      env = [np.asarray(t) for t in sp.decode(envelope_arch(sp, self.envelope))]
     for i, b in enumerate(sp.layers):
       mid = jnp.asarray(b.mid_choices)[e[i]]
       se_h = jnp.asarray(b.se_choices)[e[i]]
-      mid_n, se_n, sized = max(b.mid_choices), max(b.se_choices), {}
-      if env is not None:
-        mid_n, se_n = b.mid_choices[env[1][i]], b.se_choices[env[1][i]]
-        sized = dict(mid_size=mid_n, kernel_count=int(env[2][i]) + 1,
-                     se_size=se_n if sp.has_se and env[3][i] else 0)
       branch = functools.partial(
           ElasticIBN, max(b.mid_choices), b.out_ch, b.stride, "h_swish", sp.kernel_choices,
           "elastic", self.kernel_transform, max(b.se_choices) if sp.has_se else 0, "hsigmoid",
           self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
       variants, choice = (), None
-      if self.switch and env is None:
+      if self.switch:
         n_se = 2 if sp.has_se else 1
         variants = tuple(
             branch(mid_size=b.mid_choices[j], se_size=b.se_choices[j] if s_on else 0,
                    kernel_switch=True)
             for j in range(len(b.mid_choices)) for s_on in range(n_se))
         choice = e[i] * n_se + (se[i] > 0 if sp.has_se else 0)
-      skip_only = env is not None and bool(env[0][i])
-      x = ChoiceLayer(branch(**sized), b, sp.els, skip_only, variants, name=b.name)(
-          x, skip[i] > 0, k[i], jnp.arange(mid_n) < mid, jnp.arange(se_n) < se_h, se[i] > 0,
-          train, choice)
+      x = ChoiceLayer(branch(), b, sp.els, variants, name=b.name)(
+          x, skip[i] > 0, k[i], jnp.arange(max(b.mid_choices)) < mid,
+          jnp.arange(max(b.se_choices)) < se_h, se[i] > 0, train, choice)
     return _head(self, sp.widths[2], sp.num_classes, masked=True)(x, train)
 
 

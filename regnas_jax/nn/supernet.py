@@ -27,20 +27,7 @@ Optional class attributes: ``cpu_subnet_loop`` (``'scan'`` or ``'vmap'``: how th
 step runs several subnets on a CPU, default ``'scan'``) and ``op_average`` (``True`` when
 ``__call__`` takes TuNAS's op-warmup flags as ``average=``).
 
-Optional, and what makes scoring and training pay for the subnet rather than the supernet:
-**static shape envelopes** (``envelopes = True`` and a dataclass field ``envelope``, default
-``None``).  ``model.clone(envelope=spaces.base.envelope_key(env))``, for ``env =
-space.envelope(members)``, is the same function for every member ``env`` holds, computed at
-``env``'s shapes: blocks no member runs are left out, the others are built at the envelope's
-kernel sizes and widths, and every layer slices its (unchanged, largest-shape) variables to
-them -- so the variables, checkpoints and gradients are those of the supernet, and the BN
-statistics a train step writes are the full arrays with the envelope's part updated.  Masks
-then act inside the envelope.  The contract tests check, for every supernet that sets it,
-envelope == masked == extracted (logits in both modes, written statistics) and that a
-member's own envelope costs exactly its exact subnet's MACs.  :mod:`regnas_jax.envelopes`
-chooses the envelopes; a supernet without them is scored and trained at its largest shapes.
-
-Optional too: a **switch mode** (``switches = True`` and a dataclass field ``switch``, default
+Optional: a **switch mode** (``switches = True`` and a dataclass field ``switch``, default
 ``False``).  ``model.clone(switch=True)`` is the same function, computed by branching on the
 arch instead of masking: each searchable block runs ``flax.linen.switch`` over exact-size
 variants of itself (one per width/SE choice, the kernel size a ``lax.switch`` inside its

@@ -42,7 +42,6 @@ from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec
 from regnas_jax.nn.layers import MixedConv
 from regnas_jax.nn.common import bn_slice
-from regnas_jax.spaces.base import envelope_arch
 from regnas_jax.spaces.tunas import TunasArch, TunasSpace, scale_filters
 
 OP_DECISIONS = ("stem_kernel", "sep_kernel", "sep_on", "on", "kernel", "se")
@@ -90,10 +89,6 @@ class TunasSupernet(nn.Module):
     space: a ProxylessNAS, ProxylessNAS-Enlarged or MobileNetV3-Like space.
     depthwise_impl: ``'auto'`` | ``'xla'`` | ``'shift'`` (see :func:`ops.depthwise_conv`).
     bn_momentum, bn_epsilon, dropout_rate, dtype: as for the other supernets.
-    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch from
-      ``space.envelope``; ``None``: the largest shapes): each width group at the envelope's
-      width, each layer at its largest kernel, expansion and SE, optional layers and the
-      sepconv no member runs left out.
   """
   space: TunasSpace
   depthwise_impl: str = "auto"
@@ -101,11 +96,9 @@ class TunasSupernet(nn.Module):
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
-  envelope: Any = None
 
   # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = False
-  envelopes = True
   op_average = True                 # __call__ takes TuNAS's op-warmup flags as ``average=``
   op_decisions = OP_DECISIONS       # the fields those flags cover
 
@@ -137,70 +130,43 @@ class TunasSupernet(nn.Module):
                                                 features=c, name=name)
     wmax = sp.max_widths
     width = sp.widths(arch)
-    env = None if self.envelope is None else envelope_arch(sp, self.envelope)
-    if env is not None and average is not None:
-      raise ValueError("TunasSupernet: op warmup (average=) mixes every choice; it needs the "
-                       "largest shapes, not an envelope")
-    # the widths computed: the largest, or the envelope's (then layers slice their variables)
-    wcap = wmax if env is None else tuple(int(w) for w in sp.widths(env))
-    sized = (lambda g: None) if env is None else (lambda g: wcap[g])
-    gmask = lambda g: _first(wcap[g], width[g])
+    gmask = lambda g: _first(wmax[g], width[g])
     ks = sp.kernel_choices
     first_act = ops.activation(_stem_act(sp))
-    count = (lambda i: None) if env is None else (lambda i: int(i) + 1)
 
     x = images.astype(self.dtype)
-    x = MixedConv(sp.stem_kernels, wmax[0], sp.stem_stride, dtype=self.dtype, out_size=sized(0),
-                  num_sizes=None if env is None else count(env.stem_kernel), name="stem_conv")(
+    x = MixedConv(sp.stem_kernels, wmax[0], sp.stem_stride, dtype=self.dtype, name="stem_conv")(
         x, _weights(arch.stem_kernel, len(sp.stem_kernels), av("stem_kernel")))
     x = first_act(bn("stem_bn", wmax[0])(x, train, gmask(0)))
 
-    if env is None or sp.sep_active(env):
-      sep_w = _weights(arch.sep_on, len(sp.sep_choices), av("sep_on"))
-      sep_gate = sep_w[-1] if sp.v3 else jnp.float32(1.0)
-      h = MixedConv(ks, depthwise=True, impl=self.depthwise_impl, dtype=self.dtype,
-                    channels=sized(0) and wmax[0],
-                    num_sizes=None if env is None else count(env.sep_kernel), name="sep_dw")(
-          x, _weights(arch.sep_kernel, len(ks), av("sep_kernel")))
-      h = jax.nn.relu(bn("sep_dw_bn", wmax[0])(h, train, gmask(0), sep_gate > 0))
-      h = layers.conv(wmax[sp.sep_group], 1, name="sep_proj", dtype=self.dtype,
-                      in_features=sized(0) and wmax[0], out_size=sized(sp.sep_group))(h)
-      h = bn("sep_proj_bn", wmax[sp.sep_group])(h, train, gmask(sp.sep_group), sep_gate > 0)
-      x = x + sep_gate.astype(h.dtype) * h if sp.v3 else h
+    sep_w = _weights(arch.sep_on, len(sp.sep_choices), av("sep_on"))
+    sep_gate = sep_w[-1] if sp.v3 else jnp.float32(1.0)
+    h = MixedConv(ks, depthwise=True, impl=self.depthwise_impl, dtype=self.dtype, name="sep_dw")(
+        x, _weights(arch.sep_kernel, len(ks), av("sep_kernel")))
+    h = jax.nn.relu(bn("sep_dw_bn", wmax[0])(h, train, gmask(0), sep_gate > 0))
+    h = layers.conv(wmax[sp.sep_group], 1, name="sep_proj", dtype=self.dtype)(h)
+    h = bn("sep_proj_bn", wmax[sp.sep_group])(h, train, gmask(sp.sep_group), sep_gate > 0)
+    x = x + sep_gate.astype(h.dtype) * h if sp.v3 else h
 
     on_w = _weights(arch.on, 2, av("on"))[..., 1]
     k_w = _weights(arch.kernel, len(ks), av("kernel"))
     se_w = _weights(arch.se, len(sp.se_choices), av("se"))
     exp = jnp.asarray(sp.expand_choices, jnp.float32)
-    env_on = None if env is None else sp.layer_on(env)
     for b in sp.layers:
-      if env is not None and not env_on[b.index]:
-        continue      # an optional layer no member runs: it returns its input
-      in_max, out_max = wmax[b.in_group], wmax[b.out_group]
-      mid_max = scale_filters(in_max, max(sp.expand_choices))
+      mid_max = scale_filters(wmax[b.in_group], max(sp.expand_choices))
       se_max = scale_filters(mid_max, 0.25)
-      mid_n, se_n, caps = mid_max, se_max, {}
-      if env is not None:
-        mid_n = scale_filters(wcap[b.in_group], sp.expand_choices[env.expand[b.index]])
-        se_n = scale_filters(mid_n, 0.25)
-        caps = dict(in_ch=in_max, mid_size=mid_n, kernel_count=count(env.kernel[b.index]),
-                    se_size=se_n if sp.v3 and sp.se_choices[env.se[b.index]] else 0,
-                    out_size=wcap[b.out_group])
       mid = _scale(width[b.in_group] * exp[arch.expand[b.index]])
       gate = on_w[b.optional] if b.optional >= 0 else jnp.float32(1.0)
-      branch = ElasticIBN(mid_max, out_max, b.stride, b.act, ks, "mixed", False,
+      branch = ElasticIBN(mid_max, wmax[b.out_group], b.stride, b.act, ks, "mixed", False,
                           se_max if sp.v3 else 0, "sigmoid", self.depthwise_impl,
-                          self.bn_momentum, self.bn_epsilon, self.dtype, **caps)
+                          self.bn_momentum, self.bn_epsilon, self.dtype)
       x = IBNLayer(branch, b.optional >= 0, name=b.name)(
-          x, gate, k_w[b.index], _first(mid_n, mid), _first(se_n, _scale(mid * 0.25)),
+          x, gate, k_w[b.index], _first(mid_max, mid), _first(se_max, _scale(mid * 0.25)),
           se_w[b.index], gmask(b.out_group), train)
 
     hg = sp.head_groups
     head = _head(self, sp.num_classes, _stem_act(sp), wmax[hg[0]], wmax[hg[1]] if sp.v3 else 0,
                  masked=True)
-    if env is not None:
-      head = dataclasses.replace(head, in_ch=wmax[sp.layers[-1].out_group], conv_size=wcap[hg[0]],
-                                 mix_size=wcap[hg[1]] if sp.v3 else None)
     return head(x, train, gmask(hg[0]), gmask(hg[1]) if sp.v3 else None)
 
 

@@ -207,20 +207,6 @@ class SearchSpace(abc.ABC):
     """Same network, unused decisions set to a fixed value (default: nothing unused)."""
     return arch
 
-  # -- static shape envelopes ----------------------------------------------------------------
-  def envelope(self, pop: Arch) -> Arch:
-    """The smallest static shape that holds every member of the (concrete) population ``pop``:
-    one arch whose every choice index is the members' largest, taken after
-    :meth:`canonicalize` so that decisions a member does not use do not widen it.  A supernet
-    run inside it (``model.clone(envelope=envelope_key(space, env))``, see
-    ``regnas_jax.nn.supernet``) computes every member's function with the envelope's shapes
-    instead of the largest ones.  Relies on the contract's order (a larger index is a larger
-    choice); a space whose indices do not order shapes overrides it (SCARLET's op index).
-    Unlike :meth:`contains` this is about shapes, not weights: a TuNAS envelope of a 3x3 and a
-    5x5 layer runs a 5x5 kernel, though neither member's weights include the other's."""
-    pop = self.canonicalize(self.validate(pop, population=True))
-    return self.arch_type(*(np.asarray(x).max(axis=0).astype(np.int32) for x in pop))
-
   # -- costs ---------------------------------------------------------------------------------
   @abc.abstractmethod
   def macs(self, arch: Arch):
@@ -349,18 +335,6 @@ class SkipSpace(Protocol):
   skip_field: str
   skip_index: int
   skip_allowed: Any
-
-
-def envelope_key(arch: Arch) -> tuple:
-  """A hashable form of one concrete arch (an envelope), for a supernet module's static
-  ``envelope`` field: its choice indices, field by field."""
-  return tuple(tuple(int(v) for v in np.asarray(x).reshape(-1)) for x in arch)
-
-
-def envelope_arch(space: "SearchSpace", key: tuple) -> Arch:
-  """The arch (int32 numpy arrays) of an :func:`envelope_key`."""
-  return space.arch_type(*(np.asarray(v, np.int32).reshape(f.shape)
-                           for v, f in zip(key, space.fields())))
 
 
 def stack(archs: Sequence[Arch]) -> Arch:

@@ -11,7 +11,7 @@ from regnas_jax.training.exact import (FocalDistillation, evaluate_exact, focal_
                                        train_exact)
 from regnas_jax.training.loop import NonFiniteError, run_loop, step_key
 from regnas_jax.training.supernet import (DISTILL, METHODS, OPERATIONAL_KEYS, OPTIMIZERS, SAMPLERS,
-                                          SUBNET_LOOPS, EnvelopeBuckets, LossConfig, Phase,
+                                          SUBNET_LOOPS, LossConfig, Phase,
                                           TrainResult,
                                           TrainState, build_phases, fair_sample, identity,
                                           make_optimizer, make_train_step, merge_batch_stats,
@@ -19,7 +19,7 @@ from regnas_jax.training.supernet import (DISTILL, METHODS, OPERATIONAL_KEYS, OP
                                           step_archs, subnet_grads, subnet_losses,
                                           switch_model, train)
 
-__all__ = ["DISTILL", "EnvelopeBuckets", "FocalDistillation", "LossConfig", "evaluate_exact", "exact",
+__all__ = ["DISTILL", "FocalDistillation", "LossConfig", "evaluate_exact", "exact",
            "focal_distillation", "train_exact", "METHODS", "NonFiniteError", "OPERATIONAL_KEYS", "OPTIMIZERS",
            "Phase", "SAMPLERS", "SUBNET_LOOPS", "TrainResult", "TrainState", "build_phases",
            "fair_sample", "identity", "loop", "make_optimizer", "make_train_step",

@@ -56,7 +56,6 @@ from jax import monitoring
 
 from bench_util import build_net, describe_depthwise, timed
 from regnas_jax import evaluate, spaces
-from regnas_jax.nn import extract
 from regnas_jax.nn.common import init_variables
 
 
@@ -133,7 +132,7 @@ def run_score(a, net, variables, sp, log):
   # switch mode (one member at a time, each block running only its chosen branch)
   masked_preds = {}
   runs = [(net, chunk, "masked") for chunk in a.chunk]
-  if a.switch and getattr(net, "switches", False):
+  if a.switch and net.switches:
     runs.append((net.clone(switch=True), 1, "switch"))
   for model, chunk, kind in runs:
     cs = None if chunk == 0 else chunk
@@ -177,7 +176,7 @@ def run_score(a, net, variables, sp, log):
     for i in range(k_ex):
       m = log.mark()
       t = time.perf_counter()
-      module, sv = extract(net, variables, spaces.member(pop, i))
+      module, sv = net.extract(variables, spaces.member(pop, i))
       sv = jax.block_until_ready(jax.device_put(sv))
       t_ext += time.perf_counter() - t
       n_ext_c += log.since(m)[0]
@@ -279,7 +278,7 @@ def run_logits(a, net, variables, sp, log):
   n_exact = a.population if a.exact_members is None else min(max(a.exact_members, 1), a.population)
   c_ex, r_ex = 0.0, 0.0
   for i in range(n_exact):
-    module, sv = extract(net, variables, members[i])
+    module, sv = net.extract(variables, members[i])
     f = jax.jit(module.apply)
     t = time.perf_counter()
     fc = f.lower(sv, images).compile()

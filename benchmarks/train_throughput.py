@@ -39,7 +39,6 @@ from bench_util import build_net, describe_depthwise, timed
 from regnas_jax import spaces
 from regnas_jax import training as train
 from regnas_jax.defaults import train_defaults
-from regnas_jax.nn import extract
 from regnas_jax.nn.common import init_variables
 
 
@@ -80,7 +79,7 @@ def main(argv=None):
     return train.TrainState(jnp.zeros((), jnp.int32), p_, s_, tx.init(p_), None)
 
   runs = [(net, loop, f"masked sandwich step, {loop}") for loop in a.loops]
-  if a.switch and getattr(net, "switches", False) and "scan" in a.loops:
+  if a.switch and net.switches and "scan" in a.loops:
     runs.append((net.clone(switch=True), "scan", "switch sandwich step, scan"))
   for model, loop, name in runs:
     step = train.make_train_step(model, sp, tx, phase, lc, loop)
@@ -102,7 +101,7 @@ def main(argv=None):
   comp, run_s = 0.0, 0.0
   teacher = None
   for i in range(a.subnets):
-    module, sv = extract(net, v, spaces.member(archs, i))
+    module, sv = net.extract(v, spaces.member(archs, i))
 
     def loss_fn(params, soft, module=module, sv=sv):
       logits, _ = module.apply({"params": params, "batch_stats": sv["batch_stats"]}, images,

@@ -350,12 +350,12 @@ def uncommitted(tree):
 def switch_mode(net, chunk_size, enabled: bool = True, mesh=None):
   """``net.clone(switch=True)`` where it pays, else ``net``.
 
-  A supernet with ``switches`` (``nn/supernet.py``) can branch on a member's choices with
+  A supernet with ``switches`` (``nn.supernet.Supernet``) can branch on a member's choices with
   ``lax.switch`` instead of masking the largest shapes -- each block then runs only its chosen
   branch at exact shapes, the same function.  That holds only where the choice is not batched:
   members scored one at a time (``chunk_size`` 1, mapped unbatched by ``lax.map``) on one device.
   Under ``vmap`` a switch becomes a select of every branch, so there the masks stay."""
-  if (enabled and getattr(net, "switches", False) and chunk_size == 1
+  if (enabled and net.switches and chunk_size == 1
       and (mesh is None or parallel.size(mesh) <= 1)):
     return net.clone(switch=True)
   return net

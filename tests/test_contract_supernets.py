@@ -16,7 +16,11 @@ compiles once.
   default (ImageNet) one; the exact module's own init has the extracted shapes.
 """
 
+import dataclasses
+from typing import Any
+
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +29,8 @@ import pytest
 import contract
 from contract import assert_close
 from regnas_jax import costs
-from regnas_jax.nn.supernet import build_supernet
+from regnas_jax.nn.supernet import (SUPERNETS, Supernet, build_supernet, contract_problem,
+                                    register_supernet)
 from regnas_jax.spaces import SPACES, member
 from regnas_jax.spaces.base import take
 
@@ -101,7 +106,7 @@ def test_switch_mode_equals_masked(name):
   and train logits (so predictions and BN re-calibration, what scoring runs) and the whole
   written statistics tree."""
   e = contract.env(name)
-  if not getattr(e.net, "switches", False):
+  if not e.net.switches:
     pytest.skip(f"{type(e.net).__name__} has no switch mode (an optional part of the contract)")
   ev, tr, new = contract.vmapped_run(name)
   snet = e.net.clone(switch=True)
@@ -150,3 +155,54 @@ def test_analytic_costs_equal_counted_costs(name, which):
       fresh = jax.eval_shape(module.init, jax.random.key(0), x)
       chex.assert_trees_all_equal_shapes(fresh, sv)
       assert jax.tree.structure(fresh) == jax.tree.structure(sv)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registered_supernet_fulfils_the_contract(name):
+  """Every registered class derives from the contract and states its capabilities as the base
+  declares them; its host methods run outside any Flax scope (no method wrapping)."""
+  cls = SUPERNETS[name]
+  assert issubclass(cls, Supernet) and contract_problem(cls) is None
+  sp, net = contract.build(name)
+  assert isinstance(cls.can_reorder, bool) and isinstance(cls.switches, bool)
+  assert cls.cpu_subnet_loop in ("scan", "vmap") and isinstance(cls.op_average, bool)
+  assert cls.switches == ("switch" in {f.name for f in dataclasses.fields(cls)})
+  fields = {f.name for f in sp.fields()}
+  assert bool(cls.op_decisions) == cls.op_average and set(cls.op_decisions) <= fields
+  assert net.subnet_specs(sp.min_arch())
+  if not cls.can_reorder:
+    with pytest.raises(NotImplementedError, match=cls.__name__):
+      net.reorder_channels({})
+
+
+def _stub(drop=(), **attrs):
+  """A :class:`Supernet` subclass with the contract's fields and methods, less ``drop``, plus
+  ``attrs``."""
+  body = {"__annotations__": {"space": Any, "bn_momentum": float, "bn_epsilon": float,
+                              "dropout_rate": float, "dtype": Any},
+          "bn_momentum": 0.9, "bn_epsilon": 1e-5, "dropout_rate": 0.0, "dtype": jnp.float32,
+          "forward": lambda self, images, arch, train=False: images,
+          "subnet_specs": lambda self, arch: (), "exact_module": lambda self, arch: None,
+          "extract": lambda self, variables, arch: (None, variables)}
+  for k in drop:
+    body.pop(k, None)
+    body["__annotations__"].pop(k, None)
+  body.update(attrs)
+  return type("Stub", (Supernet,), body)
+
+
+def test_register_supernet_names_what_a_class_misses():
+  """``register_supernet`` takes a complete ``Supernet`` subclass and refuses, with a
+  ``TypeError`` naming the gap, a class of another base, a missing method or field, and a
+  declared capability without its method or field."""
+  assert register_supernet("_test_stub", _stub()) is SUPERNETS.pop("_test_stub")
+  cases = [(type("Plain", (flax.linen.Module,), {}), "Plain does not derive from"),
+           (_stub(drop=("extract",)), "Stub has no method 'extract'"),
+           (_stub(drop=("forward",)), "Stub has no method 'forward'"),
+           (_stub(drop=("bn_epsilon",)), "Stub has no field 'bn_epsilon'"),
+           (_stub(can_reorder=True), "Stub has no method 'reorder_channels'"),
+           (_stub(switches=True), "Stub has no field 'switch'")]
+  for cls, msg in cases:
+    with pytest.raises(TypeError, match=f"^register_supernet: {msg}"):
+      register_supernet("_test_stub", cls)
+  assert "_test_stub" not in SUPERNETS

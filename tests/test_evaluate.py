@@ -50,8 +50,6 @@ def test_member_stats_and_correctness(tiny):
 def test_bn_recalibration_equals_exact_average_on_extracted_subnets(tiny):
   """Per-member re-calibration == averaging flax BatchNorm batch statistics of the extracted
   exact-shape model over the calibration batches; vmapped == chunked (in padded blocks)."""
-  from regnas_jax.nn import ofa_mbv3
-
   sp, net, v, _ = tiny
   calib = calibration(7, 1.5, 0.3)
   pop = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), sp.min_arch(),
@@ -63,7 +61,7 @@ def test_bn_recalibration_equals_exact_average_on_extracted_subnets(tiny):
   logits = evaluate.population_logits(net, {"params": v["params"], "batch_stats": stats}, x, pop,
                                       member_stats=True)
   for i in range(2):
-    exact, ev = ofa_mbv3.extract(net, v, member(pop, i))
+    exact, ev = net.extract(v, member(pop, i))
     batch_stats = jax.jit(lambda c, ev=ev, m=exact.clone(bn_momentum=0.0): jax.vmap(
         lambda xb: m.apply(ev, xb, train=True, mutable=["batch_stats"])[1]["batch_stats"])(c))
     avg = jax.tree.map(lambda s: s.mean(0), batch_stats(calib))

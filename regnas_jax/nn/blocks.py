@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from regnas_jax.nn import layers, ops
+from regnas_jax.nn.common import bn_slice, se_slice
 
 DEPTHWISE_KINDS = ("elastic", "mixed")
 SHORTCUTS = ("none", "identity", "pad", "conv")
@@ -200,6 +201,31 @@ class IBN(nn.Module):
     if s.shortcut == "conv":
       return layers.conv(s.out_ch, 1, name="shortcut", dtype=self.dtype)(x) + h
     return h
+
+
+def exact_ibn_variables(p, st, spec: IBNSpec, kernel_choices, transform: bool,
+                        fold=lambda k: k) -> tuple[dict, dict | None]:
+  """``(params, batch_stats or None)`` of ``IBN(spec)`` sliced from an elastic-kernel
+  :class:`ElasticIBN`'s ``p`` / ``st``: the first ``spec.mid_ch`` expanded channels and SE
+  units, the derived ``spec.kernel`` depthwise kernel (OFA's transform with ``transform``);
+  ``fold`` maps the sliced expand kernel (SCARLET folds its skips' map into it)."""
+  m = spec.mid_ch
+  dw = p["dw"]
+  matrices = {n: v for n, v in dw.items() if n != "kernel"} if transform else None
+  kern = dict(zip(kernel_choices, ops.elastic_kernels(dw["kernel"], kernel_choices,
+                                                      matrices)))[spec.kernel]
+  q = {"expand": {"kernel": fold(p["expand"]["kernel"][..., :m])},
+       "expand_bn": bn_slice(p["expand_bn"], m),
+       "dw": {"kernel": kern[..., :m]},
+       "dw_bn": bn_slice(p["dw_bn"], m),
+       "proj": {"kernel": p["proj"]["kernel"][:, :, :m, :]},
+       "proj_bn": p["proj_bn"]}
+  if spec.se_ch:
+    q["se"] = se_slice(p["se"], m, spec.se_ch)
+  if not st:
+    return q, None
+  return q, {"expand_bn": bn_slice(st["expand_bn"], m), "dw_bn": bn_slice(st["dw_bn"], m),
+             "proj_bn": st["proj_bn"]}
 
 
 # ----------------------------------------------------------------------------------------------

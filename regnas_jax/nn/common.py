@@ -36,6 +36,14 @@ def bn_slice(tree, n: int):
   return {k: v[..., :n] for k, v in tree.items()}
 
 
+def se_slice(se, channels: int, hidden: int) -> dict:
+  """A squeeze-excite's variables (``reduce``/``expand`` dense layers) sliced to its first
+  ``channels`` inputs/outputs and first ``hidden`` hidden units."""
+  red, exp = se["reduce"], se["expand"]
+  return {"reduce": {"kernel": red["kernel"][:channels, :hidden], "bias": red["bias"][:hidden]},
+          "expand": {"kernel": exp["kernel"][:hidden, :channels], "bias": exp["bias"][:channels]}}
+
+
 def segment_order(importance, boundaries):
   """Permutation sorting channels by descending importance within nested segments.
 

@@ -10,15 +10,15 @@ turns the arch's choice indices into masks inside the traced function:
 * depth        -> an "active" flag per block (blocks past ``base + d`` of a stage pass their
   input through and leave their BN statistics alone), and one for the stem's middle layer.
 
-Parameter names are shared with the exact-shape :class:`ResNet`, and :func:`extract` slices a
-supernet's variables to one subnet's exact shapes.  The classifier head (pool, dropout, linear)
-is ``blocks.Head`` without its 1x1 conv.
+Parameter names are shared with the exact-shape :class:`ResNet`, and
+:meth:`OFAResNet50.extract` slices a supernet's variables to one subnet's exact shapes.  The
+classifier head (pool, dropout, linear) is ``blocks.Head`` without its 1x1 conv.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import Head
 from regnas_jax.nn.common import bn_slice, segment_order
+from regnas_jax.nn.supernet import Supernet
 from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
 
 STEM = ("stem_conv1", "stem_bn1", "stem_conv2", "stem_bn2", "stem_conv3", "stem_bn3")
@@ -71,7 +72,7 @@ class ElasticBottleneck(nn.Module):
     return jnp.where(active, jax.nn.relu(h + x), x)
 
 
-class OFAResNet50(nn.Module):
+class OFAResNet50(Supernet):
   """The OFA-ResNet50 supernet: one parameter tree, subnets chosen by ``arch`` data.
 
   Call as ``logits = model.apply(variables, images, arch, train=False)``, or in train mode with
@@ -95,37 +96,13 @@ class OFAResNet50(nn.Module):
   dtype: Any = jnp.float32
   zero_init_residual: bool = True
 
-  # train.resolve_subnet_loop: XLA:CPU runs 3x3 convolutions slowly inside a scan's loop body,
-  # so subnets of a training step are vmapped on CPU too (about 4x faster;
-  # benchmarks/train_throughput.py).
+  # XLA:CPU runs 3x3 convolutions slowly inside a scan's loop body, so the subnets of a
+  # training step are vmapped on CPU too (about 4x faster; benchmarks/train_throughput.py).
   cpu_subnet_loop = "vmap"
-
-  # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = True
-  op_average = False
-
-  @nn.nowrap
-  def exact_module(self, arch):
-    """The standalone exact-shape module of one subnet (no variables)."""
-    return exact_module(self, arch)
-
-  @nn.nowrap
-  def extract(self, variables, arch):
-    """``(exact_module, exact_variables)`` of one subnet (see :func:`extract`)."""
-    return extract(self, variables, arch)
-
-  @nn.nowrap
-  def subnet_specs(self, arch):
-    """Exact shapes of one subnet."""
-    return subnet_specs(self.space, arch)
-
-  @nn.nowrap
-  def reorder_channels(self, variables, keep_expands=(), **kw):
-    """Function-preserving channel sorting by importance (see :func:`reorder_channels`)."""
-    return reorder_channels(self, variables, keep_expands, **kw)
 
   @nn.compact
-  def __call__(self, images, arch: ResNetArch, train: bool = False):
+  def forward(self, images, arch: ResNetArch, train: bool = False):
     sp = self.space
     bn = lambda name, h, mask, active=True: layers.MaskedBatchNorm(
         self.bn_momentum, self.bn_epsilon, self.dtype, name=name)(h, train, mask, active)
@@ -153,6 +130,112 @@ class OFAResNet50(nn.Module):
                             self.zero_init_residual, name=b.name)(
           x, mid_mask, out_mask, active[i], train)
     return _head(self, sp.num_classes)(x, train)
+
+  def subnet_specs(self, arch: ResNetArch) -> tuple[BottleneckSpec, ...]:
+    """Exact block shapes of the subnet ``arch`` (concrete) selects."""
+    space = self.space
+    a = space.validate(arch, population=False)
+    active, mids = space.block_active(a), space.mid_channels(a)
+    outs = space.stage_channels(a)
+    c_in = int(space.stem_channels(a)[1])
+    specs = []
+    for i, b in enumerate(space.blocks):
+      if active[i]:
+        c_out = int(outs[b.stage])
+        specs.append(BottleneckSpec(b.name, c_in, int(mids[i]), c_out, b.stride, b.downsample))
+        c_in = c_out
+    return tuple(specs)
+
+  def exact_module(self, arch: ResNetArch) -> ResNet:
+    """The standalone exact-shape module of one subnet (no variables; see :meth:`extract`)."""
+    sp = self.space
+    a = sp.validate(arch, population=False)
+    c0, c1 = sp.stem_channels(a)
+    return ResNet(int(c0), int(c1), bool(a.stem_depth), sp.stem_stride, sp.max_pool,
+                  self.subnet_specs(a), sp.num_classes, self.bn_momentum, self.bn_epsilon,
+                  self.dropout_rate, self.dtype, self.zero_init_residual)
+
+  def extract(self, variables, arch: ResNetArch):
+    """Slice a supernet's variables to the exact shapes of one subnet.
+
+    Args:
+      variables: ``{'params': ..., 'batch_stats': ...}`` of the supernet (the statistics may be
+        the ones re-calibrated for this subnet).
+      arch: one (concrete) architecture.
+    Returns:
+      ``(module, variables)``: a :class:`ResNet` and its variables, first-N channels of every
+      layer, no masks and no unused blocks.
+    """
+    module = self.exact_module(arch)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    c0, c1 = module.stem_mid, module.stem_out
+    p = {"stem_conv1": _conv_slice(params["stem_conv1"], 3, c0),
+         "stem_bn1": bn_slice(params["stem_bn1"], c0),
+         "stem_conv3": _conv_slice(params["stem_conv3"], c0, c1),
+         "stem_bn3": bn_slice(params["stem_bn3"], c1)}
+    st = {k: bn_slice(stats[k], c) for k, c in (("stem_bn1", c0), ("stem_bn3", c1))
+          if k in stats}
+    if module.stem_middle_layer:
+      p["stem_conv2"] = _conv_slice(params["stem_conv2"], c0, c0)
+      p["stem_bn2"] = bn_slice(params["stem_bn2"], c0)
+      if "stem_bn2" in stats:
+        st["stem_bn2"] = bn_slice(stats["stem_bn2"], c0)
+    for s in module.blocks:
+      q, qs = params[s.name], stats.get(s.name, {})
+      shapes = {"conv1": (s.in_ch, s.mid_ch), "conv2": (s.mid_ch, s.mid_ch),
+                "conv3": (s.mid_ch, s.out_ch)}
+      if s.downsample:
+        shapes["down"] = (s.in_ch, s.out_ch)
+      p[s.name] = {}
+      for conv_name, (ci, co) in shapes.items():
+        bn_name = "down_bn" if conv_name == "down" else conv_name.replace("conv", "bn")
+        p[s.name][conv_name] = _conv_slice(q[conv_name], ci, co)
+        p[s.name][bn_name] = bn_slice(q[bn_name], co)
+        if bn_name in qs:
+          st.setdefault(s.name, {})[bn_name] = bn_slice(qs[bn_name], co)
+    c_last = module.blocks[-1].out_ch
+    p["classifier"] = {"kernel": params["classifier"]["kernel"][:c_last],
+                       "bias": params["classifier"]["bias"]}
+    out = {"params": p}
+    if st:
+      out["batch_stats"] = st
+    return module, out
+
+  def reorder_channels(self, variables, keep_expands: Sequence = (),
+                       keep_widths: Sequence = ()):
+    """Sort every elastic channel dimension by importance, as a function-preserving permutation.
+
+    * Middle channels of each bottleneck (OFA's ``re_organize_middle_weights``): the outputs of
+      ``conv2`` by the L1 norm of the ``conv3`` weights reading them, then the outputs of
+      ``conv1`` by the L1 norm of the (already permuted) ``conv2`` weights reading them.
+    * Outer channels (the elastic widths; OFA's public code leaves them unsorted): the stem's
+      middle channels, the stem's output channels and each stage's residual stream, each by the
+      L1 norm of all weights that read it (the next convs, every block's ``conv1`` and shortcut
+      in the stage after, the classifier for the last stage); the permutation is applied to
+      every layer that writes or reads the stream.
+
+    Each permutation stays inside the segments delimited by the channel counts of the widths in
+    ``keep_widths`` and the expand ratios in ``keep_expands`` (choices already trained), so
+    those subnets keep their function; the largest network's function is always unchanged.
+    Pure; works under ``jit``.
+    """
+    sp = self.space
+    for name, vals, choices in (("keep_expands", keep_expands, sp.expand_choices),
+                                ("keep_widths", keep_widths, sp.width_choices)):
+      bad = [v for v in vals if v not in choices]
+      if bad:
+        raise ValueError(f"{name}: {bad[0]!r} is not one of {choices}")
+    # Kept choices: the listed ones and the largest (always trained first).
+    wi = {sp.width_choices.index(w) for w in keep_widths} | {len(sp.width_choices) - 1}
+    ei = {sp.expand_choices.index(e) for e in keep_expands} | {len(sp.expand_choices) - 1}
+    tree = _Tree(jax.tree.map(lambda x: x, dict(variables["params"])),  # new containers,
+                 jax.tree.map(lambda x: x, dict(variables.get("batch_stats", {}))))  # same arrays
+    _reorder_middles(sp, tree, wi, ei)
+    _reorder_streams(sp, tree, wi)
+    out = dict(variables, params=tree.p)
+    if tree.st:
+      out["batch_stats"] = tree.st
+    return out
 
 
 def _head(module, num_classes) -> Head:
@@ -200,7 +283,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """A standalone ResNet-D style network with exact shapes (what :func:`extract` returns).
+  """A standalone ResNet-D style network with exact shapes (what :meth:`OFAResNet50.extract`
+  returns).
 
   ``model.apply(variables, images, train=False)``; train mode needs ``mutable=['batch_stats']``.
   Plain ``flax.linen`` convolutions, BatchNorm and Dense only.
@@ -239,157 +323,56 @@ class ResNet(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Extraction and channel re-ordering
 # ----------------------------------------------------------------------------------------------
-def subnet_specs(space: OFAResNet50Space, arch: ResNetArch) -> tuple[BottleneckSpec, ...]:
-  """Exact block shapes of the subnet ``arch`` (concrete) selects."""
-  a = space.validate(arch, population=False)
-  active, mids = space.block_active(a), space.mid_channels(a)
-  outs = space.stage_channels(a)
-  c_in = int(space.stem_channels(a)[1])
-  specs = []
-  for i, b in enumerate(space.blocks):
-    if active[i]:
-      c_out = int(outs[b.stage])
-      specs.append(BottleneckSpec(b.name, c_in, int(mids[i]), c_out, b.stride, b.downsample))
-      c_in = c_out
-  return tuple(specs)
-
-
-def exact_module(model: OFAResNet50, arch: ResNetArch) -> ResNet:
-  """The standalone exact-shape module of one subnet (no variables; see :func:`extract`)."""
-  sp = model.space
-  a = sp.validate(arch, population=False)
-  c0, c1 = sp.stem_channels(a)
-  return ResNet(int(c0), int(c1), bool(a.stem_depth), sp.stem_stride, sp.max_pool,
-                subnet_specs(sp, a), sp.num_classes, model.bn_momentum, model.bn_epsilon,
-                model.dropout_rate, model.dtype, model.zero_init_residual)
-
-
 def _conv_slice(p, c_in, c_out):
   return {"kernel": p["kernel"][..., :c_in, :c_out]}
-
-
-
-def extract(model: OFAResNet50, variables, arch: ResNetArch):
-  """Slice a supernet's variables to the exact shapes of one subnet.
-
-  Args:
-    model: the supernet module.
-    variables: ``{'params': ..., 'batch_stats': ...}`` of the supernet (the statistics may be
-      the ones re-calibrated for this subnet).
-    arch: one (concrete) architecture.
-  Returns:
-    ``(module, variables)``: a :class:`ResNet` and its variables, first-N channels of every
-    layer, no masks and no unused blocks.
-  """
-  sp = model.space
-  a = sp.validate(arch, population=False)
-  module = exact_module(model, a)
-  params, stats = variables["params"], variables.get("batch_stats", {})
-  c0, c1 = module.stem_mid, module.stem_out
-  p = {"stem_conv1": _conv_slice(params["stem_conv1"], 3, c0),
-       "stem_bn1": bn_slice(params["stem_bn1"], c0),
-       "stem_conv3": _conv_slice(params["stem_conv3"], c0, c1),
-       "stem_bn3": bn_slice(params["stem_bn3"], c1)}
-  st = {k: bn_slice(stats[k], c) for k, c in (("stem_bn1", c0), ("stem_bn3", c1)) if k in stats}
-  if module.stem_middle_layer:
-    p["stem_conv2"] = _conv_slice(params["stem_conv2"], c0, c0)
-    p["stem_bn2"] = bn_slice(params["stem_bn2"], c0)
-    if "stem_bn2" in stats:
-      st["stem_bn2"] = bn_slice(stats["stem_bn2"], c0)
-  for s in module.blocks:
-    q, qs = params[s.name], stats.get(s.name, {})
-    shapes = {"conv1": (s.in_ch, s.mid_ch), "conv2": (s.mid_ch, s.mid_ch),
-              "conv3": (s.mid_ch, s.out_ch)}
-    if s.downsample:
-      shapes["down"] = (s.in_ch, s.out_ch)
-    p[s.name] = {}
-    for conv_name, (ci, co) in shapes.items():
-      bn_name = "down_bn" if conv_name == "down" else conv_name.replace("conv", "bn")
-      p[s.name][conv_name] = _conv_slice(q[conv_name], ci, co)
-      p[s.name][bn_name] = bn_slice(q[bn_name], co)
-      if bn_name in qs:
-        st.setdefault(s.name, {})[bn_name] = bn_slice(qs[bn_name], co)
-  c_last = module.blocks[-1].out_ch
-  p["classifier"] = {"kernel": params["classifier"]["kernel"][:c_last],
-                     "bias": params["classifier"]["bias"]}
-  out = {"params": p}
-  if st:
-    out["batch_stats"] = st
-  return module, out
-
 
 
 def _permute(tree, perm, axis):
   return jax.tree.map(lambda v: jnp.take(v, perm, axis=axis), tree)
 
 
-def reorder_channels(model: OFAResNet50, variables, keep_expands: Sequence = (),
-                     keep_widths: Sequence = ()):
-  """Sort every elastic channel dimension by importance, as a function-preserving permutation.
+class _Tree(NamedTuple):
+  """The params ``p`` and statistics ``st`` being re-ordered (containers edited in place); a
+  layer's path is ``(block name or None, layer name)``."""
+  p: dict
+  st: dict
 
-  * Middle channels of each bottleneck (OFA's ``re_organize_middle_weights``): the outputs of
-    ``conv2`` by the L1 norm of the ``conv3`` weights reading them, then the outputs of
-    ``conv1`` by the L1 norm of the (already permuted) ``conv2`` weights reading them.
-  * Outer channels (the elastic widths; OFA's public code leaves them unsorted): the stem's
-    middle channels, the stem's output channels and each stage's residual stream, each by the
-    L1 norm of all weights that read it (the next convs, every block's ``conv1`` and shortcut
-    in the stage after, the classifier for the last stage); the permutation is applied to
-    every layer that writes or reads the stream.
-
-  Each permutation stays inside the segments delimited by the channel counts of the widths in
-  ``keep_widths`` and the expand ratios in ``keep_expands`` (choices already trained), so
-  those subnets keep their function; the largest network's function is always unchanged.
-  Pure; works under ``jit``.
-  """
-  sp = model.space
-  for name, vals, choices in (("keep_expands", keep_expands, sp.expand_choices),
-                              ("keep_widths", keep_widths, sp.width_choices)):
-    bad = [v for v in vals if v not in choices]
-    if bad:
-      raise ValueError(f"{name}: {bad[0]!r} is not one of {choices}")
-  # Kept choices: the listed ones and the largest (always trained first).
-  wi = {sp.width_choices.index(w) for w in keep_widths} | {len(sp.width_choices) - 1}
-  ei = {sp.expand_choices.index(e) for e in keep_expands} | {len(sp.expand_choices) - 1}
-  p = jax.tree.map(lambda x: x, dict(variables["params"]))  # new containers, same arrays
-  st = jax.tree.map(lambda x: x, dict(variables.get("batch_stats", {})))
-
-  def bounds(choices):
-    return sorted({int(choices[i]) for i in wi} - {int(max(choices))})
-
-  def permute_bn(path, perm):
-    """Permute a BN's params and statistics; ``path`` is (block or None, bn name)."""
+  def kernel(self, path):
     blk, name = path
-    for tree in (p, st):
+    return (self.p if blk is None else self.p[blk])[name]["kernel"]
+
+  def permute_conv(self, path, perm, axis):  # axis -1: outputs, -2: inputs
+    blk, name = path
+    h = self.p if blk is None else self.p[blk]
+    h[name] = {"kernel": jnp.take(h[name]["kernel"], perm, axis=axis)}
+
+  def permute_bn(self, path, perm):
+    """Permute a BN's params and statistics."""
+    blk, name = path
+    for tree in (self.p, self.st):
       holder = tree if blk is None else tree.get(blk)
       if holder is not None and name in holder:
         holder[name] = _permute(holder[name], perm, -1)
 
-  def holder(path):
-    blk, name = path
-    return (p if blk is None else p[blk]), name
 
-  def kernel(path):
-    h, name = holder(path)
-    return h[name]["kernel"]
-
-  def permute_conv(path, perm, axis):  # axis -1: outputs, -2: inputs
-    h, name = holder(path)
-    h[name] = {"kernel": jnp.take(h[name]["kernel"], perm, axis=axis)}
-
-  # 1. Middle channels of every block.
+def _reorder_middles(sp, tree: _Tree, wi, ei) -> None:
+  """Middle channels of every block, inside the segments of the kept (width, expand) pairs."""
   for b in sp.blocks:
     mids = sorted({int(b.mid_table[w][e]) for w in wi for e in ei} - {b.max_mid})
-    q = p[b.name]
+    q = tree.p[b.name]
     perm = segment_order(jnp.abs(q["conv3"]["kernel"]).sum((0, 1, 3)), mids)
-    permute_conv((b.name, "conv2"), perm, -1)
-    permute_bn((b.name, "bn2"), perm)
-    permute_conv((b.name, "conv3"), perm, -2)
+    tree.permute_conv((b.name, "conv2"), perm, -1)
+    tree.permute_bn((b.name, "bn2"), perm)
+    tree.permute_conv((b.name, "conv3"), perm, -2)
     perm = segment_order(jnp.abs(q["conv2"]["kernel"]).sum((0, 1, 3)), mids)
-    permute_conv((b.name, "conv1"), perm, -1)
-    permute_bn((b.name, "bn1"), perm)
-    permute_conv((b.name, "conv2"), perm, -2)
+    tree.permute_conv((b.name, "conv1"), perm, -1)
+    tree.permute_bn((b.name, "bn1"), perm)
+    tree.permute_conv((b.name, "conv2"), perm, -2)
 
-  # 2. Outer channels: (writers, BNs, readers) of each elastic stream.
+
+def _streams(sp) -> list:
+  """``(writers, BNs, readers, width choices)`` of each elastic stream: the stem's middle and
+  output channels, then the residual stream of each stage."""
   def readers_of_stage(s):
     if s == 3:
       return []
@@ -397,7 +380,8 @@ def reorder_channels(model: OFAResNet50, variables, keep_expands: Sequence = (),
     return [(first.name, "conv1"), (first.name, "down")]
 
   # stem_conv2 both reads and writes the stem's middle stream.
-  streams = [([(None, "stem_conv1"), (None, "stem_conv2")], [(None, "stem_bn1"), (None, "stem_bn2")],
+  streams = [([(None, "stem_conv1"), (None, "stem_conv2")],
+              [(None, "stem_bn1"), (None, "stem_bn2")],
               [(None, "stem_conv2"), (None, "stem_conv3")], sp.stem_choices[0])]
   first = sp.blocks[0].name
   streams.append(([(None, "stem_conv3")], [(None, "stem_bn3")],
@@ -408,24 +392,27 @@ def reorder_channels(model: OFAResNet50, variables, keep_expands: Sequence = (),
     bns = [(b.name, "bn3") for b in blocks] + [(blocks[0].name, "down_bn")]
     readers = [(b.name, "conv1") for b in blocks[1:]] + readers_of_stage(s)
     streams.append((writers, bns, readers, sp.stage_choices[s]))
-  for s_idx, (writers, bns, readers, choices) in enumerate(streams):
-    imp = sum(jnp.abs(kernel(r)).sum((0, 1, 3)) for r in readers)
+  return streams
+
+
+def _reorder_streams(sp, tree: _Tree, wi) -> None:
+  """The outer channels: each stream sorted by the weights that read it, inside the segments of
+  the kept widths, and permuted in every writer, BN and reader."""
+  bounds = lambda choices: sorted({int(choices[i]) for i in wi} - {int(max(choices))})
+  for s_idx, (writers, bns, readers, choices) in enumerate(_streams(sp)):
+    imp = sum(jnp.abs(tree.kernel(r)).sum((0, 1, 3)) for r in readers)
     if s_idx == 5:  # the last stage: the classifier reads it
-      imp = imp + jnp.abs(p["classifier"]["kernel"]).sum(1)
+      imp = imp + jnp.abs(tree.p["classifier"]["kernel"]).sum(1)
     perm = segment_order(imp, bounds(choices))
     for w in writers:
-      permute_conv(w, perm, -1)
+      tree.permute_conv(w, perm, -1)
     for bn_path in bns:
-      permute_bn(bn_path, perm)
+      tree.permute_bn(bn_path, perm)
     for r in readers:
-      permute_conv(r, perm, -2)
+      tree.permute_conv(r, perm, -2)
     if s_idx == 5:
-      p["classifier"] = {"kernel": p["classifier"]["kernel"][perm], "bias": p["classifier"]["bias"]}
-  out = dict(variables, params=p)
-  if st:
-    out["batch_stats"] = st
-  return out
+      tree.p["classifier"] = {"kernel": tree.p["classifier"]["kernel"][perm],
+                              "bias": tree.p["classifier"]["bias"]}
 
 
-__all__ = ["Bottleneck", "BottleneckSpec", "ElasticBottleneck", "OFAResNet50", "ResNet",
-           "exact_module", "extract", "reorder_channels", "subnet_specs"]
+__all__ = ["Bottleneck", "BottleneckSpec", "ElasticBottleneck", "OFAResNet50", "ResNet"]

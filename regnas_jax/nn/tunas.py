@@ -41,7 +41,8 @@ import jax.numpy as jnp
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec
 from regnas_jax.nn.layers import MixedConv
-from regnas_jax.nn.common import bn_slice
+from regnas_jax.nn.common import bn_slice, se_slice
+from regnas_jax.nn.supernet import Supernet
 from regnas_jax.spaces.tunas import TunasArch, TunasSpace, scale_filters
 
 OP_DECISIONS = ("stem_kernel", "sep_kernel", "sep_on", "on", "kernel", "se")
@@ -78,7 +79,7 @@ class IBNLayer(nn.Module):
     return x + gate.astype(h.dtype) * h if self.optional else h
 
 
-class TunasSupernet(nn.Module):
+class TunasSupernet(Supernet):
   """The supernet of a TuNAS space: one parameter tree, subnets chosen by ``arch`` data.
 
   ``model.apply(variables, images, arch, train=False, average=None)`` -> ``(N, num_classes)``
@@ -97,33 +98,11 @@ class TunasSupernet(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
-  # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
-  can_reorder = False
-  op_average = True                 # __call__ takes TuNAS's op-warmup flags as ``average=``
-  op_decisions = OP_DECISIONS       # the fields those flags cover
-
-  @nn.nowrap
-  def exact_module(self, arch):
-    """The standalone exact-shape module of one subnet (no variables)."""
-    return exact_module(self, arch)
-
-  @nn.nowrap
-  def extract(self, variables, arch):
-    """``(exact_module, exact_variables)`` of one subnet (see :func:`extract`)."""
-    return extract(self, variables, arch)
-
-  @nn.nowrap
-  def subnet_specs(self, arch):
-    """Exact shapes of one subnet."""
-    return subnet_specs(self.space, arch)
-
-  @nn.nowrap
-  def reorder_channels(self, variables, keep_expands=(), **kw):
-    """Function-preserving channel sorting by importance (see :func:`reorder_channels`)."""
-    return reorder_channels(self, variables, keep_expands, **kw)
+  op_average = True
+  op_decisions = OP_DECISIONS
 
   @nn.compact
-  def __call__(self, images, arch: TunasArch, train: bool = False, average=None):
+  def forward(self, images, arch: TunasArch, train: bool = False, average=None):
     sp = self.space
     av = (lambda name: None) if average is None else (lambda name: average[name])
     bn = lambda name, c: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
@@ -169,6 +148,87 @@ class TunasSupernet(nn.Module):
                  masked=True)
     return head(x, train, gmask(hg[0]), gmask(hg[1]) if sp.v3 else None)
 
+  def subnet_specs(self, arch: TunasArch) -> "NetSpec":
+    """Exact shapes of the subnet ``arch`` (concrete) selects."""
+    space = self.space
+    a = space.validate(arch, population=False)
+    w = [int(x) for x in space.widths(a)]
+    on = space.layer_on(a)
+    out = []
+    for b in space.layers:
+      if not on[b.index]:
+        continue
+      mid = scale_filters(w[b.in_group], space.expand_choices[a.expand[b.index]])
+      out.append(IBNSpec(b.name, w[b.in_group], w[b.out_group], mid,
+                         space.kernel_choices[a.kernel[b.index]], b.stride, b.act,
+                         scale_filters(mid, 0.25) if a.se[b.index] else 0, "sigmoid",
+                         "identity" if b.optional >= 0 else "none"))
+    hg = space.head_groups
+    sep = bool(space.sep_active(a))
+    return NetSpec(space.stem_kernels[a.stem_kernel], space.stem_stride, w[0], _stem_act(space),
+                   space.kernel_choices[a.sep_kernel] if sep else 0, w[space.sep_group], space.v3,
+                   tuple(out), w[hg[0]], w[hg[1]] if space.v3 else 0)
+
+  def exact_module(self, arch: TunasArch) -> "TunasNet":
+    """The standalone exact-shape module of one subnet (no variables; see :meth:`extract`)."""
+    return TunasNet(self.subnet_specs(arch), self.space.num_classes, self.depthwise_impl,
+                    self.bn_momentum, self.bn_epsilon, self.dropout_rate, self.dtype)
+
+  def extract(self, variables, arch: TunasArch):
+    """Slice a supernet's variables to one subnet's exact shapes.
+
+    Returns ``(TunasNet, variables)`` computing the same logits as the supernet for ``arch``.
+    """
+    spec = self.subnet_specs(arch)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    c0 = spec.stem_ch
+    p = {"stem_conv": {"kernel": params["stem_conv"][f"kernel_{spec.stem_kernel}"][..., :c0]},
+         "stem_bn": bn_slice(params["stem_bn"], c0)}
+    st = {"stem_bn": bn_slice(stats["stem_bn"], c0)} if stats else {}
+    if spec.sep_kernel:
+      p["sep_dw"] = {"kernel": params["sep_dw"][f"kernel_{spec.sep_kernel}"][..., :c0]}
+      p["sep_dw_bn"] = bn_slice(params["sep_dw_bn"], c0)
+      p["sep_proj"] = {"kernel": params["sep_proj"]["kernel"][:, :, :c0, :spec.sep_ch]}
+      p["sep_proj_bn"] = bn_slice(params["sep_proj_bn"], spec.sep_ch)
+      if stats:
+        st["sep_dw_bn"] = bn_slice(stats["sep_dw_bn"], c0)
+        st["sep_proj_bn"] = bn_slice(stats["sep_proj_bn"], spec.sep_ch)
+    for ls in spec.layers:
+      q = params[ls.name]
+      cin, mid, cout = ls.in_ch, ls.mid_ch, ls.out_ch
+      lp = {"expand": {"kernel": q["expand"]["kernel"][:, :, :cin, :mid]},
+            "expand_bn": bn_slice(q["expand_bn"], mid),
+            "dw": {"kernel": q["dw"][f"kernel_{ls.kernel}"][..., :mid]},
+            "dw_bn": bn_slice(q["dw_bn"], mid),
+            "proj": {"kernel": q["proj"]["kernel"][:, :, :mid, :cout]},
+            "proj_bn": bn_slice(q["proj_bn"], cout)}
+      if ls.se_ch:
+        lp["se"] = se_slice(q["se"], mid, ls.se_ch)
+      p[ls.name] = lp
+      if stats:
+        s = stats[ls.name]
+        st[ls.name] = {"expand_bn": bn_slice(s["expand_bn"], mid),
+                       "dw_bn": bn_slice(s["dw_bn"], mid), "proj_bn": bn_slice(s["proj_bn"], cout)}
+    c_last = spec.layers[-1].out_ch if spec.layers else None
+    if c_last is None:  # every layer has a mandatory first IBN; kept for safety
+      raise ValueError("a subnet without IBN layers")
+    p["head_conv"] = {"kernel": params["head_conv"]["kernel"][:, :, :c_last, :spec.head_ch]}
+    p["head_bn"] = bn_slice(params["head_bn"], spec.head_ch)
+    if stats:
+      st["head_bn"] = bn_slice(stats["head_bn"], spec.head_ch)
+    c = spec.head_ch
+    if spec.head2_ch:
+      d = params["head_dense"]
+      p["head_dense"] = {"kernel": d["kernel"][:c, :spec.head2_ch],
+                         "bias": d["bias"][:spec.head2_ch]}
+      c = spec.head2_ch
+    p["classifier"] = {"kernel": params["classifier"]["kernel"][:c],
+                       "bias": params["classifier"]["bias"]}
+    out = {"params": p}
+    if st:
+      out["batch_stats"] = st
+    return self.exact_module(arch), out
+
 
 def _stem_act(space) -> str:
   """Activation of the stem and the head conv."""
@@ -201,7 +261,8 @@ class NetSpec:
 
 
 class TunasNet(nn.Module):
-  """A standalone network of a TuNAS space with exact shapes (what :func:`extract` returns).
+  """A standalone network of a TuNAS space with exact shapes (what
+  :meth:`TunasSupernet.extract` returns).
 
   ``model.apply(variables, images, train=False)``; train mode needs ``mutable=['batch_stats']``.
   """
@@ -234,93 +295,3 @@ class TunasNet(nn.Module):
         x, train)
 
 
-def subnet_specs(space: TunasSpace, arch: TunasArch) -> NetSpec:
-  """Exact shapes of the subnet ``arch`` (concrete) selects."""
-  a = space.validate(arch, population=False)
-  w = [int(x) for x in space.widths(a)]
-  on = space.layer_on(a)
-  out = []
-  for b in space.layers:
-    if not on[b.index]:
-      continue
-    mid = scale_filters(w[b.in_group], space.expand_choices[a.expand[b.index]])
-    out.append(IBNSpec(b.name, w[b.in_group], w[b.out_group], mid,
-                       space.kernel_choices[a.kernel[b.index]], b.stride, b.act,
-                       scale_filters(mid, 0.25) if a.se[b.index] else 0, "sigmoid",
-                       "identity" if b.optional >= 0 else "none"))
-  hg = space.head_groups
-  sep = bool(space.sep_active(a))
-  return NetSpec(space.stem_kernels[a.stem_kernel], space.stem_stride, w[0], _stem_act(space),
-                 space.kernel_choices[a.sep_kernel] if sep else 0, w[space.sep_group], space.v3,
-                 tuple(out), w[hg[0]], w[hg[1]] if space.v3 else 0)
-
-
-def exact_module(model: TunasSupernet, arch: TunasArch) -> TunasNet:
-  """The standalone exact-shape module of one subnet (no variables; see :func:`extract`)."""
-  return TunasNet(subnet_specs(model.space, arch), model.space.num_classes, model.depthwise_impl,
-                  model.bn_momentum, model.bn_epsilon, model.dropout_rate, model.dtype)
-
-
-def extract(model: TunasSupernet, variables, arch: TunasArch):
-  """Slice a supernet's variables to one subnet's exact shapes.
-
-  Returns ``(TunasNet, variables)`` computing the same logits as the supernet for ``arch``.
-  """
-  sp = model.space
-  spec = subnet_specs(sp, arch)
-  params, stats = variables["params"], variables.get("batch_stats", {})
-  c0 = spec.stem_ch
-  p = {"stem_conv": {"kernel": params["stem_conv"][f"kernel_{spec.stem_kernel}"][..., :c0]},
-       "stem_bn": bn_slice(params["stem_bn"], c0)}
-  st = {"stem_bn": bn_slice(stats["stem_bn"], c0)} if stats else {}
-  if spec.sep_kernel:
-    p["sep_dw"] = {"kernel": params["sep_dw"][f"kernel_{spec.sep_kernel}"][..., :c0]}
-    p["sep_dw_bn"] = bn_slice(params["sep_dw_bn"], c0)
-    p["sep_proj"] = {"kernel": params["sep_proj"]["kernel"][:, :, :c0, :spec.sep_ch]}
-    p["sep_proj_bn"] = bn_slice(params["sep_proj_bn"], spec.sep_ch)
-    if stats:
-      st["sep_dw_bn"] = bn_slice(stats["sep_dw_bn"], c0)
-      st["sep_proj_bn"] = bn_slice(stats["sep_proj_bn"], spec.sep_ch)
-  for ls in spec.layers:
-    q = params[ls.name]
-    cin, mid, cout = ls.in_ch, ls.mid_ch, ls.out_ch
-    lp = {"expand": {"kernel": q["expand"]["kernel"][:, :, :cin, :mid]},
-          "expand_bn": bn_slice(q["expand_bn"], mid),
-          "dw": {"kernel": q["dw"][f"kernel_{ls.kernel}"][..., :mid]},
-          "dw_bn": bn_slice(q["dw_bn"], mid),
-          "proj": {"kernel": q["proj"]["kernel"][:, :, :mid, :cout]},
-          "proj_bn": bn_slice(q["proj_bn"], cout)}
-    if ls.se_ch:
-      se, r = q["se"], ls.se_ch
-      lp["se"] = {"reduce": {"kernel": se["reduce"]["kernel"][:mid, :r],
-                             "bias": se["reduce"]["bias"][:r]},
-                  "expand": {"kernel": se["expand"]["kernel"][:r, :mid],
-                             "bias": se["expand"]["bias"][:mid]}}
-    p[ls.name] = lp
-    if stats:
-      s = stats[ls.name]
-      st[ls.name] = {"expand_bn": bn_slice(s["expand_bn"], mid), "dw_bn": bn_slice(s["dw_bn"], mid),
-                     "proj_bn": bn_slice(s["proj_bn"], cout)}
-  c_last = spec.layers[-1].out_ch if spec.layers else None
-  if c_last is None:  # every layer has a mandatory first IBN; kept for safety
-    raise ValueError("a subnet without IBN layers")
-  p["head_conv"] = {"kernel": params["head_conv"]["kernel"][:, :, :c_last, :spec.head_ch]}
-  p["head_bn"] = bn_slice(params["head_bn"], spec.head_ch)
-  if stats:
-    st["head_bn"] = bn_slice(stats["head_bn"], spec.head_ch)
-  c = spec.head_ch
-  if spec.head2_ch:
-    d = params["head_dense"]
-    p["head_dense"] = {"kernel": d["kernel"][:c, :spec.head2_ch], "bias": d["bias"][:spec.head2_ch]}
-    c = spec.head2_ch
-  p["classifier"] = {"kernel": params["classifier"]["kernel"][:c],
-                     "bias": params["classifier"]["bias"]}
-  out = {"params": p}
-  if st:
-    out["batch_stats"] = st
-  return exact_module(model, arch), out
-
-
-def reorder_channels(model, variables, keep_expands=(), **kw):
-  """Not available for the TuNAS spaces (TuNAS trains without progressive shrinking)."""
-  raise NotImplementedError("channel re-ordering is implemented for the OFA supernets only")

@@ -42,6 +42,7 @@ from regnas_jax import fs, parallel, persist, runtime
 from regnas_jax.data import pipeline
 from regnas_jax.errors import ConfigError
 from regnas_jax.nn.common import init_variables
+from regnas_jax.nn.supernet import Supernet
 from regnas_jax.progress import MetricsLog
 from regnas_jax.training.loop import run_loop, step_key
 
@@ -64,7 +65,7 @@ class Phase:
     distill: ``'none'``, ``'inplace'`` (from this step's largest subnet, which must be member
       0) or ``'teacher'`` (from the frozen full network).
     reorder_keep: ``None``: no channel re-ordering when the phase starts; otherwise the expand
-      ratios whose widths the re-ordering must keep (see ``nn.reorder_channels``).
+      ratios whose widths the re-ordering must keep (see ``Supernet.reorder_channels``).
     lr: peak learning rate; warmup_steps: linear warmup, then cosine decay to 0.
   """
   name: str
@@ -270,9 +271,9 @@ def merge_batch_stats(old, new):
 SUBNET_LOOPS = ("vmap", "scan", "auto")
 
 
-def resolve_subnet_loop(loop: str, model=None) -> str:
-  """``'auto'``: ``vmap`` on accelerators; on CPU the supernet's ``cpu_subnet_loop`` (default
-  ``scan``, one subnet after another).  Measured on 2 cores (docs/benchmarks.md): scan is 1.6x
+def resolve_subnet_loop(loop: str, model: Supernet | None = None) -> str:
+  """``'auto'``: ``vmap`` on accelerators; on CPU the supernet's ``cpu_subnet_loop`` (the
+  contract's default ``scan``, one subnet after another).  Measured on 2 cores (docs/benchmarks.md): scan is 1.6x
   faster than vmap for OFA-MBv3 (depthwise taps and 1x1 dots), but about 4x *slower* for
   OFA-ResNet50 (5.40 vs 1.33 s per step), whose 3x3 convolutions XLA:CPU runs far slower inside
   a loop body."""
@@ -281,7 +282,7 @@ def resolve_subnet_loop(loop: str, model=None) -> str:
   if loop == "auto":
     if jax.default_backend() != "cpu":
       return "vmap"
-    return getattr(model, "cpu_subnet_loop", "scan")
+    return (Supernet if model is None else model).cpu_subnet_loop
   return loop
 
 
@@ -290,7 +291,7 @@ def switch_model(model, loop: str, enabled: bool = True):
   (``loop`` resolves to ``'scan'``) and the supernet has a switch mode (``nn/supernet.py``);
   else ``model``.  The same losses and gradients; each member's blocks run only their chosen
   branch (``config.train.switch``)."""
-  if enabled and getattr(model, "switches", False) and resolve_subnet_loop(loop, model) == "scan":
+  if enabled and model.switches and resolve_subnet_loop(loop, model) == "scan":
     return model.clone(switch=True)
   return model
 
@@ -463,7 +464,7 @@ def check_schedule(tc, model, space) -> tuple[list[Phase], tuple]:
   for a schedule this space or supernet cannot run (before anything is written)."""
   phases = build_phases(tc, space)
   res = check_resolutions(tc, space)
-  if any(p.reorder_keep is not None for p in phases) and not getattr(model, "can_reorder", False):
+  if any(p.reorder_keep is not None for p in phases) and not model.can_reorder:
     raise ConfigError("config.train.method: progressive shrinking needs channel re-ordering, "
                       "which this supernet does not provide")
   return phases, res

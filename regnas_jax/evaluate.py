@@ -15,6 +15,12 @@ devices, otherwise every image batch is split along its images with the block re
 cross-device reductions (BN re-calibration's batch moments over a split calibration batch), so
 the statistics and predictions are those of one device, up to the order of float additions.
 Without a mesh (or with one device) nothing changes.
+
+Every population here shares one resolution, that of the images it meets: the jitted
+functions cannot read a traced population's ``resolution`` field, so the host functions
+(:func:`recalibrate_population`, :func:`population_predictions`, :func:`streamed_predictions`
+and the :class:`Scorer`, which groups by resolution) check it first
+(``space.check_resolution``: a ``ValueError`` naming both sizes).
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ def _over_members(fn, xs, chunk_size, member_mesh=None):
 def population_logits(model, variables, images, population, *, train: bool = False,
                       chunk_size: int | None = None, member_stats: bool = False,
                       member_mesh=None):
-  """Logits ``(P, N, classes)`` of every member of ``population`` on ``images`` ``(N, R, R, 3)``.
+  """Logits ``(P, N, classes)`` of every member of ``population`` on ``images`` ``(N, R, R, 3)``
+  (members of resolution ``R``; traced here, so not checked: see the module docstring).
 
   Args:
     model: a supernet module (static: one compile per model, input shape and population size).
@@ -244,6 +251,7 @@ def recalibrate_population(model, variables, calib_images, population, *,
   statistics are those of one device.
   Returns per-member ``batch_stats`` with a leading ``P`` axis (numpy arrays).
   """
+  model.space.check_resolution(population, calib_images.shape[2], "recalibrate_population")
   lay = layout(mesh, pop_size(population), block_size)
   variables, calib_images = lay.shared(variables), lay.calib(calib_images)
   parts = []
@@ -278,6 +286,7 @@ def population_predictions(model, params, member_stats, population, images, *,
   one compiled program serves any population and split size.  On a ``mesh`` of several devices
   the blocks or the image batches are split over it (:func:`layout`).
   """
+  model.space.check_resolution(population, images.shape[1], "population_predictions")
   lay = layout(mesh, pop_size(population), block_size)
   params = lay.shared(params)
   n = len(images)
@@ -312,6 +321,7 @@ def streamed_predictions(model, params, member_stats, population, batches, n: in
   params = lay.shared(params)
   out = np.zeros((pop_size(population), n), np.int32)
   for i, k, x, _ in batches:
+    model.space.check_resolution(population, x.shape[1], "streamed_predictions")
     x = lay.images(x)
     for start, count, block, st in blocks:
       pred = _member_predictions(model, {"params": params, "batch_stats": st}, x, block,

@@ -206,3 +206,19 @@ def test_register_supernet_names_what_a_class_misses():
     with pytest.raises(TypeError, match=f"^register_supernet: {msg}"):
       register_supernet("_test_stub", cls)
   assert "_test_stub" not in SUPERNETS
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_apply_refuses_a_concrete_arch_of_another_resolution(name):
+  """Calling the supernet with a concrete arch whose ``resolution`` names another side than
+  the images' is a ``ValueError`` naming both sizes (also for an arch a traced function closes
+  over); the matching arch traces.  (Traced archs are checked by scoring and training:
+  ``test_evaluate.py``, ``test_train.py``.)"""
+  r = contract.config(name).space["resolutions"][0]
+  sp, net = contract.build(name, resolutions=(r, r + 4))
+  x = jax.ShapeDtypeStruct((1, r, r, 3), jnp.float32)
+  run = lambda a: jax.eval_shape(lambda v, x: net.apply(v, x, a), contract.shapes(name), x)
+  with pytest.raises(ValueError, match=rf"^{type(net).__name__}: the arch's resolution is "
+                                       rf"{r + 4} px \(index 1 of .*\) but the images are {r} px"):
+    run(sp.at_resolution(sp.max_arch(), r + 4))
+  assert run(sp.at_resolution(sp.min_arch(), r)).shape == (1, sp.num_classes)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from regnas_jax import evaluate
 from regnas_jax.spaces import member
@@ -168,3 +169,28 @@ def test_scorer_in_switch_mode_equals_the_largest_shapes(tiny):
   np.testing.assert_array_equal(c_sw, c0)
   sub = jax.tree.map(lambda x: np.asarray(x)[[3, 0, 5]], pop)
   np.testing.assert_array_equal(sc.correct(sub, "test"), c0[[3, 0, 5]])
+
+
+def test_scoring_refuses_members_of_another_resolution(tiny):
+  """Each host scoring call checks its population against the images (a jitted call cannot
+  read a traced population): members of 16 px with 12 px images, all or one of them, are a
+  ``ValueError`` naming both sizes, before anything compiles."""
+  import dataclasses
+
+  sp, net, v, _ = tiny
+  sp2 = dataclasses.replace(sp, resolutions=(12, 16))
+  net2 = net.clone(space=sp2)
+  pop = jax.tree.map(np.asarray, sp2.sample(jax.random.key(2), 3))
+  pop16, pop12 = sp2.at_resolution(pop, 16), sp2.at_resolution(pop, 12)
+  calib, x = calibration(7, 1.5, 0.3), np.asarray(images(7, 9))
+  stats = jax.tree.map(lambda s: np.stack([s] * 3), v["batch_stats"])
+  msg = r"{}: the arch's resolution is 16 px \(index 1 of \(12, 16\)\) but the images are 12 px"
+  with pytest.raises(ValueError, match=msg.format("recalibrate_population")):
+    evaluate.recalibrate_population(net2, v, calib, pop16)
+  with pytest.raises(ValueError, match=msg.format("population_predictions")):
+    evaluate.population_predictions(net2, v["params"], stats, pop16, x)
+  with pytest.raises(ValueError, match=msg.format("streamed_predictions")):
+    evaluate.streamed_predictions(net2, v["params"], stats, pop16, [(0, 7, x, None)], 7)
+  mixed = jax.tree.map(lambda a, b: np.concatenate([a, b[:1]]), pop12, pop16)
+  with pytest.raises(ValueError, match=msg.format("recalibrate_population")):
+    evaluate.score_population(net2, v, mixed, calib, x, np.zeros(7, np.int32))

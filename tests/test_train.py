@@ -1,5 +1,6 @@
 """Supernet training: the multi-subnet step against one-by-one gradients, schedules, samplers."""
 
+import dataclasses
 import functools
 
 import jax
@@ -200,3 +201,27 @@ def _sandwich(n):
   tc = train_defaults()
   tc.update(dict(method="sandwich", num_subnets=n, steps=10))
   return tc
+
+
+def test_train_step_refuses_images_of_another_resolution(tiny):
+  """The step's archs carry the resolution it was built for: images of another side are a
+  ``ValueError`` naming both sizes when the step is traced (before any compile), and so is a
+  side that is not a resolution of the space; images of the built-for side trace."""
+  sp, net, v, x = tiny
+  sp2 = dataclasses.replace(sp, resolutions=(12, 16))
+  net2 = net.clone(space=sp2)
+  phase = train.build_phases(_sandwich(2), sp2)[0]
+  tx, _ = train.make_optimizer(_sandwich(2), phase)
+  lc = train.LossConfig(10, 0.1, phase.distill, 1.0, False)
+  state = train.TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
+                           tx.init(v["params"]), None)
+  labels = jnp.zeros((5,), jnp.int32)
+  trace = lambda step, images: jax.eval_shape(step, state, images, labels, jax.random.key(0))
+  step = train.make_train_step(net2, sp2, tx, phase, lc, "scan", resolution=16)
+  with pytest.raises(ValueError, match=r"train step: the arch's resolution is 16 px .* images "
+                                       r"are 12 px"):
+    trace(step, x)
+  with pytest.raises(ValueError, match=r"20 px is not one of the resolutions \(12, 16\)"):
+    trace(train.make_train_step(net2, sp2, tx, phase, lc, "scan"), jnp.zeros((5, 20, 20, 3)))
+  out, _ = trace(train.make_train_step(net2, sp2, tx, phase, lc, "scan", resolution=12), x)
+  assert jax.tree.structure(out) == jax.tree.structure(state)

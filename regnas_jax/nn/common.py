@@ -26,7 +26,7 @@ def init_variables(model, key: jax.Array, resolution: int | None = None, batch: 
   sp = model.space
   r = max(sp.resolutions) if resolution is None else resolution
   images = jnp.zeros((batch, r, r, 3), jnp.float32)
-  arch = sp.max_arch()
+  arch = sp.at_resolution(sp.max_arch(), r)
   compiled = jax.jit(model.init).lower(key, images, arch).compile(compiler_options=_FAST_COMPILE)
   return compiled(key, images, arch)
 

@@ -66,7 +66,7 @@ class OFAMobileNetV3(Supernet):
   Call as ``logits = model.apply(variables, images, arch, train=False)``, or in train mode with
   ``mutable=['batch_stats']`` (BN then uses batch statistics and updates the running ones of
   the active channels).  ``images``: ``(N, R, R, 3)``; ``arch``: an :class:`MBV3Arch` of int
-  arrays (its ``resolution`` field is not read: the image size is the resolution).  Returns
+  arrays whose ``resolution`` names the images' side (checked when concrete).  Returns
   ``(N, num_classes)`` logits.  ``jax.vmap`` over ``arch`` (and, for per-subnet statistics, over
   ``variables['batch_stats']``) scores a population with shared parameters.
 

@@ -77,7 +77,7 @@ class OFAResNet50(Supernet):
 
   Call as ``logits = model.apply(variables, images, arch, train=False)``, or in train mode with
   ``mutable=['batch_stats']``.  ``images``: ``(N, R, R, 3)``; ``arch``: a :class:`ResNetArch`
-  of int arrays (its ``resolution`` is not read: the image size is the resolution).  Returns
+  of int arrays whose ``resolution`` names the images' side (checked when concrete).  Returns
   ``(N, num_classes)`` logits.  ``jax.vmap`` over ``arch`` (and, for per-subnet statistics, over
   ``variables['batch_stats']``) scores a population with shared parameters.
 

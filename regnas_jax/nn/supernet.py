@@ -26,6 +26,16 @@ once its space has an entry in ``tests/contract.py``):
   (``'scan'`` or ``'vmap'``: how a training step runs several subnets on a CPU) and
   ``op_average`` (``forward`` takes TuNAS's op-warmup flags ``average=`` for the fields in
   ``op_decisions``).
+
+**Resolution.**  An arch's ``resolution`` field names the input side its subnet is meant for;
+the images carry the side the program computes at, and the two must agree.  ``__call__``
+checks a concrete arch (numpy or device arrays, also ones a traced function closes over)
+against the images and raises a ``ValueError`` naming both sizes
+(``space.check_resolution``).  A traced arch (an argument of ``jit``, ``vmap``, ``lax.map``)
+cannot be read there, so the host code that pairs images with populations checks before
+tracing: scoring (:mod:`regnas_jax.evaluate`: each call gets one resolution's members) and
+the training step (its archs' field set to the side of the images it trains on, checked
+against the resolution the step was built for).
 """
 
 from __future__ import annotations
@@ -59,7 +69,9 @@ class Supernet(nn.Module):
     super().__init_subclass__(**kwargs)
 
   def __call__(self, images, arch, train: bool = False, **kwargs):
-    """Float32 logits ``(N, num_classes)`` of ``forward``."""
+    """Float32 logits ``(N, num_classes)`` of ``forward``, after checking a concrete arch's
+    resolution against the images' side (module docstring)."""
+    self.space.check_resolution(arch, images.shape[1], type(self).__name__)
     return self.forward(images, arch, train, **kwargs)
 
   def forward(self, images, arch, train: bool = False):

@@ -272,6 +272,34 @@ class SearchSpace(abc.ABC):
       out[f.name] = x.astype(np.int32)
     return self.arch_type(**out)
 
+  # -- resolution: the images' side -----------------------------------------------------------
+  def check_resolution(self, arch: Arch, side: int, where: str = "") -> None:
+    """Raise ``ValueError`` when the ``resolution`` field of a concrete arch or population
+    names another input side than ``side`` (the ``R`` of images ``(N, R, R, 3)``).
+
+    A traced field (an argument of ``jit`` / ``vmap``) cannot be read and is not checked: the
+    host code pairing images with populations checks before tracing (scoring, training).
+    """
+    r = arch.resolution
+    if isinstance(r, jax.core.Tracer):
+      return
+    n = len(self.resolutions)
+    for i in np.unique(np.asarray(r)):
+      named = f"{self.resolutions[i]} px" if 0 <= i < n else f"index {i} (none)"
+      if not (0 <= i < n and self.resolutions[i] == side):
+        raise ValueError(f"{where + ': ' if where else ''}the arch's resolution is {named} "
+                         f"(index {i} of {tuple(self.resolutions)}) but the images are "
+                         f"{side} px")
+
+  def at_resolution(self, arch: Arch, side: int) -> Arch:
+    """``arch`` (one or a population) with its ``resolution`` field set to ``side``'s index;
+    ``ValueError`` when ``side`` is not one of ``resolutions``."""
+    if side not in self.resolutions:
+      raise ValueError(f"{self.name}: {side} px is not one of the resolutions "
+                       f"{tuple(self.resolutions)}")
+    shape = np.shape(arch.resolution)   # also of a traced field: the new one is a constant
+    return arch._replace(resolution=np.full(shape, self.resolutions.index(side), np.int32))
+
   @abc.abstractmethod
   def to_json(self, arch: Arch) -> dict:
     """Readable JSON form of one concrete architecture (``{"space": name, ...}``)."""

@@ -16,7 +16,7 @@ from regnas_jax.training.supernet import (DISTILL, METHODS, OPERATIONAL_KEYS, OP
                                           TrainState, build_phases, fair_sample, identity,
                                           make_optimizer, make_train_step, merge_batch_stats,
                                           phase_at, resolve_subnet_loop, sample_subnets,
-                                          step_archs, subnet_grads, subnet_losses,
+                                          subnet_grads, subnet_losses,
                                           switch_model, train)
 
 __all__ = ["DISTILL", "FocalDistillation", "LossConfig", "evaluate_exact", "exact",
@@ -24,5 +24,5 @@ __all__ = ["DISTILL", "FocalDistillation", "LossConfig", "evaluate_exact", "exac
            "Phase", "SAMPLERS", "SUBNET_LOOPS", "TrainResult", "TrainState", "build_phases",
            "fair_sample", "identity", "loop", "make_optimizer", "make_train_step",
            "merge_batch_stats", "phase_at", "resolve_subnet_loop", "run_loop", "sample_subnets",
-           "step_archs", "step_key", "subnet_grads", "subnet_losses", "supernet", "switch_model",
+           "step_key", "subnet_grads", "subnet_losses", "supernet", "switch_model",
            "train"]

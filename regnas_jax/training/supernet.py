@@ -364,8 +364,13 @@ class TrainState(NamedTuple):
 
 
 def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = "vmap", *,
-                    augment: Callable | None = None, shardings: Any = None):
+                    augment: Callable | None = None, shardings: Any = None,
+                    resolution: int | None = None):
   """A jit-compiled ``step(state, images, labels, base_key) -> (state, metrics)`` for one phase.
+
+  The step's archs (and the teacher's) carry ``resolution`` (default: the side of the images it
+  trains on, after ``augment``), which must be one of the space's; images of another side are
+  a ``ValueError`` when the step is traced.
 
   ``augment(images, key) -> inputs`` (e.g. :func:`data.preprocess` with the step's resolution)
   runs inside the compiled step, so a step dispatches one program and nothing else; all
@@ -381,10 +386,13 @@ def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = 
     k_aug, k_arch, k_drop = jax.random.split(step_key(base_key, state.step), 3)
     if augment is not None:
       images = augment(images, k_aug)
-    archs = sample_subnets(space, phase, k_arch)
+    side = images.shape[1]
+    archs = space.at_resolution(sample_subnets(space, phase, k_arch), resolution or side)
+    space.check_resolution(archs, side, "train step")
     teacher_probs = None
     if lc.distill == "teacher":
-      teacher_probs = jax.nn.softmax(model.apply(state.teacher, images, max_arch, train=False))
+      teacher = space.at_resolution(max_arch, side)
+      teacher_probs = jax.nn.softmax(model.apply(state.teacher, images, teacher, train=False))
     grads, (losses, logits, stats) = subnet_grads(
         model, state.params, state.batch_stats, images, labels, archs, k_drop, lc, teacher_probs,
         loop)
@@ -399,13 +407,6 @@ def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = 
                  "grad_norm": optax.global_norm(grads)}
 
   return jax.jit(step, donate_argnums=0)
-
-
-def step_archs(space, phase: Phase, base_key, step: int):
-  """The archs :func:`make_train_step`'s step ``step`` samples, computed on the host (the same
-  keys, so the same archs)."""
-  _, k_arch, _ = jax.random.split(step_key(base_key, step), 3)
-  return jax.tree.map(np.asarray, sample_subnets(space, phase, k_arch))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -665,7 +666,7 @@ class _StepRunner:
       self.fns[pi, res] = make_train_step(
           self.step_model, self.space, tx, self.phases[pi], lc, tc.subnet_loop,
           augment=lambda x, k, f=aug: f(x, key=k),
-          shardings=parallel.state_shardings(state, self.mesh, self.mc))
+          shardings=parallel.state_shardings(state, self.mesh, self.mc), resolution=res)
     return self.fns[pi, res]
 
   def __call__(self, s, state):

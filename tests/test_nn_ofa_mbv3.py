@@ -6,6 +6,7 @@ the kernel transform) is tested for every space in ``test_contract_*.py``; the t
 its compiled programs (``contract.env``).
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 import contract
 from contract import assert_close
+from regnas_jax.nn.common import init_variables
 from regnas_jax.spaces import MBV3Arch, OFAMobileNetV3Space, member
 
 
@@ -145,3 +147,12 @@ def test_reorder_channels_preserves_max_net_and_kept_widths():
   assert_close(tr2, tr0, rtol=1e-5)
   with pytest.raises(ValueError, match="keep_expands: 5 is not one of"):
     net.reorder_channels(v, keep_expands=(5,))
+
+
+def test_init_variables_traces_under_eval_shape(tiny):
+  """``jax.eval_shape`` of ``init_variables`` (orbax's abstract restore) traces instead of
+  compiling, and gives the tree, shapes and dtypes of the real call."""
+  sp, net, v, _ = tiny
+  abstract = jax.eval_shape(lambda k: init_variables(net, k), jax.random.key(0))
+  assert jax.tree.structure(abstract) == jax.tree.structure(v)
+  chex.assert_trees_all_equal_shapes_and_dtypes(abstract, v)

@@ -16,7 +16,8 @@ def init_variables(model, key: jax.Array, resolution: int | None = None, batch: 
 
   Args:
     model: a supernet module, e.g. ``OFAMobileNetV3(space)``.
-    key: PRNG key.
+    key: PRNG key.  A traced one (``jax.eval_shape(lambda k: init_variables(net, k), key)``,
+      as orbax's abstract restore does) gives the abstract variables: traced, nothing compiled.
     resolution: input side used to trace shapes (default: the space's largest resolution;
       parameters do not depend on it).
     batch: batch size used to trace shapes.
@@ -27,6 +28,8 @@ def init_variables(model, key: jax.Array, resolution: int | None = None, batch: 
   r = max(sp.resolutions) if resolution is None else resolution
   images = jnp.zeros((batch, r, r, 3), jnp.float32)
   arch = sp.at_resolution(sp.max_arch(), r)
+  if isinstance(key, jax.core.Tracer):
+    return model.init(key, images, arch)
   compiled = jax.jit(model.init).lower(key, images, arch).compile(compiler_options=_FAST_COMPILE)
   return compiled(key, images, arch)
 

@@ -55,10 +55,8 @@ import numpy as np
 from jax import monitoring
 
 from bench_util import build_net, describe_depthwise, timed
-from regnas_jax import envelopes, evaluate, spaces
-from regnas_jax.nn import extract
+from regnas_jax import evaluate, spaces
 from regnas_jax.nn.common import init_variables
-from regnas_jax.spaces.base import envelope_arch
 
 
 class CompileLog:
@@ -134,7 +132,7 @@ def run_score(a, net, variables, sp, log):
   # switch mode (one member at a time, each block running only its chosen branch)
   masked_preds = {}
   runs = [(net, chunk, "masked") for chunk in a.chunk]
-  if a.switch and getattr(net, "switches", False):
+  if a.switch and net.switches:
     runs.append((net.clone(switch=True), 1, "switch"))
   for model, chunk, kind in runs:
     cs = None if chunk == 0 else chunk
@@ -164,52 +162,6 @@ def run_score(a, net, variables, sp, log):
                      run_s=r_rc + r_pr, per_member_s=(r_rc + r_pr) / n,
                      recal_s=r_rc, predict_s=r_pr, recompiles_steady=n_c2))
 
-  # static shape envelopes: the population split into at most K envelopes (EnvelopeCatalogue,
-  # as the jobs' Scorer), each group run by its envelope's module
-  cs = None if a.chunk[0] == 0 else a.chunk[0]
-  r_i = int(np.asarray(pop.resolution).reshape(-1)[0])
-  for k_env in a.envelopes if getattr(net, "envelopes", False) else []:
-    cat = envelopes.EnvelopeCatalogue(sp, k_env)
-
-    def env_pass(p, cat=cat):
-      t0 = time.perf_counter()
-      groups = cat.groups(r_i, p)
-      t1 = time.perf_counter()
-      out = np.zeros((spaces.pop_size(p), a.eval), np.int32)
-      t_rc = 0.0
-      for key, idx in groups:
-        model = net.clone(envelope=key)
-        sub = jax.tree.map(lambda x, i=idx: np.asarray(x)[i], p)
-        block = envelopes.group_block(a.block, len(idx))   # as the jobs' Scorer
-        t = time.perf_counter()
-        st = evaluate.recalibrate_population(model, variables, calib_dev, sub, block_size=block,
-                                             chunk_size=cs)
-        t_rc += time.perf_counter() - t
-        out[idx] = evaluate.population_predictions(model, variables["params"], st, sub, evals_dev,
-                                                   block_size=block, chunk_size=cs,
-                                                   batch_size=a.batch)
-      return out, t1 - t0, t_rc, time.perf_counter() - t1 - t_rc, len(groups)
-
-    m = log.mark()
-    _, f_part, f_rc, f_pr, n_groups = env_pass(pop)
-    n_c, s_c = log.since(m)
-    m = log.mark()
-    pred, r_part, r_rc, r_pr, _ = env_pass(pop)
-    n_c2, _ = log.since(m)
-    env_macs = sum(len(idx) * float(sp.macs(envelope_arch(sp, key)))
-                   for key, idx in cat.groups(r_i, pop))
-    masked_preds[f"envelopes {k_env}"] = pred
-    rows.append(dict(method=f"envelopes (K {k_env}: {n_groups} used, block <= {a.block}, "
-                            f"{'vmap' if cs is None else f'chunk {cs}'})",
-                     compiles=n_c, compile_s=s_c, first_s=f_part + f_rc + f_pr,
-                     run_s=r_part + r_rc + r_pr, per_member_s=(r_part + r_rc + r_pr) / n,
-                     recal_s=r_rc, predict_s=r_pr, recompiles_steady=n_c2, partition_s=f_part,
-                     assign_s=r_part, envelope_macs_vs_own=env_macs / float(np.sum(
-                         sp.macs(pop)))))
-    if a.archs:   # new random populations through the catalogue (new envelopes compile)
-      e2e = end_to_end(a.archs, sp, n, f_part + f_rc + f_pr, n_c, env_pass, log)
-      extra.setdefault("archs", {})[rows[-1]["method"]] = dict(e2e, envelopes=len(cat.envs[r_i]))
-
   # exact shapes, one member at a time (own compile each)
   k_ex = n if a.exact_members is None else min(a.exact_members, n)
   if k_ex > 0:
@@ -224,7 +176,7 @@ def run_score(a, net, variables, sp, log):
     for i in range(k_ex):
       m = log.mark()
       t = time.perf_counter()
-      module, sv = extract(net, variables, spaces.member(pop, i))
+      module, sv = net.extract(variables, spaces.member(pop, i))
       sv = jax.block_until_ready(jax.device_put(sv))
       t_ext += time.perf_counter() - t
       n_ext_c += log.since(m)[0]
@@ -278,16 +230,9 @@ def run_score(a, net, variables, sp, log):
     notes.append(f"exact: compile s and first pass are extrapolated from {k_ex} member(s); "
                  f"extract {extra['exact_extract_s_per_member']:.2f} s/member "
                  f"(in first pass only, {extra['exact_extract_eager_compiles']} eager-op compiles)")
-  for row in rows:
-    if "partition_s" in row:
-      notes.append(f"{row['method']}: host-side grouping {row['partition_s']:.2f} s in the first "
-                   f"pass (partition + assignment), {row['assign_s']:.2f} s in the steady one "
-                   f"(included above); sum of the members' envelope MACs = "
-                   f"{row['envelope_macs_vs_own']:.2f}x the sum of their own")
   for method, e2e in extra.get("archs", {}).items():
     line = (f"end to end, {e2e['archs']} distinct random archs in populations of {n}: {method} "
-            f"{e2e['seconds']:.0f} s measured, {e2e['compiles']} compiles"
-            + (f", {e2e['envelopes']} envelopes catalogued" if "envelopes" in e2e else ""))
+            f"{e2e['seconds']:.0f} s measured, {e2e['compiles']} compiles")
     if k_ex > 0:
       line += f"; exact {e2e['archs'] / n * rows[-1]['first_s']:.0f} s (first pass per member x {e2e['archs']})"
     notes.append(line)
@@ -333,7 +278,7 @@ def run_logits(a, net, variables, sp, log):
   n_exact = a.population if a.exact_members is None else min(max(a.exact_members, 1), a.population)
   c_ex, r_ex = 0.0, 0.0
   for i in range(n_exact):
-    module, sv = extract(net, variables, members[i])
+    module, sv = net.extract(variables, members[i])
     f = jax.jit(module.apply)
     t = time.perf_counter()
     fc = f.lower(sv, images).compile()
@@ -381,9 +326,6 @@ def main(argv=None):
                       "(score: 0 skips it)")
   p.add_argument("--max-mismatch", type=float, default=0.01,
                  help="largest allowed fraction of differing predictions, masked vs exact (score)")
-  p.add_argument("--envelopes", type=int, nargs="*", default=[8],
-                 help="score: one row per K, the population split into at most K static shape "
-                      "envelopes (evaluate.EnvelopeCatalogue); none: no envelope row")
   p.add_argument("--switch", action=argparse.BooleanOptionalAction, default=True,
                  help="also time switch mode (supernets with switches: one member at a time, "
                       "each block runs only its chosen branch)")

@@ -9,10 +9,6 @@ optimiser update on the summed gradients.  Rows:
   masked sandwich step, scan   the S subnets one after another inside one compiled step (CPU)
   switch sandwich step, scan   the scan step with ``model.clone(switch=True)``: each block runs
                                only its chosen (kernel, expand) branch at exact shapes
-  envelope sandwich step       each of the S subnets in the static shape envelope that holds it
-                               (``training.EnvelopeBuckets``: the largest in the full shapes,
-                               the smallest in its own, the random ones in one of K buckets),
-                               one after another in one compiled step
   exact shapes, one by one     forward + backward of each of the same S subnets extracted to
                                exact shapes (each compiled once beforehand; the optimiser update
                                and scattering gradients back into the supernet are not counted,
@@ -43,7 +39,6 @@ from bench_util import build_net, describe_depthwise, timed
 from regnas_jax import spaces
 from regnas_jax import training as train
 from regnas_jax.defaults import train_defaults
-from regnas_jax.nn import extract
 from regnas_jax.nn.common import init_variables
 
 
@@ -64,9 +59,6 @@ def main(argv=None):
   p.add_argument("--switch", action=argparse.BooleanOptionalAction, default=True,
                  help="also time the scan step in switch mode (supernets with switches: each "
                       "block runs only its chosen branch)")
-  p.add_argument("--envelopes", type=int, nargs="*", default=[4],
-                 help="one row per K: the step's members in static shape envelopes "
-                      "(training.EnvelopeBuckets with K buckets); none: no such row")
   a = p.parse_args(argv)
 
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[a.dtype]
@@ -87,7 +79,7 @@ def main(argv=None):
     return train.TrainState(jnp.zeros((), jnp.int32), p_, s_, tx.init(p_), None)
 
   runs = [(net, loop, f"masked sandwich step, {loop}") for loop in a.loops]
-  if a.switch and getattr(net, "switches", False) and "scan" in a.loops:
+  if a.switch and net.switches and "scan" in a.loops:
     runs.append((net.clone(switch=True), "scan", "switch sandwich step, scan"))
   for model, loop, name in runs:
     step = train.make_train_step(model, sp, tx, phase, lc, loop)
@@ -104,33 +96,12 @@ def main(argv=None):
 
     rows.append((name, comp, timed(run, a.steps)))
 
-  # Static shape envelopes: the members of step 0 (the archs the exact row trains) each in the
-  # bucket envelope that holds it; the step is re-run at step 0 (its envelopes hold only those).
-  archs0 = train.step_archs(sp, phase, key, 0)
-  for k_env in a.envelopes if getattr(net, "envelopes", False) else []:
-    envs = train.EnvelopeBuckets(sp, k_env).keys(0, phase, archs0)
-    step = train.make_train_step(net, sp, tx, phase, lc, envelopes=envs)
-    state = fresh()
-    t = time.perf_counter()
-    compiled = step.lower(state, images, labels, key).compile()
-    comp = time.perf_counter() - t
-    holder = [compiled(state, images, labels, key)[0]]
-
-    def run(compiled=compiled, holder=holder):
-      holder[0], m = compiled(holder[0]._replace(step=jnp.zeros((), jnp.int32)), images, labels,
-                              key)
-      return m["loss"]
-
-    env_macs = [float(sp.macs(spaces.base.envelope_arch(sp, e))) / 1e6 for e in envs]
-    rows.append((f"envelope sandwich step (K {k_env}; envelope MMACs "
-                 f"{', '.join(f'{m:.1f}' for m in env_macs)})", comp, timed(run, a.steps)))
-
   # The same S subnets the first masked step trains, extracted to exact shapes.
   archs = train.sample_subnets(sp, phase, jax.random.split(jax.random.fold_in(key, 0), 3)[1])
   comp, run_s = 0.0, 0.0
   teacher = None
   for i in range(a.subnets):
-    module, sv = extract(net, v, spaces.member(archs, i))
+    module, sv = net.extract(v, spaces.member(archs, i))
 
     def loss_fn(params, soft, module=module, sv=sv):
       logits, _ = module.apply({"params": params, "batch_stats": sv["batch_stats"]}, images,

@@ -4,8 +4,12 @@
 every convolution and dot product: a convolution costs ``output elements x (input features per
 group) x kernel taps``, a dot product ``output elements x contracted size``; everything else
 (elementwise ops, reductions, BN) is free.  That is the convention of OFA's counter, so it
-checks the spaces' analytic formulas against what a model actually executes.  Depthwise convs
-must be traced as convolutions (``depthwise_impl='xla'``) to be counted.
+checks the spaces' analytic formulas against what a model actually executes.
+
+The function is traced inside ``nn.ops.conv_form()``: every depthwise convolution of the
+package's layers takes XLA's convolution form there, whatever ``depthwise_impl`` the model
+runs with (the CPU default computes it as shifted multiply-adds, which this convention does
+not count), so a model counts the same under every implementation.
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ import math
 import jax
 from jax.extend import core as jcore
 
+from regnas_jax.nn import ops
+
 
 def count_macs(fn, *args, **kwargs) -> int:
-  """Multiply-accumulates of one call ``fn(*args, **kwargs)`` (shapes only, nothing runs)."""
-  closed = jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args)
+  """Multiply-accumulates of one call ``fn(*args, **kwargs)`` (shapes only, nothing runs;
+  depthwise convolutions in their convolution form, module docstring)."""
+  with ops.conv_form():
+    closed = jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args)
   return _jaxpr_macs(closed.jaxpr)
 
 

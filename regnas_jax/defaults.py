@@ -108,9 +108,6 @@ def train_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
       num_subnets=4,            # sandwich: max + min + (n - 2) random; uniform: n random; fair:
                                 # n archs, every choice equally often per decision (FairNAS)
       subnet_loop="auto",       # 'vmap' | 'scan' (sequential in one step) | 'auto' (see train)
-      envelopes=0,              # >0: each member of a step in one of this many static shape
-                                # envelopes (training/supernet.py EnvelopeBuckets); 0: all at
-                                # the largest shapes
       switch=False,             # True: with the 'scan' subnet loop, a supernet with switches
                                 # runs each member's blocks by lax.switch on its choices (the
                                 # same gradients; ~1.2x the exact-shape step on CPU against
@@ -147,10 +144,6 @@ def score_defaults(dataset: str | None = None) -> ml_collections.ConfigDict:
       chunk_size=1,     # members at a time inside a call (lax.map); None: vmap the whole block
       batch_size=500,   # evaluation images per call (the last batch padded)
       max_images=0,     # >0: score a fixed random subset of each split (smoke runs)
-      envelopes=0,      # >0: members in at most this many static shape envelopes per
-                        # resolution (regnas_jax/envelopes.py); 0: all at the largest shapes.
-                        # Off by default: on random populations it saved only 8% per member on
-                        # CPU and its compiles cost more (docs/benchmarks.md)
       switch=False,     # True: with chunk_size 1 on one device, a supernet with switches runs
                         # each member's blocks by lax.switch on its choices -- only the chosen
                         # branch, at exact shapes (same scores).  Pays where scoring is long

@@ -15,6 +15,12 @@ devices, otherwise every image batch is split along its images with the block re
 cross-device reductions (BN re-calibration's batch moments over a split calibration batch), so
 the statistics and predictions are those of one device, up to the order of float additions.
 Without a mesh (or with one device) nothing changes.
+
+Every population here shares one resolution, that of the images it meets: the jitted
+functions cannot read a traced population's ``resolution`` field, so the host functions
+(:func:`recalibrate_population`, :func:`population_predictions`, :func:`streamed_predictions`
+and the :class:`Scorer`, which groups by resolution) check it first
+(``space.check_resolution``: a ``ValueError`` naming both sizes).
 """
 
 from __future__ import annotations
@@ -31,8 +37,6 @@ from jax.sharding import PartitionSpec as P
 
 from regnas_jax import data as data_lib
 from regnas_jax import parallel
-from regnas_jax.envelopes import EnvelopeCatalogue, group_block, partition  # noqa: F401
-
 from regnas_jax.spaces.base import pop_size
 
 
@@ -61,7 +65,8 @@ def _over_members(fn, xs, chunk_size, member_mesh=None):
 def population_logits(model, variables, images, population, *, train: bool = False,
                       chunk_size: int | None = None, member_stats: bool = False,
                       member_mesh=None):
-  """Logits ``(P, N, classes)`` of every member of ``population`` on ``images`` ``(N, R, R, 3)``.
+  """Logits ``(P, N, classes)`` of every member of ``population`` on ``images`` ``(N, R, R, 3)``
+  (members of resolution ``R``; traced here, so not checked: see the module docstring).
 
   Args:
     model: a supernet module (static: one compile per model, input shape and population size).
@@ -245,6 +250,7 @@ def recalibrate_population(model, variables, calib_images, population, *,
   statistics are those of one device.
   Returns per-member ``batch_stats`` with a leading ``P`` axis (numpy arrays).
   """
+  model.space.check_resolution(population, calib_images.shape[2], "recalibrate_population")
   lay = layout(mesh, pop_size(population), block_size)
   variables, calib_images = lay.shared(variables), lay.calib(calib_images)
   parts = []
@@ -279,6 +285,7 @@ def population_predictions(model, params, member_stats, population, images, *,
   one compiled program serves any population and split size.  On a ``mesh`` of several devices
   the blocks or the image batches are split over it (:func:`layout`).
   """
+  model.space.check_resolution(population, images.shape[1], "population_predictions")
   lay = layout(mesh, pop_size(population), block_size)
   params = lay.shared(params)
   n = len(images)
@@ -307,34 +314,19 @@ def streamed_predictions(model, params, member_stats, population, batches, n: in
   one padded), each scored by every member block before the next is read.  Memory is bounded by
   one image batch; every (block, batch) call is the one ``population_predictions`` makes.
   """
-  return streamed_group_predictions([(model, member_stats, population, block_size)], params,
-                                    batches, n, chunk_size=chunk_size, mesh=mesh)[0]
-
-
-def streamed_group_predictions(groups, params, batches, n: int, *,
-                               chunk_size: int | None = None, mesh=None) -> list[np.ndarray]:
-  """:func:`streamed_predictions` for several groups of members on one pass over the images:
-  ``groups`` are ``(model, member_stats, population, block_size)`` -- e.g. one per shape
-  envelope, each with its own module -- and every image batch is scored by every group's
-  blocks before the next batch is read (decoded once, whatever the number of groups).
-  Returns one int32 ``(P_g, N)`` array per group."""
-  parts = []
-  for model, member_stats, population, block_size in groups:
-    lay = layout(mesh, pop_size(population), block_size)
-    blocks = [(start, count, lay.members(block), _block_stats(lay, member_stats, idx))
-              for start, count, idx, block in _padded_blocks(population, lay.block)]
-    parts.append((model, lay, lay.shared(params), blocks,
-                  np.zeros((pop_size(population), n), np.int32)))
+  lay = layout(mesh, pop_size(population), block_size)
+  blocks = [(start, count, lay.members(block), _block_stats(lay, member_stats, idx))
+            for start, count, idx, block in _padded_blocks(population, lay.block)]
+  params = lay.shared(params)
+  out = np.zeros((pop_size(population), n), np.int32)
   for i, k, x, _ in batches:
-    placed = {}
-    for model, lay, p, blocks, out in parts:
-      if lay.over not in placed:
-        placed[lay.over] = lay.images(x)
-      for start, count, block, st in blocks:
-        pred = _member_predictions(model, {"params": p, "batch_stats": st}, placed[lay.over],
-                                   block, chunk_size=chunk_size, **lay.kw)
-        out[start:start + count, i:i + k] = lay.host(pred)[:count, :k]
-  return [part[-1] for part in parts]
+    model.space.check_resolution(population, x.shape[1], "streamed_predictions")
+    x = lay.images(x)
+    for start, count, block, st in blocks:
+      pred = _member_predictions(model, {"params": params, "batch_stats": st}, x, block,
+                                 chunk_size=chunk_size, **lay.kw)
+      out[start:start + count, i:i + k] = lay.host(pred)[:count, :k]
+  return out
 
 
 def score_population(model, variables, population, calib_images, images, labels, *,
@@ -367,12 +359,12 @@ def uncommitted(tree):
 def switch_mode(net, chunk_size, enabled: bool = True, mesh=None):
   """``net.clone(switch=True)`` where it pays, else ``net``.
 
-  A supernet with ``switches`` (``nn/supernet.py``) can branch on a member's choices with
+  A supernet with ``switches`` (``nn.supernet.Supernet``) can branch on a member's choices with
   ``lax.switch`` instead of masking the largest shapes -- each block then runs only its chosen
   branch at exact shapes, the same function.  That holds only where the choice is not batched:
   members scored one at a time (``chunk_size`` 1, mapped unbatched by ``lax.map``) on one device.
   Under ``vmap`` a switch becomes a select of every branch, so there the masks stay."""
-  if (enabled and getattr(net, "switches", False) and chunk_size == 1
+  if (enabled and net.switches and chunk_size == 1
       and (mesh is None or parallel.size(mesh) <= 1)):
     return net.clone(switch=True)
   return net
@@ -397,12 +389,9 @@ class Scorer:
   and are streamed through ``score.batch_size``-image batches (normalised on the device, one
   batch at a time), so memory does not grow with the split.  Populations are grouped by
   resolution and run in fixed-size member blocks, so every resolution compiles once.  With
-  ``score.envelopes`` = K > 0 (and a supernet that has envelopes) each resolution's members are
-  further grouped into at most K static shape envelopes (:attr:`catalogue`, reused across
-  calls: a search compiles a few and keeps them), each group run by its envelope's module, all
-  groups on one pass over the split.  Otherwise, with ``score.switch`` and members scored one at
-  a time (``chunk_size`` 1, one device), a supernet with switches runs in switch mode
-  (:func:`switch_mode`).  ``seconds`` sums the time spent in :meth:`correct`.
+  ``score.switch`` and members scored one at a time (``chunk_size`` 1, one device), a supernet
+  with switches runs in switch mode (:func:`switch_mode`).  ``seconds`` sums the time spent in
+  :meth:`correct`.
   """
 
   def __init__(self, net, space, variables, dataset, score, *, calib_images: int,
@@ -417,9 +406,7 @@ class Scorer:
     self.calib_images, self.calib_batch_size, self.seed = calib_images, calib_batch_size, seed
     self._calib, self._placed, self._sources, self._labels = {}, {}, {}, {}
     self.seconds = 0.0
-    k = int(score.get("envelopes", 0) or 0) if getattr(net, "envelopes", False) else 0
-    self.catalogue = EnvelopeCatalogue(space, k)
-    # The model members outside any envelope run through: the switch-mode clone or ``net``.
+    # The model members run through: the switch-mode clone or ``net``.
     self.member_net = switch_mode(net, score.chunk_size, score.get("switch", False), self.mesh)
 
   @classmethod
@@ -443,11 +430,11 @@ class Scorer:
       self._calib[r] = x if self.mesh is not None else jax.device_put(x)  # on the device once
     return self._calib[r]
 
-  def _calib_on(self, r: int, members: int, block: int | None = None):
+  def _calib_on(self, r: int, members: int):
     """:meth:`calib` placed on the mesh as a group of ``members`` is scored (once per layout)."""
     if self.mesh is None:
       return self.calib(r)
-    lay = layout(self.mesh, members, block or self.score.block_size)
+    lay = layout(self.mesh, members, self.score.block_size)
     if (r, lay.over) not in self._placed:
       self._placed[r, lay.over] = lay.calib(self.calib(r))
     return self._placed[r, lay.over]
@@ -475,38 +462,29 @@ class Scorer:
     return self._labels[split]
 
   def _groups(self, pop):
-    """``(resolution, [(module, block size, member indices, members)])`` per resolution: one
-    entry per shape envelope (:class:`EnvelopeCatalogue`; the supernet itself without)."""
+    """``(resolution, member indices, members)`` per resolution of ``pop``."""
     res_idx = np.asarray(pop.resolution).reshape(-1)
     for r_i in np.unique(res_idx):
       members = np.flatnonzero(res_idx == r_i)
-      group = jax.tree.map(lambda x: np.asarray(x)[members], pop)
-      parts = []
-      for key, idx in self.catalogue.groups(int(r_i), group):
-        net = self.member_net if key is None else self.net.clone(envelope=key)
-        block = self.score.block_size
-        parts.append((net, block if key is None else group_block(block, len(idx)),
-                      members[idx], jax.tree.map(lambda x, i=idx: x[i], group)))
-      yield self.space.resolutions[r_i], parts
+      yield (self.space.resolutions[r_i], members,
+             jax.tree.map(lambda x: np.asarray(x)[members], pop))
 
-  def _kw(self, block):
-    kw = dict(block_size=block, chunk_size=self.score.chunk_size)
+  def _kw(self):
+    kw = dict(block_size=self.score.block_size, chunk_size=self.score.chunk_size)
     return kw if self.mesh is None else dict(kw, mesh=self.mesh)
 
-  def _recalibrate(self, r, net, block, group):
-    return recalibrate_population(net, self.variables, self._calib_on(r, pop_size(group), block),
-                                  group, **self._kw(block))
+  def _recalibrate(self, r, group):
+    return recalibrate_population(self.member_net, self.variables,
+                                  self._calib_on(r, pop_size(group)), group, **self._kw())
 
   def stats(self, pop):
     """Per-member re-calibrated ``batch_stats`` (leading axis), numpy."""
     out = None
-    for r, parts in self._groups(pop):
-      for net, block, members, group in parts:
-        st = self._recalibrate(r, net, block, group)
-        if out is None:
-          out = jax.tree.map(lambda s: np.zeros((len(pop.resolution),) + s.shape[1:], s.dtype),
-                             st)
-        out = jax.tree.map(lambda o, s, m=members: _set(o, m, s), out, st)
+    for r, members, group in self._groups(pop):
+      st = self._recalibrate(r, group)
+      if out is None:
+        out = jax.tree.map(lambda s: np.zeros((len(pop.resolution),) + s.shape[1:], s.dtype), st)
+      out = jax.tree.map(lambda o, s, m=members: _set(o, m, s), out, st)
     return out
 
   def correct(self, pop, split: str) -> np.ndarray:
@@ -514,9 +492,8 @@ class Scorer:
     t = time.time()
     out = None
     src = self.source(split)
-    for r, parts in self._groups(pop):
-      groups = [(net, self._recalibrate(r, net, block, group), group, block)
-                for net, block, _, group in parts]
+    for r, members, group in self._groups(pop):
+      stats = self._recalibrate(r, group)
       labels = []
 
       def batches(r=r):  # the labels are kept as the batches pass
@@ -525,13 +502,12 @@ class Scorer:
           labels.append(b[3])
           yield b
 
-      preds = streamed_group_predictions(groups, self.variables["params"], batches(), len(src),
-                                         chunk_size=self.score.chunk_size, mesh=self.mesh)
+      pred = streamed_predictions(self.member_net, self.variables["params"], stats, group,
+                                  batches(), len(src), **self._kw())
       self._labels[split] = y = np.concatenate(labels)
       if out is None:
         out = np.zeros((len(pop.resolution), len(src)), bool)
-      for (_, _, members, _), pred in zip(parts, preds):
-        out[members] = pred == y[None]
+      out[members] = pred == y[None]
     self.seconds += time.time() - t
     return out
 

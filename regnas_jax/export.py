@@ -30,7 +30,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def save_subnet(directory: str, space, arch, supernet_options: dict, variables,
                 metrics: dict | None = None) -> None:
-  """Write an extracted subnet (``variables`` from ``nn.extract``) to ``directory`` (local or
+  """Write an extracted subnet (``variables`` from ``net.extract``) to ``directory`` (local or
   ``gs://``); only by the writer process (:func:`regnas_jax.fs.is_writer`).
 
   The directory is replaced as a whole: written next to it, then renamed into place (on an
@@ -87,7 +87,7 @@ def load_subnet(directory: str) -> tuple[Any, Any, Any, dict]:
     opts = dict(info["supernet"])
     opts.pop("init_from", None)  # where the supernet's weights came from, not a module option
     opts["dtype"] = DTYPES[opts.get("dtype", "float32")]
-    module = nets.exact_module(nets.build_supernet(space, **opts), arch)
+    module = nets.build_supernet(space, **opts).exact_module(arch)
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{path}: not a saved subnet ({type(e).__name__}: {e})") from None
   try:

@@ -216,25 +216,3 @@ def test_contains_implies_literal_inclusion(name):
     assert c == inc, f"{f.name}: contains {c}, literal inclusion {inc}"
     detected += not c
   assert detected >= 1
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_envelope_holds_its_members_and_nothing_more(name):
-  """``space.envelope``: an arch of the space (it validates), its MACs at least every member's
-  and at most the max arch's; one member's envelope costs that member exactly (unused decisions
-  do not widen it); the envelope of the whole space's min and max is the max arch's shape; it
-  does not depend on the members' order."""
-  sp, _ = contract.build(name)
-  pop = contract.population(sp, 7)
-  n = len(np.asarray(pop.resolution))
-  env = sp.envelope(pop)
-  sp.validate(env, population=False)
-  macs = [int(sp.macs(member(pop, i))) for i in range(n)]
-  assert max(macs) <= int(sp.macs(env)) <= int(sp.macs(sp.max_arch()))
-  for i in range(n):
-    one = sp.envelope(jax.tree.map(lambda x, i=i: x[i:i + 1], pop))
-    assert int(sp.macs(one)) == macs[i], i
-  both = jax.tree.map(lambda x: x[:2], pop)   # min and max
-  assert int(sp.macs(sp.envelope(both))) == int(sp.macs(sp.max_arch()))
-  rev = sp.envelope(jax.tree.map(lambda x: x[::-1], pop))
-  assert all(np.array_equal(a, b) for a, b in zip(rev, env))

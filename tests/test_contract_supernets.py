@@ -16,7 +16,11 @@ compiles once.
   default (ImageNet) one; the exact module's own init has the extracted shapes.
 """
 
+import dataclasses
+from typing import Any
+
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,9 +29,10 @@ import pytest
 import contract
 from contract import assert_close
 from regnas_jax import costs
-from regnas_jax.nn.supernet import build_supernet
-from regnas_jax.spaces import SPACES, SkipSpace, member
-from regnas_jax.spaces.base import envelope_key, take
+from regnas_jax.nn.supernet import (SUPERNETS, Supernet, build_supernet, contract_problem,
+                                    register_supernet)
+from regnas_jax.spaces import SPACES, member
+from regnas_jax.spaces.base import take
 
 NAMES = contract.NAMES
 
@@ -95,38 +100,13 @@ def test_vmapped_population_equals_member_by_member(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_envelope_equals_masked_and_extracted(name):
-  """Run inside a static shape envelope (``clone(envelope=...)``), members compute what they
-  compute at the largest shapes -- eval and train logits, and the BN statistics a train step
-  writes (the whole tree: entries outside the envelope keep their values) -- and so what their
-  extracted subnets compute (``test_masked_equals_extracted``).  Envelopes: one member's own
-  (the tightest: every layer sliced to it), two random members', the min arch's."""
-  e = contract.env(name)
-  if not getattr(e.net, "envelopes", False):
-    pytest.skip(f"{type(e.net).__name__} runs the largest shapes only (envelopes are an optional part of the contract)")
-  ev, tr, new = contract.vmapped_run(name)
-  run = jax.jit(jax.vmap(_run_fn, in_axes=(None, None, 0, None, 0)), static_argnums=0)
-  for idx in ([0], [2], [2, 3]):
-    group = take(e.pop, idx)
-    key = envelope_key(e.sp.envelope(group))
-    enet = e.net.clone(envelope=key)
-    g_ev, g_tr, g_new = jax.tree.map(np.asarray, run(enet, e.params, take(e.stats, idx),
-                                                     e.images, group))
-    for j, i in enumerate(idx):
-      assert_close(g_ev[j], ev[i], rtol=1e-5)
-      assert_close(g_tr[j], tr[i])
-      contract.assert_trees_close(jax.tree.map(lambda x, j=j: x[j], g_new),
-                                  jax.tree.map(lambda x, i=i: x[i], new))
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_switch_mode_equals_masked(name):
   """In switch mode (``clone(switch=True)``: each block runs its chosen branch by ``lax.switch``)
   members run one at a time under ``lax.map`` compute what the masked supernet computes: eval
   and train logits (so predictions and BN re-calibration, what scoring runs) and the whole
   written statistics tree."""
   e = contract.env(name)
-  if not getattr(e.net, "switches", False):
+  if not e.net.switches:
     pytest.skip(f"{type(e.net).__name__} has no switch mode (an optional part of the contract)")
   ev, tr, new = contract.vmapped_run(name)
   snet = e.net.clone(switch=True)
@@ -136,37 +116,6 @@ def test_switch_mode_equals_masked(name):
   assert_close(s_ev, ev, rtol=1e-5)
   assert_close(s_tr, tr)
   contract.assert_trees_close(s_new, new)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_members_own_envelope_costs_its_exact_subnet(name):
-  """The multiply-accumulates counted off the traced program (``regnas_jax.costs``) of a member
-  run in its own envelope are the exact subnet's (``space.macs``), and the envelope of several
-  members costs at least each one's: the envelope program pays for the subnet, not the
-  supernet.  (Literal configuration: SCARLET's ELS maps are folded away on export, so the exact
-  subnet does not pay for them; 128 px: no kernel wider than its feature map, see
-  ``test_analytic_costs_equal_counted_costs``; only tracing, nothing compiles.)"""
-  sp, net = contract.build(name, literal=True, resolutions=(128,))
-  if not getattr(net, "envelopes", False):
-    pytest.skip(f"{type(net).__name__} runs the largest shapes only (envelopes are an optional part of the contract)")
-  net = contract.exact_clone(net)
-  v = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), contract.shapes(name, True))
-  r = sp.resolutions[0]
-  x = jnp.zeros((1, r, r, 3))
-  pop = contract.population(sp, 4)
-  counted = lambda m, a: costs.count_macs(lambda v, x: m.apply(v, x, a), v, x)
-  full = counted(net, member(pop, 0))
-  for i in (0, 2, 3, 5):
-    a = member(pop, i)
-    own = counted(net.clone(envelope=envelope_key(sp.envelope(take(pop, [i])))), a)
-    if isinstance(sp, SkipSpace):   # a skip zero-pads its channels, which the export drops
-      assert int(sp.macs(a)) <= own < full, i
-    else:
-      assert own == int(sp.macs(a)), i
-  pair = take(pop, [2, 3])
-  both = counted(net.clone(envelope=envelope_key(sp.envelope(pair))), member(pair, 0))
-  assert max(int(sp.macs(member(pair, j))) for j in (0, 1)) <= both <= full
-  assert int(sp.macs(member(pop, 0))) < full       # the min arch's program at max shapes
 
 
 def _run_fn(net, params, stats, x, a):
@@ -206,3 +155,70 @@ def test_analytic_costs_equal_counted_costs(name, which):
       fresh = jax.eval_shape(module.init, jax.random.key(0), x)
       chex.assert_trees_all_equal_shapes(fresh, sv)
       assert jax.tree.structure(fresh) == jax.tree.structure(sv)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registered_supernet_fulfils_the_contract(name):
+  """Every registered class derives from the contract and states its capabilities as the base
+  declares them; its host methods run outside any Flax scope (no method wrapping)."""
+  cls = SUPERNETS[name]
+  assert issubclass(cls, Supernet) and contract_problem(cls) is None
+  sp, net = contract.build(name)
+  assert isinstance(cls.can_reorder, bool) and isinstance(cls.switches, bool)
+  assert cls.cpu_subnet_loop in ("scan", "vmap") and isinstance(cls.op_average, bool)
+  assert cls.switches == ("switch" in {f.name for f in dataclasses.fields(cls)})
+  fields = {f.name for f in sp.fields()}
+  assert bool(cls.op_decisions) == cls.op_average and set(cls.op_decisions) <= fields
+  assert net.subnet_specs(sp.min_arch())
+  if not cls.can_reorder:
+    with pytest.raises(NotImplementedError, match=cls.__name__):
+      net.reorder_channels({})
+
+
+def _stub(drop=(), **attrs):
+  """A :class:`Supernet` subclass with the contract's fields and methods, less ``drop``, plus
+  ``attrs``."""
+  body = {"__annotations__": {"space": Any, "bn_momentum": float, "bn_epsilon": float,
+                              "dropout_rate": float, "dtype": Any},
+          "bn_momentum": 0.9, "bn_epsilon": 1e-5, "dropout_rate": 0.0, "dtype": jnp.float32,
+          "forward": lambda self, images, arch, train=False: images,
+          "subnet_specs": lambda self, arch: (), "exact_module": lambda self, arch: None,
+          "extract": lambda self, variables, arch: (None, variables)}
+  for k in drop:
+    body.pop(k, None)
+    body["__annotations__"].pop(k, None)
+  body.update(attrs)
+  return type("Stub", (Supernet,), body)
+
+
+def test_register_supernet_names_what_a_class_misses():
+  """``register_supernet`` takes a complete ``Supernet`` subclass and refuses, with a
+  ``TypeError`` naming the gap, a class of another base, a missing method or field, and a
+  declared capability without its method or field."""
+  assert register_supernet("_test_stub", _stub()) is SUPERNETS.pop("_test_stub")
+  cases = [(type("Plain", (flax.linen.Module,), {}), "Plain does not derive from"),
+           (_stub(drop=("extract",)), "Stub has no method 'extract'"),
+           (_stub(drop=("forward",)), "Stub has no method 'forward'"),
+           (_stub(drop=("bn_epsilon",)), "Stub has no field 'bn_epsilon'"),
+           (_stub(can_reorder=True), "Stub has no method 'reorder_channels'"),
+           (_stub(switches=True), "Stub has no field 'switch'")]
+  for cls, msg in cases:
+    with pytest.raises(TypeError, match=f"^register_supernet: {msg}"):
+      register_supernet("_test_stub", cls)
+  assert "_test_stub" not in SUPERNETS
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_apply_refuses_a_concrete_arch_of_another_resolution(name):
+  """Calling the supernet with a concrete arch whose ``resolution`` names another side than
+  the images' is a ``ValueError`` naming both sizes (also for an arch a traced function closes
+  over); the matching arch traces.  (Traced archs are checked by scoring and training:
+  ``test_evaluate.py``, ``test_train.py``.)"""
+  r = contract.config(name).space["resolutions"][0]
+  sp, net = contract.build(name, resolutions=(r, r + 4))
+  x = jax.ShapeDtypeStruct((1, r, r, 3), jnp.float32)
+  run = lambda a: jax.eval_shape(lambda v, x: net.apply(v, x, a), contract.shapes(name), x)
+  with pytest.raises(ValueError, match=rf"^{type(net).__name__}: the arch's resolution is "
+                                       rf"{r + 4} px \(index 1 of .*\) but the images are {r} px"):
+    run(sp.at_resolution(sp.max_arch(), r + 4))
+  assert run(sp.at_resolution(sp.min_arch(), r)).shape == (1, sp.num_classes)

@@ -3,10 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from regnas_jax import evaluate
 from regnas_jax.spaces import member
-from regnas_jax.spaces.base import envelope_arch, envelope_key
 
 
 def close(a, b):
@@ -51,8 +51,6 @@ def test_member_stats_and_correctness(tiny):
 def test_bn_recalibration_equals_exact_average_on_extracted_subnets(tiny):
   """Per-member re-calibration == averaging flax BatchNorm batch statistics of the extracted
   exact-shape model over the calibration batches; vmapped == chunked (in padded blocks)."""
-  from regnas_jax.nn import ofa_mbv3
-
   sp, net, v, _ = tiny
   calib = calibration(7, 1.5, 0.3)
   pop = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), sp.min_arch(),
@@ -64,7 +62,7 @@ def test_bn_recalibration_equals_exact_average_on_extracted_subnets(tiny):
   logits = evaluate.population_logits(net, {"params": v["params"], "batch_stats": stats}, x, pop,
                                       member_stats=True)
   for i in range(2):
-    exact, ev = ofa_mbv3.extract(net, v, member(pop, i))
+    exact, ev = net.extract(v, member(pop, i))
     batch_stats = jax.jit(lambda c, ev=ev, m=exact.clone(bn_momentum=0.0): jax.vmap(
         lambda xb: m.apply(ev, xb, train=True, mutable=["batch_stats"])[1]["batch_stats"])(c))
     avg = jax.tree.map(lambda s: s.mean(0), batch_stats(calib))
@@ -124,11 +122,10 @@ def test_scorer_streams_the_split_with_the_whole_split_results(tiny):
   assert 0 < got.sum() < got.size
 
 
-def test_scorer_in_envelopes_or_switch_mode_equals_the_largest_shapes(tiny):
-  """Scorer with ``score.envelopes``, and with ``score.switch`` (members one at a time, each
-  block running its chosen branch): the same statistics and correctness as every member masked
-  at the largest shapes; members in a few envelopes that hold them; a later population the
-  catalogue already holds adds no envelope (no new program)."""
+def test_scorer_in_switch_mode_equals_the_largest_shapes(tiny):
+  """Scorer with ``score.switch`` (members one at a time, each block running its chosen
+  branch): the same statistics and correctness as every member masked at the largest shapes,
+  for a population and a later sub-population."""
   import ml_collections
 
   from regnas_jax import data
@@ -138,25 +135,39 @@ def test_scorer_in_envelopes_or_switch_mode_equals_the_largest_shapes(tiny):
   pop = jax.tree.map(np.asarray, sp.sample(jax.random.key(6), 11))
   pop = jax.tree.map(lambda a, b: np.concatenate([np.asarray(a)[None], b]), sp.min_arch(), pop)
   out = {}
-  for k, switch in ((0, False), (3, False), (0, True)):
+  for switch in (False, True):
     score = ml_collections.ConfigDict(dict(block_size=2, chunk_size=1, batch_size=128,
-                                           max_images=200, envelopes=k, switch=switch))
+                                           max_images=200, switch=switch))
     sc = evaluate.Scorer(net, sp, v, ds, score, calib_images=64, calib_batch_size=32, seed=0)
     assert sc.member_net.switch == switch
-    out[k, switch] = sc, sc.stats(pop), sc.correct(pop, "test")
-  (_, s0, c0), (sc, s3, c3), (_, s_sw, c_sw) = out[0, False], out[3, False], out[0, True]
-  jax.tree.map(close, s3, s0)
-  np.testing.assert_array_equal(c3, c0)
+    out[switch] = sc, sc.stats(pop), sc.correct(pop, "test")
+  (_, s0, c0), (sc, s_sw, c_sw) = out[False], out[True]
   jax.tree.map(close, s_sw, s0)
   np.testing.assert_array_equal(c_sw, c0)
-  groups = sc.catalogue.groups(0, pop)
-  assert 1 < len(groups) <= 3
-  assert sorted(np.concatenate([g for _, g in groups]).tolist()) == list(range(12))
-  for key, g in groups:
-    env = sp.envelope(jax.tree.map(lambda x, g=g: np.asarray(x)[g], pop))
-    assert key == envelope_key(env) or float(sp.macs(env)) <= float(
-        sp.macs(envelope_arch(sp, key)))
-  n = len(sc.catalogue.envs[0])
   sub = jax.tree.map(lambda x: np.asarray(x)[[3, 0, 5]], pop)
   np.testing.assert_array_equal(sc.correct(sub, "test"), c0[[3, 0, 5]])
-  assert len(sc.catalogue.envs[0]) == n
+
+
+def test_scoring_refuses_members_of_another_resolution(tiny):
+  """Each host scoring call checks its population against the images (a jitted call cannot
+  read a traced population): members of 16 px with 12 px images, all or one of them, are a
+  ``ValueError`` naming both sizes, before anything compiles."""
+  import dataclasses
+
+  sp, net, v, _ = tiny
+  sp2 = dataclasses.replace(sp, resolutions=(12, 16))
+  net2 = net.clone(space=sp2)
+  pop = jax.tree.map(np.asarray, sp2.sample(jax.random.key(2), 3))
+  pop16, pop12 = sp2.at_resolution(pop, 16), sp2.at_resolution(pop, 12)
+  calib, x = calibration(7, 1.5, 0.3), np.asarray(images(7, 9))
+  stats = jax.tree.map(lambda s: np.stack([s] * 3), v["batch_stats"])
+  msg = r"{}: the arch's resolution is 16 px \(index 1 of \(12, 16\)\) but the images are 12 px"
+  with pytest.raises(ValueError, match=msg.format("recalibrate_population")):
+    evaluate.recalibrate_population(net2, v, calib, pop16)
+  with pytest.raises(ValueError, match=msg.format("population_predictions")):
+    evaluate.population_predictions(net2, v["params"], stats, pop16, x)
+  with pytest.raises(ValueError, match=msg.format("streamed_predictions")):
+    evaluate.streamed_predictions(net2, v["params"], stats, pop16, [(0, 7, x, None)], 7)
+  mixed = jax.tree.map(lambda a, b: np.concatenate([a, b[:1]]), pop12, pop16)
+  with pytest.raises(ValueError, match=msg.format("recalibrate_population")):
+    evaluate.score_population(net2, v, mixed, calib, x, np.zeros(7, np.int32))

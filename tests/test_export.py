@@ -6,7 +6,6 @@ import pytest
 
 from regnas_jax import evaluate, export
 from regnas_jax.checkpoint import CheckpointError
-from regnas_jax.nn import ofa_mbv3
 
 
 def test_saved_subnet_round_trip_equals_masked_supernet(tiny, tmp_path):
@@ -20,8 +19,8 @@ def test_saved_subnet_round_trip_equals_masked_supernet(tiny, tmp_path):
   stats = evaluate.recalibrate_bn(net, v, calib, pop)
   masked = evaluate.population_logits(net, {"params": v["params"], "batch_stats": stats}, x, pop,
                                       member_stats=True)[0]
-  _, ev = ofa_mbv3.extract(net, {"params": v["params"],
-                                 "batch_stats": jax.tree.map(lambda s: s[0], stats)}, arch)
+  _, ev = net.extract({"params": v["params"],
+                       "batch_stats": jax.tree.map(lambda s: s[0], stats)}, arch)
   path = tmp_path / "A1"
   opts = {"depthwise_impl": net.depthwise_impl, "kernel_transform": net.kernel_transform,
           "dtype": "float32", "dropout_rate": 0.0}

@@ -6,6 +6,7 @@ the kernel transform) is tested for every space in ``test_contract_*.py``; the t
 its compiled programs (``contract.env``).
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 import contract
 from contract import assert_close
-from regnas_jax.nn import extract, reorder_channels
+from regnas_jax.nn.common import init_variables
 from regnas_jax.spaces import MBV3Arch, OFAMobileNetV3Space, member
 
 
@@ -53,14 +54,14 @@ def test_ofa_mbv3_cost_range_matches_published_figures():
 
 def used_support(net, variables, arch):
   """Which supernet weights reach the exact subnet's parameters: the nonzero pattern of
-  d/dW sum_leaves(R * extract(W)) for random R.  Base weights only: the kernel transform
+  d/dW sum_leaves(R * net.extract(W)) for random R.  Base weights only: the kernel transform
   matrices are layer-wide operators shared by every subnet that uses a smaller kernel."""
   rng = np.random.default_rng(0)
-  _, sv = extract(net, variables, arch)
+  _, sv = net.extract(variables, arch)
   r = jax.tree.map(lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), jnp.float32), sv["params"])
 
   def total(params, r):
-    _, sub = extract(net, {"params": params}, arch)
+    _, sub = net.extract({"params": params}, arch)
     return sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(sub["params"]), jax.tree.leaves(r)))
 
   g = jax.jit(jax.grad(total))(variables["params"], r)  # one compile beats op-by-op dispatch
@@ -128,7 +129,7 @@ def test_reorder_channels_preserves_max_net_and_kept_widths():
   v = {"params": e.params, "batch_stats": e.stats}   # per-member statistics: (P, ...) leaves
   masked = lambda v: e.vmapped(v["params"], v["batch_stats"], e.images, e.pop)
   ev0, tr0, _ = contract.vmapped_run("ofa_mbv3")     # members [min, max, random...]
-  new = jax.jit(lambda v: reorder_channels(net, v))(v)
+  new = jax.jit(net.reorder_channels)(v)
   ev1, tr1, _ = masked(new)
   assert_close(ev1[1], ev0[1], rtol=1e-5)
   assert_close(tr1[1], tr0[1], rtol=1e-5)
@@ -140,9 +141,18 @@ def test_reorder_channels_preserves_max_net_and_kept_widths():
   # without keeping, smaller widths take other channels and change
   assert not np.allclose(np.asarray(ev1[0]), np.asarray(ev0[0]), rtol=1e-3)
   # keep_expands=(3, 4): permutations stay inside the 3/4/6 segments -> every subnet unchanged
-  kept = jax.jit(lambda v: reorder_channels(net, v, keep_expands=(3, 4)))(v)
+  kept = jax.jit(lambda v: net.reorder_channels(v, keep_expands=(3, 4)))(v)
   ev2, tr2, _ = masked(kept)
   assert_close(ev2, ev0, rtol=1e-5)
   assert_close(tr2, tr0, rtol=1e-5)
   with pytest.raises(ValueError, match="keep_expands: 5 is not one of"):
-    reorder_channels(net, v, keep_expands=(5,))
+    net.reorder_channels(v, keep_expands=(5,))
+
+
+def test_init_variables_traces_under_eval_shape(tiny):
+  """``jax.eval_shape`` of ``init_variables`` (orbax's abstract restore) traces instead of
+  compiling, and gives the tree, shapes and dtypes of the real call."""
+  sp, net, v, _ = tiny
+  abstract = jax.eval_shape(lambda k: init_variables(net, k), jax.random.key(0))
+  assert jax.tree.structure(abstract) == jax.tree.structure(v)
+  chex.assert_trees_all_equal_shapes_and_dtypes(abstract, v)

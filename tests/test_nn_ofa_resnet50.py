@@ -11,7 +11,6 @@ import pytest
 
 import contract
 from contract import assert_close
-from regnas_jax.nn import reorder_channels
 
 
 def test_reorder_channels_preserves_max_net_and_kept_widths():
@@ -20,7 +19,7 @@ def test_reorder_channels_preserves_max_net_and_kept_widths():
   v = {"params": e.params, "batch_stats": e.stats}   # per-member statistics: (P, ...) leaves
   masked = lambda v: e.vmapped(v["params"], v["batch_stats"], e.images, e.pop)
   ev0, tr0, _ = contract.vmapped_run("ofa_resnet50")  # members [min, max, random...]
-  new = jax.jit(lambda v: reorder_channels(net, v))(v)
+  new = jax.jit(net.reorder_channels)(v)
   ev1, tr1, _ = masked(new)
   assert_close(ev1[1], ev0[1], rtol=1e-5)              # member 1 is the max net
   assert_close(tr1[1], tr0[1])     # batch statistics of 4 images: float noise is amplified
@@ -38,10 +37,10 @@ def test_reorder_channels_preserves_max_net_and_kept_widths():
                             np.asarray(p1["stage2_block1"]["conv3"]["kernel"]))
   assert not np.allclose(np.asarray(ev1[0]), np.asarray(ev0[0]), rtol=1e-3)   # min net moved
   # keeping every width and expand ratio: all subnets unchanged
-  kept = jax.jit(lambda v: reorder_channels(net, v, keep_expands=sp.expand_choices[:-1],
+  kept = jax.jit(lambda v: net.reorder_channels(v, keep_expands=sp.expand_choices[:-1],
                                             keep_widths=sp.width_choices[:-1]))(v)
   ev2, tr2, _ = masked(kept)
   assert_close(ev2, ev0)   # same function; sums over channels in another order
   assert_close(tr2, tr0)
   with pytest.raises(ValueError, match="keep_widths: 0.5 is not one of"):
-    reorder_channels(net, v, keep_widths=(0.5,))
+    net.reorder_channels(v, keep_widths=(0.5,))

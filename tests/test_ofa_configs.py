@@ -15,7 +15,6 @@ import pytest
 from regnas_jax import export, jobs, training
 from regnas_jax.jobs import build
 from regnas_jax.jobs.family import budget_windows
-from regnas_jax import nn as nets
 from regnas_jax.io import ofa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +77,7 @@ def test_smoke_end_to_end_on_imported_weights(tmp_path, name):
   imported = ofa.load_supernet_variables(cfg.supernet.init_from, net)
   for m in members:
     _, v, arch, _ = export.load_subnet(os.path.join(tmp_path, "subnets", m["name"]))
-    _, want = nets.extract(net, imported, arch)
+    _, want = net.extract(imported, arch)
     jax.tree.map(np.testing.assert_allclose, v["params"], jax.tree.map(np.asarray, want["params"]))
 
 

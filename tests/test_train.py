@@ -1,5 +1,6 @@
 """Supernet training: the multi-subnet step against one-by-one gradients, schedules, samplers."""
 
+import dataclasses
 import functools
 
 import jax
@@ -12,7 +13,6 @@ from regnas_jax import spaces
 from regnas_jax import training as train
 from regnas_jax.errors import ConfigError
 from regnas_jax.defaults import train_defaults
-from regnas_jax.spaces.base import envelope_arch, envelope_key, take
 
 
 def _ref_loss(logits, labels, smoothing, soft, kd_weight, label_weight):
@@ -49,11 +49,10 @@ def _tree_close(a, b, rtol=2e-4, atol=2e-6):
 
 
 @pytest.mark.parametrize("loop", [pytest.param("vmap", marks=pytest.mark.slow), "scan",
-                                  "envelopes", "switch"])
+                                  "switch"])
 def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
-  """The sandwich's summed gradients (vmapped members, a scan over them, each member in its own
-  static shape envelope, or a scan in switch mode) against each member's loss differentiated
-  alone with the masked supernet."""
+  """The sandwich's summed gradients (vmapped members, a scan over them, or a scan in switch
+  mode) against each member's loss differentiated alone with the masked supernet."""
   sp, net, v, x = tiny
   step_net = train.switch_model(net, "scan") if loop == "switch" else net
   assert (step_net is not net) == (loop == "switch")
@@ -61,15 +60,10 @@ def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
   archs = spaces.stack([sp.max_arch(), sp.min_arch(),
                         spaces.member(sp.sample(jax.random.key(5), 1), 0)])
   lc = train.LossConfig(10, 0.1, "inplace", 1.0, False)
-  envs = None
-  if loop == "envelopes":
-    envs = tuple(envelope_key(sp.envelope(take(jax.tree.map(np.asarray, archs), [i])))
-                 for i in range(3))
   grads, (losses, logits, stats) = jax.jit(
       lambda p: train.subnet_grads(step_net, p, v["batch_stats"], x, labels, archs,
                                    jax.random.key(0), lc,
-                                   loop="scan" if loop in ("envelopes", "switch") else loop,
-                                   envelopes=envs))(v["params"])
+                                   loop="scan" if loop == "switch" else loop))(v["params"])
 
   # member 0 (the teacher) learns from the labels alone; its logits are the students' targets,
   # which learn from them alone (kd_ratio 1, no label loss)
@@ -203,32 +197,31 @@ def test_fair_sampling_trains_every_choice_once_per_step():
                             np.asarray(train.fair_sample(sp, jax.random.key(2), 7).op))
 
 
-def test_envelope_buckets_hold_each_steps_archs_and_do_not_depend_on_the_run(tiny):
-  """Per step the members of ``step_archs`` (the archs the compiled step samples from the same
-  key) go to envelopes that hold them; the largest arch to the phase's largest envelope, the
-  smallest to its own; two bucketings (a run and its resumption) agree."""
-  sp = tiny[0]
-  phase = train.build_phases(_sandwich(3), sp)[0]
-  a, b = train.EnvelopeBuckets(sp, 3), train.EnvelopeBuckets(sp, 3)
-  base = jax.random.key(11)
-  used = set()
-  for step in range(6):
-    archs = train.step_archs(sp, phase, base, step)
-    keys = a.keys(0, phase, archs)
-    assert keys == b.keys(0, phase, archs)
-    for i, key in enumerate(keys):
-      assert key is not None
-      env = envelope_arch(sp, key)
-      arch = jax.tree.map(lambda x, i=i: np.asarray(x)[i], archs)
-      both = jax.tree.map(lambda e, m: np.stack([e, m]), env, arch._replace(resolution=np.int32(0)))
-      assert all(np.array_equal(u, w) for u, w in zip(sp.envelope(both), env))
-    assert float(sp.macs(envelope_arch(sp, keys[1]))) == float(sp.macs(sp.min_arch()._replace(
-        resolution=0)))
-    used.update(keys[2:])
-  assert 1 < len(used) <= 5
-
-
 def _sandwich(n):
   tc = train_defaults()
   tc.update(dict(method="sandwich", num_subnets=n, steps=10))
   return tc
+
+
+def test_train_step_refuses_images_of_another_resolution(tiny):
+  """The step's archs carry the resolution it was built for: images of another side are a
+  ``ValueError`` naming both sizes when the step is traced (before any compile), and so is a
+  side that is not a resolution of the space; images of the built-for side trace."""
+  sp, net, v, x = tiny
+  sp2 = dataclasses.replace(sp, resolutions=(12, 16))
+  net2 = net.clone(space=sp2)
+  phase = train.build_phases(_sandwich(2), sp2)[0]
+  tx, _ = train.make_optimizer(_sandwich(2), phase)
+  lc = train.LossConfig(10, 0.1, phase.distill, 1.0, False)
+  state = train.TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
+                           tx.init(v["params"]), None)
+  labels = jnp.zeros((5,), jnp.int32)
+  trace = lambda step, images: jax.eval_shape(step, state, images, labels, jax.random.key(0))
+  step = train.make_train_step(net2, sp2, tx, phase, lc, "scan", resolution=16)
+  with pytest.raises(ValueError, match=r"train step: the arch's resolution is 16 px .* images "
+                                       r"are 12 px"):
+    trace(step, x)
+  with pytest.raises(ValueError, match=r"20 px is not one of the resolutions \(12, 16\)"):
+    trace(train.make_train_step(net2, sp2, tx, phase, lc, "scan"), jnp.zeros((5, 20, 20, 3)))
+  out, _ = trace(train.make_train_step(net2, sp2, tx, phase, lc, "scan", resolution=12), x)
+  assert jax.tree.structure(out) == jax.tree.structure(state)

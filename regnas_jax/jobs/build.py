@@ -44,7 +44,7 @@ def check_common(cfg, dataset_given: bool = False) -> None:
   if not dataset_given and cfg.data.name not in DATASETS:
     raise ConfigError(f"config.data.name: {cfg.data.name!r} is not one of {DATASETS}")
   sc = cfg.score
-  for key, lo in (("block_size", 1), ("batch_size", 1), ("max_images", 0), ("envelopes", 0)):
+  for key, lo in (("block_size", 1), ("batch_size", 1), ("max_images", 0)):
     if not _int(sc.get(key), lo):
       raise ConfigError(f"config.score.{key}: must be an integer >= {lo}, got {sc.get(key)!r}")
   if not isinstance(sc.get("switch", False), bool):
@@ -58,9 +58,6 @@ def check_common(cfg, dataset_given: bool = False) -> None:
       raise ConfigError(f"config.train.{key}: must be a positive integer, got {tc[key]!r}")
   if not isinstance(tc.get("switch", False), bool):
     raise ConfigError(f"config.train.switch: must be True or False, got {tc.get('switch')!r}")
-  if not _int(tc.get("envelopes", 0), 0):
-    raise ConfigError(f"config.train.envelopes: must be an integer >= 0, got "
-                      f"{tc.get('envelopes')!r}")
   for key in ("steps", "warmup_steps", "max_nonfinite_steps"):
     if key in tc and not _int(tc[key], 0):
       raise ConfigError(f"config.train.{key}: must be an integer >= 0, got {tc[key]!r}")

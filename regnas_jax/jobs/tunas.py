@@ -385,8 +385,8 @@ class TunasJob(Job):
   algorithms = ("tunas",)
 
   def check(self, cfg, space) -> None:
-    if not isinstance(space, PolicySpace) or not getattr(SUPERNETS.get(space.name), "op_average",
-                                                         False):
+    net_cls = SUPERNETS.get(space.name)
+    if not isinstance(space, PolicySpace) or net_cls is None or not net_cls.op_average:
       raise ConfigError(f"config.space.name: TuNAS needs one of its spaces (proxylessnas, "
                         f"proxylessnas_enlarged, mobilenet_v3_like), got {space.name!r}")
     if not (isinstance(cfg.train.steps, int) and cfg.train.steps >= 1):

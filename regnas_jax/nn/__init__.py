@@ -4,9 +4,9 @@
 inverted-bottleneck block and the classifier head the supernets share) -> one module per
 supernet (``ofa_mbv3``, ``ofa_resnet50``, ``scarlet``, ``tunas``) with its exact twin.
 
-The contract a supernet fulfils is :class:`supernet.Supernet`; ``build_supernet(space, **options)``
-returns the supernet registered for a space.  ``extract``, ``exact_module``, ``subnet_specs``
-and ``reorder_channels`` below are the contract's methods as functions.
+Every supernet derives from :class:`supernet.Supernet`, the contract; ``build_supernet(space,
+**options)`` returns the supernet registered for a space, and ``net.extract``,
+``net.exact_module``, ``net.subnet_specs`` and ``net.reorder_channels`` are its methods.
 """
 
 from regnas_jax.nn import blocks, layers, ofa_mbv3, ofa_resnet50, ops, scarlet, supernet, tunas
@@ -28,30 +28,7 @@ for _space, _cls in ((OFAMobileNetV3Space, OFAMobileNetV3), (OFAResNet50Space, O
   register_supernet(_space.name, _cls)
 
 
-def extract(model, variables, arch):
-  """``(exact_module, exact_variables)`` of one subnet of ``model``."""
-  return model.extract(variables, arch)
-
-
-def exact_module(model, arch):
-  """The standalone exact-shape module of one subnet (no variables)."""
-  return model.exact_module(arch)
-
-
-def subnet_specs(space, arch):
-  """Exact block shapes of one subnet of ``space``."""
-  if space.name not in SUPERNETS:
-    raise ValueError(f"no supernet registered for space {space.name!r}")
-  return SUPERNETS[space.name].subnet_specs(SUPERNETS[space.name](space), arch)
-
-
-def reorder_channels(model, variables, keep_expands=(), **kw):
-  """Function-preserving channel sorting by importance."""
-  return model.reorder_channels(variables, keep_expands, **kw)
-
-
 __all__ = ["BottleneckSpec", "ElasticIBN", "Head", "IBN", "IBNSpec", "MobileNetV3",
            "OFAMobileNetV3", "OFAResNet50", "ResNet", "SUPERNETS", "ScarletNet", "ScarletSupernet",
-           "Supernet", "TunasNet", "TunasSupernet", "blocks", "build_supernet", "exact_module",
-           "extract", "init_variables", "layers", "ops", "reorder_channels", "register_supernet",
-           "subnet_specs", "supernet"]
+           "Supernet", "TunasNet", "TunasSupernet", "blocks", "build_supernet", "init_variables",
+           "layers", "ops", "register_supernet", "supernet"]

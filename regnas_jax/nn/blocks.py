@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from regnas_jax.nn import layers, ops
+from regnas_jax.nn.common import bn_slice, se_slice
 
 DEPTHWISE_KINDS = ("elastic", "mixed")
 SHORTCUTS = ("none", "identity", "pad", "conv")
@@ -65,10 +66,9 @@ class ElasticIBN:
     se_ch: largest SE hidden width; 0: no SE.
     se_gate: ``'hsigmoid'`` or ``'sigmoid'``.
     depthwise_impl, bn_momentum, bn_epsilon, dtype: as for the supernets.
-    in_ch, mid_size, kernel_count, se_size, out_size: a static shape envelope (all ``None``:
-      the largest shapes): the variables' input width (``None``: the input's), and the widths
-      and number of kernel sizes (the first ones) computed -- masks then have those lengths.
-      ``se_size`` 0 drops the SE (no member of the envelope uses it).
+    mid_size, se_size: an exact-size variant (switch mode; ``None``: the largest shapes): the
+      expanded and SE widths computed, the first ones of the variables; ``se_size`` 0 drops
+      the SE.
     kernel_switch: the depthwise layer branches on the kernel index (``lax.switch``, each size
       at its own shape) instead of zero-padding to the largest -- switch mode (``'elastic'``).
   """
@@ -85,11 +85,8 @@ class ElasticIBN:
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = None
-  in_ch: int | None = None
   mid_size: int | None = None
-  kernel_count: int | None = None
   se_size: int | None = None
-  out_size: int | None = None
   kernel_switch: bool = False
 
   def __post_init__(self):
@@ -117,17 +114,15 @@ class ElasticIBN:
       return layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
                                     features=full, name=name)(h, train, mask, update)
 
-    h = layers.conv(self.mid_ch, 1, name="expand", dtype=self.dtype, in_features=self.in_ch,
-                    out_size=self.mid_size)(x)
+    h = layers.conv(self.mid_ch, 1, name="expand", dtype=self.dtype, out_size=self.mid_size)(x)
     h = act(bn("expand_bn", h, mid_mask, self.mid_ch))
     if self.depthwise == "elastic":
       dw = layers.ElasticDepthwiseConv2D(self.kernel_sizes, self.stride, self.depthwise_impl,
                                          self.kernel_transform, self.dtype, self.mid_ch,
-                                         self.kernel_count, self.kernel_switch, name="dw")
+                                         self.kernel_switch, name="dw")
     else:
       dw = layers.MixedConv(self.kernel_sizes, strides=self.stride, depthwise=True,
-                            impl=self.depthwise_impl, dtype=self.dtype, channels=self.mid_ch,
-                            num_sizes=self.kernel_count, name="dw")
+                            impl=self.depthwise_impl, dtype=self.dtype, name="dw")
     h = act(bn("dw_bn", dw(h, kernel), mid_mask, self.mid_ch))
     if self.se_ch and self.se_size != 0:
       sized = self.mid_size is not None or self.se_size is not None
@@ -135,8 +130,7 @@ class ElasticIBN:
                                self.mid_ch if sized else None, self.se_size, name="se")(h, se_mask)
       h = g if se_weight is None else (1 - se_weight) * h + se_weight * g
     h = layers.conv(self.out_ch, 1, name="proj", dtype=self.dtype,
-                    in_features=self.mid_ch if self.mid_size else None,
-                    out_size=self.out_size)(h)
+                    in_features=self.mid_ch if self.mid_size else None)(h)
     return bn("proj_bn", h, out_mask, self.out_ch)
 
 
@@ -209,6 +203,31 @@ class IBN(nn.Module):
     return h
 
 
+def exact_ibn_variables(p, st, spec: IBNSpec, kernel_choices, transform: bool,
+                        fold=lambda k: k) -> tuple[dict, dict | None]:
+  """``(params, batch_stats or None)`` of ``IBN(spec)`` sliced from an elastic-kernel
+  :class:`ElasticIBN`'s ``p`` / ``st``: the first ``spec.mid_ch`` expanded channels and SE
+  units, the derived ``spec.kernel`` depthwise kernel (OFA's transform with ``transform``);
+  ``fold`` maps the sliced expand kernel (SCARLET folds its skips' map into it)."""
+  m = spec.mid_ch
+  dw = p["dw"]
+  matrices = {n: v for n, v in dw.items() if n != "kernel"} if transform else None
+  kern = dict(zip(kernel_choices, ops.elastic_kernels(dw["kernel"], kernel_choices,
+                                                      matrices)))[spec.kernel]
+  q = {"expand": {"kernel": fold(p["expand"]["kernel"][..., :m])},
+       "expand_bn": bn_slice(p["expand_bn"], m),
+       "dw": {"kernel": kern[..., :m]},
+       "dw_bn": bn_slice(p["dw_bn"], m),
+       "proj": {"kernel": p["proj"]["kernel"][:, :, :m, :]},
+       "proj_bn": p["proj_bn"]}
+  if spec.se_ch:
+    q["se"] = se_slice(p["se"], m, spec.se_ch)
+  if not st:
+    return q, None
+  return q, {"expand_bn": bn_slice(st["expand_bn"], m), "dw_bn": bn_slice(st["dw_bn"], m),
+             "proj_bn": st["proj_bn"]}
+
+
 # ----------------------------------------------------------------------------------------------
 # The classifier head
 # ----------------------------------------------------------------------------------------------
@@ -240,37 +259,25 @@ class Head:
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = None
-  # A static shape envelope (masked heads; ``None``: the largest shapes): the variables' input
-  # width, and the widths of the conv and the feature mix computed.
-  in_ch: int | None = None
-  conv_size: int | None = None
-  mix_size: int | None = None
 
   def __call__(self, x, train: bool, conv_mask=None, mix_mask=None):
     """``(N, H, W, C)`` features -> float32 logits ``(N, num_classes)``; call inside a parent's
-    compact method.  Masks: bool ``(conv_ch,)`` / ``(mix_ch,)`` (masked heads only; inside an
-    envelope ``(conv_size,)`` / ``(mix_size,)``)."""
-    width = self.in_ch
+    compact method.  Masks: bool ``(conv_ch,)`` / ``(mix_ch,)`` (masked heads only)."""
     if self.conv_ch:
-      x = layers.conv(self.conv_ch, 1, name="head_conv", dtype=self.dtype, in_features=width,
-                      out_size=self.conv_size)(x)
+      x = layers.conv(self.conv_ch, 1, name="head_conv", dtype=self.dtype)(x)
       if self.masked:
         x = layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
                                    features=self.conv_ch, name="head_bn")(x, train, conv_mask)
       else:
         x = layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, "head_bn")(x)
       x = ops.activation(self.act)(x)
-      width = self.conv_ch if self.conv_size else None
     x = jnp.mean(x, axis=(1, 2))
-    dense = lambda n, bias, name, size=None: (
-        nn.Dense(n, use_bias=bias, dtype=self.dtype, name=name) if width is None and size is None
-        else layers.SlicedDense(n, width or x.shape[-1], size, bias, self.dtype, name=name))
+    dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=self.dtype, name=name)
     if self.mix_ch:
-      x = dense(self.mix_ch, self.mix_bias, self.mix_name, self.mix_size)(x)
+      x = dense(self.mix_ch, self.mix_bias, self.mix_name)(x)
       if mix_mask is not None:
         x = x * mix_mask
       x = ops.activation(self.mix_act)(x)
-      width = self.mix_ch if self.mix_size else None
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return dense(self.num_classes, True, "classifier")(x).astype(jnp.float32)

@@ -16,7 +16,8 @@ def init_variables(model, key: jax.Array, resolution: int | None = None, batch: 
 
   Args:
     model: a supernet module, e.g. ``OFAMobileNetV3(space)``.
-    key: PRNG key.
+    key: PRNG key.  A traced one (``jax.eval_shape(lambda k: init_variables(net, k), key)``,
+      as orbax's abstract restore does) gives the abstract variables: traced, nothing compiled.
     resolution: input side used to trace shapes (default: the space's largest resolution;
       parameters do not depend on it).
     batch: batch size used to trace shapes.
@@ -26,7 +27,9 @@ def init_variables(model, key: jax.Array, resolution: int | None = None, batch: 
   sp = model.space
   r = max(sp.resolutions) if resolution is None else resolution
   images = jnp.zeros((batch, r, r, 3), jnp.float32)
-  arch = sp.max_arch()
+  arch = sp.at_resolution(sp.max_arch(), r)
+  if isinstance(key, jax.core.Tracer):
+    return model.init(key, images, arch)
   compiled = jax.jit(model.init).lower(key, images, arch).compile(compiler_options=_FAST_COMPILE)
   return compiled(key, images, arch)
 
@@ -34,6 +37,14 @@ def init_variables(model, key: jax.Array, resolution: int | None = None, batch: 
 def bn_slice(tree, n: int):
   """The first ``n`` channels of every BN leaf (``scale``/``bias`` or ``mean``/``var``)."""
   return {k: v[..., :n] for k, v in tree.items()}
+
+
+def se_slice(se, channels: int, hidden: int) -> dict:
+  """A squeeze-excite's variables (``reduce``/``expand`` dense layers) sliced to its first
+  ``channels`` inputs/outputs and first ``hidden`` hidden units."""
+  red, exp = se["reduce"], se["expand"]
+  return {"reduce": {"kernel": red["kernel"][:channels, :hidden], "bias": red["bias"][:hidden]},
+          "expand": {"kernel": exp["kernel"][:hidden, :channels], "bias": exp["bias"][:channels]}}
 
 
 def segment_order(importance, boundaries):

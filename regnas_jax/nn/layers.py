@@ -24,7 +24,7 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def first(v, n: int, axis: int = -1):
   """The first ``n`` entries of ``v`` along ``axis`` (``v`` itself when it has ``n``): a
-  layer's variables at its full width, used inside a smaller static shape envelope."""
+  layer's variables at its full width, used by an exact-size variant (switch mode)."""
   if v.shape[axis] == n:
     return v
   return lax.slice_in_dim(v, 0, n, axis=axis)
@@ -56,7 +56,7 @@ class MaskedBatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool, mask=None, update=True):
-    n = x.shape[-1]               # n < C inside a shape envelope: the first n channels
+    n = x.shape[-1]               # n < C in an exact-size variant: the first n channels
     c = self.features or n
     scale = first(self.param("scale", self.scale_init, (c,), jnp.float32), n)
     bias = first(self.param("bias", nn.initializers.zeros, (c,), jnp.float32), n)
@@ -108,7 +108,6 @@ class ElasticDepthwiseConv2D(nn.Module):
   transform: bool = True
   dtype: Any = None
   channels: int | None = None   # the kernel's channels C (None: the input's)
-  num_sizes: int | None = None  # a shape envelope's sizes: the first ones (None: all)
   switch: bool = False          # lax.switch over the sizes (each at its own size; unbatched index)
 
   def derived_kernels(self, kernel, matrices):
@@ -127,14 +126,13 @@ class ElasticDepthwiseConv2D(nn.Module):
       for src, dst in zip(sizes[::-1], sizes[-2::-1]):
         name = ops.transform_matrix_name(src, dst)
         matrices[name] = self.param(name, _identity_init, (dst * dst, dst * dst), jnp.float32)
-    derived = self.derived_kernels(kernel, matrices)[:self.num_sizes or len(sizes)]
+    derived = self.derived_kernels(kernel, matrices)
     x = x.astype(self.dtype or x.dtype)
     if self.switch and len(derived) > 1:
       conv = lambda j, x, ws: ops.depthwise_conv(x, ws[j], self.strides, self.impl)
       return lax.switch(kernel_index, [functools.partial(conv, j) for j in range(len(derived))],
                         x, tuple(derived))
-    top = sizes[len(derived) - 1]
-    cands = jnp.stack([ops.pad_kernel(k, top) for k in derived])
+    cands = jnp.stack([ops.pad_kernel(k, big) for k in derived])
     w = jnp.take(cands, kernel_index, axis=0) if len(derived) > 1 else cands[0]
     return ops.depthwise_conv(x, w, self.strides, self.impl)
 
@@ -150,23 +148,14 @@ class MixedConv(nn.Module):
   depthwise: bool = False
   impl: str = "auto"
   dtype: Any = None
-  # A shape envelope: the kernels' input channels C (None: the input's), the output channels
-  # used (a full conv; None: all) and the sizes used (the first ones; None: all).
-  channels: int | None = None
-  out_size: int | None = None
-  num_sizes: int | None = None
 
   @nn.compact
   def __call__(self, x, weights):
     c = x.shape[-1]
-    cin = self.channels or c
-    shape = (lambda k: (k, k, 1, cin)) if self.depthwise else (lambda k: (k, k, cin, self.features))
+    shape = (lambda k: (k, k, 1, c)) if self.depthwise else (lambda k: (k, k, c, self.features))
     ks = [self.param(f"kernel_{k}", conv_init, shape(k), jnp.float32)
           for k in self.kernel_sizes]
-    ks = [first(k, c, 3 if self.depthwise else 2) for k in ks][:self.num_sizes or len(ks)]
-    if not self.depthwise and self.out_size:
-      ks = [first(k, self.out_size) for k in ks]
-    big = self.kernel_sizes[len(ks) - 1]
+    big = self.kernel_sizes[-1]
     w = sum(weights[i] * ops.pad_kernel(k, big) for i, k in enumerate(ks))
     dt = self.dtype or x.dtype
     if self.depthwise:
@@ -187,8 +176,10 @@ class SqueezeExcite(nn.Module):
   hidden: int
   dtype: Any = None
   gate: str = "hsigmoid"
-  channels: int | None = None     # a shape envelope: the variables' channels (None: the input's)
-  hidden_size: int | None = None  # and the hidden units used (None: all)
+  # an exact-size variant (switch mode): the variables' channels (None: the input's) and the
+  # hidden units used (None: all)
+  channels: int | None = None
+  hidden_size: int | None = None
 
   @nn.compact
   def __call__(self, x, hidden_mask=None):
@@ -196,7 +187,7 @@ class SqueezeExcite(nn.Module):
     if self.channels is None and self.hidden_size is None:
       dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
       s = jax.nn.relu(dense(self.hidden, "reduce")(s))
-    else:   # the envelope's first hidden units and channels
+    else:   # the variant's first hidden units and channels
       c = self.channels or x.shape[-1]
       s = jax.nn.relu(SlicedDense(self.hidden, c, self.hidden_size, dtype=self.dtype,
                                   name="reduce")(s))
@@ -216,7 +207,7 @@ class PointwiseConv(nn.Module):
   """
   features: int
   dtype: Any = None
-  in_features: int | None = None   # a shape envelope: the kernel's inputs (None: the input's)
+  in_features: int | None = None   # an exact-size variant: the kernel's inputs (None: the input's)
   out_size: int | None = None      # and the outputs used (the first ones; None: all)
 
   @nn.compact
@@ -231,7 +222,7 @@ class PointwiseConv(nn.Module):
 class SlicedDense(nn.Module):
   """``nn.Dense``'s variables (same names, shapes, initialisers and order) used at a smaller
   static shape: the first ``x.shape[-1]`` of ``in_features`` inputs and the first ``out_size``
-  of ``features`` outputs (a shape envelope's widths)."""
+  of ``features`` outputs (an exact-size variant's widths, switch mode)."""
   features: int
   in_features: int
   out_size: int | None = None
@@ -251,38 +242,16 @@ class SlicedDense(nn.Module):
     return y
 
 
-class SlicedConv(nn.Module):
-  """``nn.Conv``'s bias-free kernel ``(k, k, in_features, features)`` (same name, initialiser
-  and shape) used at a smaller static shape: its first ``x.shape[-1]`` inputs and first
-  ``out_size`` outputs (a shape envelope's widths); symmetric ``k // 2`` padding."""
-  features: int
-  kernel_size: int
-  strides: int = 1
-  in_features: int | None = None
-  out_size: int | None = None
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x):
-    c, k = x.shape[-1], self.kernel_size
-    w = self.param("kernel", conv_init, (k, k, self.in_features or c, self.features), jnp.float32)
-    w = first(first(w, c, 2), self.out_size or self.features)
-    dt = self.dtype or jnp.result_type(x.dtype, jnp.float32)
-    p = k // 2
-    return lax.conv_general_dilated(x.astype(dt), w.astype(dt), (self.strides,) * 2,
-                                    ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def conv(features: int, kernel: int = 1, stride: int = 1, name: str | None = None, dtype=None,
          in_features: int | None = None, out_size: int | None = None):
   """Bias-free conv with symmetric ``kernel // 2`` padding and He fan-out init.
 
-  ``in_features`` / ``out_size``: the kernel's full input width and the outputs used, inside a
-  shape envelope (:class:`PointwiseConv`, :class:`SlicedConv`)."""
+  ``in_features`` / ``out_size`` (1x1 stride-1 convs only): the kernel's full input width and
+  the outputs used, in an exact-size variant of a block (:class:`PointwiseConv`)."""
   if kernel == 1 and stride == 1:
     return PointwiseConv(features, dtype, in_features, out_size, name=name)
   if in_features is not None or out_size is not None:
-    return SlicedConv(features, kernel, stride, in_features, out_size, dtype, name=name)
+    raise ValueError("conv: in_features / out_size are for 1x1 stride-1 convs only")
   p = kernel // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
                  use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)

@@ -13,8 +13,8 @@ turns the arch's choice indices into masks inside the traced function:
 The block's branch (``blocks.ElasticIBN``: elastic kernel, h-sigmoid SE on the SE stages), its
 exact twin (``blocks.IBN``) and the head (``blocks.Head``) are shared with the TuNAS and SCARLET
 supernets; this module adds OFA's shortcut, stem and first block.  Parameter names are shared
-with the exact-shape :class:`MobileNetV3`, and :func:`extract` slices a supernet's variables to
-one subnet's exact shapes.
+with the exact-shape :class:`MobileNetV3`, and :meth:`OFAMobileNetV3.extract` slices a supernet's
+variables to one subnet's exact shapes.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 
 from regnas_jax.nn import layers, ops
-from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec, variant_branches
-from regnas_jax.nn.common import bn_slice, segment_order
-from regnas_jax.spaces.base import envelope_arch
+from regnas_jax.nn.blocks import (IBN, ElasticIBN, Head, IBNSpec, exact_ibn_variables,
+                                  variant_branches)
+from regnas_jax.nn.common import segment_order
+from regnas_jax.nn.supernet import Supernet
 from regnas_jax.spaces.ofa_mbv3 import MBV3Arch, OFAMobileNetV3Space
 
 
@@ -59,13 +60,13 @@ class ElasticMBConv(nn.Module):
     return nn.switch(choice, fns, self, x, kernel_index)
 
 
-class OFAMobileNetV3(nn.Module):
+class OFAMobileNetV3(Supernet):
   """The OFA-MobileNetV3 supernet: one parameter tree, subnets chosen by ``arch`` data.
 
   Call as ``logits = model.apply(variables, images, arch, train=False)``, or in train mode with
   ``mutable=['batch_stats']`` (BN then uses batch statistics and updates the running ones of
   the active channels).  ``images``: ``(N, R, R, 3)``; ``arch``: an :class:`MBV3Arch` of int
-  arrays (its ``resolution`` field is not read: the image size is the resolution).  Returns
+  arrays whose ``resolution`` names the images' side (checked when concrete).  Returns
   ``(N, num_classes)`` logits.  ``jax.vmap`` over ``arch`` (and, for per-subnet statistics, over
   ``variables['batch_stats']``) scores a population with shared parameters.
 
@@ -77,9 +78,6 @@ class OFAMobileNetV3(nn.Module):
     bn_momentum, bn_epsilon: BatchNorm settings (Flax momentum convention).
     dropout_rate: dropout before the classifier in train mode (needs a ``'dropout'`` rng).
     dtype: compute dtype (parameters and BN statistics stay float32).
-    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch; ``None``: the
-      largest shapes): blocks beyond its depths are not run, the others at its kernel size,
-      expanded and SE widths, masks acting inside them (``regnas_jax.nn.supernet``).
     switch: switch mode (``regnas_jax.nn.supernet``): every block branches on its expand and
       kernel choice (``lax.switch``) instead of masking them -- for members run one at a time.
   """
@@ -90,37 +88,13 @@ class OFAMobileNetV3(nn.Module):
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
-  envelope: Any = None
   switch: bool = False
 
-  # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = True
-  op_average = False
-  envelopes = True
   switches = True
 
-  @nn.nowrap
-  def exact_module(self, arch):
-    """The standalone exact-shape module of one subnet (no variables)."""
-    return exact_module(self, arch)
-
-  @nn.nowrap
-  def extract(self, variables, arch):
-    """``(exact_module, exact_variables)`` of one subnet (see :func:`extract`)."""
-    return extract(self, variables, arch)
-
-  @nn.nowrap
-  def subnet_specs(self, arch):
-    """Exact shapes of one subnet."""
-    return subnet_specs(self.space, arch)
-
-  @nn.nowrap
-  def reorder_channels(self, variables, keep_expands=(), **kw):
-    """Function-preserving channel sorting by importance (see :func:`reorder_channels`)."""
-    return reorder_channels(self, variables, keep_expands, **kw)
-
   @nn.compact
-  def __call__(self, images, arch: MBV3Arch, train: bool = False):
+  def forward(self, images, arch: MBV3Arch, train: bool = False):
     sp = self.space
     w = sp.widths
     bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
@@ -136,36 +110,128 @@ class OFAMobileNetV3(nn.Module):
 
     active = sp.block_active(arch)
     mids = sp.mid_channels(arch)
-    env = None if self.envelope is None else envelope_arch(sp, self.envelope)
     for i, b in enumerate(sp.blocks):
-      mid_n, se_n, k_n = max(b.mid_choices), max(b.se_choices), None
-      if env is not None:
-        if not sp.block_active(env)[i]:
-          continue     # a residual block no member runs: it returns its input
-        mid_n, se_n = b.mid_choices[env.expand[i]], b.se_choices[env.expand[i]]
-        k_n = int(env.kernel[i]) + 1
-      mid_mask = jnp.arange(mid_n) < mids[i]
+      mid_mask = jnp.arange(max(b.mid_choices)) < mids[i]
       se_mask = None
       if b.se:
-        se_mask = jnp.arange(se_n) < jnp.asarray(b.se_choices)[arch.expand[i]]
-      sized = lambda n: None if env is None else n
+        se_mask = jnp.arange(max(b.se_choices)) < jnp.asarray(b.se_choices)[arch.expand[i]]
       branch = functools.partial(
           ElasticIBN, max(b.mid_choices), b.out_ch, b.stride, b.act, sp.kernel_choices,
           "elastic", self.kernel_transform, max(b.se_choices) if b.se else 0, "hsigmoid",
           self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
       variants, choice = (), None
-      if self.switch and env is None:
+      if self.switch:
         n_e = len(sp.expand_choices)
         variants = tuple(
             branch(mid_size=b.mid_choices[e], se_size=b.se_choices[e] if b.se else None,
                    kernel_switch=True)
             for e in range(n_e))
         choice = arch.expand[i]
-      x = ElasticMBConv(branch(mid_size=sized(mid_n), kernel_count=k_n,
-                               se_size=sized(se_n) if b.se else None),
-                        b.residual, variants, name=b.name)(
+      x = ElasticMBConv(branch(), b.residual, variants, name=b.name)(
           x, arch.kernel[i], mid_mask, se_mask, active[i], train, choice)
     return _head(self, w[7], w[8], sp.num_classes, masked=True)(x, train)
+
+  def subnet_specs(self, arch: MBV3Arch) -> tuple[IBNSpec, ...]:
+    """Exact block shapes of the subnet ``arch`` (concrete) selects."""
+    space = self.space
+    a = space.validate(arch, population=False)
+    active = space.block_active(a)
+    mids = space.mid_channels(a)
+    out = []
+    for i, b in enumerate(space.blocks):
+      if active[i]:
+        out.append(IBNSpec(b.name, b.in_ch, b.out_ch, int(mids[i]),
+                           int(space.kernel_choices[a.kernel[i]]), b.stride, b.act,
+                           int(b.se_choices[a.expand[i]]) if b.se else 0, "hsigmoid",
+                           "identity" if b.residual else "none"))
+    return tuple(out)
+
+  def exact_module(self, arch: MBV3Arch) -> "MobileNetV3":
+    """The standalone exact-shape module of one subnet (no variables; see :meth:`extract`)."""
+    sp = self.space
+    w = sp.widths
+    return MobileNetV3(w[0], sp.stem_stride, w[1], self.subnet_specs(arch),
+                       w[7], w[8], sp.num_classes, self.depthwise_impl, self.bn_momentum,
+                       self.bn_epsilon, self.dropout_rate, self.dtype)
+
+  def extract(self, variables, arch: MBV3Arch):
+    """Slice a supernet's variables to the exact shapes of one subnet.
+
+    Args:
+      variables: ``{'params': ..., 'batch_stats': ...}`` of the supernet; the batch statistics
+        may be the ones re-calibrated for this subnet.
+      arch: one (concrete) architecture.
+    Returns:
+      ``(module, variables)``: a :class:`MobileNetV3` and its variables, with no masks and no
+      unused blocks; depthwise kernels are the derived (cropped and transformed) ``k x k`` ones.
+    """
+    sp = self.space
+    a = sp.validate(arch, population=False)
+    specs = self.subnet_specs(a)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    fixed = ("stem_conv", "stem_bn", "first_dw", "first_dw_bn", "first_proj", "first_proj_bn",
+             "head_conv", "head_bn", "feature_mix", "classifier")
+    new_p = {k: params[k] for k in fixed}
+    new_s = {k: stats[k] for k in fixed if k in stats}
+    for s in specs:
+      new_p[s.name], st = exact_ibn_variables(params[s.name], stats.get(s.name), s,
+                                              sp.kernel_choices, self.kernel_transform)
+      if st:
+        new_s[s.name] = st
+    module = self.exact_module(a)
+    out = {"params": new_p}
+    if new_s:
+      out["batch_stats"] = new_s
+    return module, out
+
+  def reorder_channels(self, variables, keep_expands: Sequence = ()):
+    """OFA's channel sorting before shrinking the width, as a function-preserving permutation.
+
+    For every elastic block the middle channels are sorted by the L1 norm of the projection
+    weights that read them (most important first) and the permutation is applied to everything
+    that touches them: expand conv outputs, both BNs (params and statistics), the depthwise
+    kernel, SE reduce inputs / expand outputs.  SE hidden units are then sorted by the L1 norm of
+    the SE expand weights.  ``keep_expands`` lists expand ratios already trained as subnets: the
+    permutation stays inside the segments their widths delimit, so those subnets keep their
+    function too (OFA's ``expand_ratio_stage`` offsets; here also applied to the SE hidden units).
+    The largest network's function is always unchanged.  Pure; works under ``jit``.
+    """
+    sp = self.space
+    bad = [e for e in keep_expands if e not in sp.expand_choices]
+    if bad:
+      raise ValueError(f"keep_expands: {bad[0]!r} is not one of {sp.expand_choices}")
+    params = dict(variables["params"])
+    stats = dict(variables.get("batch_stats", {}))
+    keep_idx = [sp.expand_choices.index(e) for e in keep_expands]
+    for b in sp.blocks:
+      p = jax.tree.map(lambda x: x, params[b.name])
+      mid = max(b.mid_choices)
+      bounds = sorted({b.mid_choices[i] for i in keep_idx} - {mid})
+      perm = segment_order(jnp.abs(p["proj"]["kernel"]).sum((0, 1, 3)), bounds)
+      p["expand"] = {"kernel": p["expand"]["kernel"][..., perm]}
+      p["expand_bn"] = jax.tree.map(lambda v: v[..., perm], p["expand_bn"])
+      p["dw"] = dict(p["dw"], kernel=p["dw"]["kernel"][..., perm])
+      p["dw_bn"] = jax.tree.map(lambda v: v[..., perm], p["dw_bn"])
+      p["proj"] = {"kernel": p["proj"]["kernel"][:, :, perm, :]}
+      if b.se:
+        red, exp = p["se"]["reduce"], p["se"]["expand"]
+        red = {"kernel": red["kernel"][perm, :], "bias": red["bias"]}
+        exp = {"kernel": exp["kernel"][:, perm], "bias": exp["bias"][perm]}
+        se_bounds = sorted({b.se_choices[i] for i in keep_idx} - {max(b.se_choices)})
+        hperm = segment_order(jnp.abs(exp["kernel"]).sum(1), se_bounds)
+        red = {"kernel": red["kernel"][:, hperm], "bias": red["bias"][hperm]}
+        exp = {"kernel": exp["kernel"][hperm, :], "bias": exp["bias"]}
+        p["se"] = {"reduce": red, "expand": exp}
+      params[b.name] = p
+      if b.name in stats:
+        st = dict(stats[b.name])
+        st["expand_bn"] = jax.tree.map(lambda v: v[..., perm], st["expand_bn"])
+        st["dw_bn"] = jax.tree.map(lambda v: v[..., perm], st["dw_bn"])
+        stats[b.name] = st
+    out = dict(variables, params=params)
+    if stats:
+      out["batch_stats"] = stats
+    return out
 
 
 def _head(module, head_ch, feature_ch, num_classes, masked) -> Head:
@@ -179,7 +245,7 @@ def _head(module, head_ch, feature_ch, num_classes, masked) -> Head:
 # The exact-shape subnet
 # ----------------------------------------------------------------------------------------------
 class MobileNetV3(nn.Module):
-  """A standalone MobileNetV3 with exact shapes (what :func:`extract` returns).
+  """A standalone MobileNetV3 with exact shapes (what :meth:`OFAMobileNetV3.extract` returns).
 
   ``model.apply(variables, images, train=False)``; train mode needs ``mutable=['batch_stats']``.
   Uses only ``flax.linen`` layers (``nn.Conv``, ``nn.BatchNorm``, ``nn.Dense``) plus a
@@ -214,130 +280,3 @@ class MobileNetV3(nn.Module):
       x = IBN(s, self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype,
               name=s.name)(x, train)
     return _head(self, self.head_ch, self.feature_ch, self.num_classes, masked=False)(x, train)
-
-
-# ----------------------------------------------------------------------------------------------
-# Extraction and channel re-ordering
-# ----------------------------------------------------------------------------------------------
-
-def subnet_specs(space: OFAMobileNetV3Space, arch: MBV3Arch) -> tuple[IBNSpec, ...]:
-  """Exact block shapes of the subnet ``arch`` (concrete) selects."""
-  a = space.validate(arch, population=False)
-  active = space.block_active(a)
-  mids = space.mid_channels(a)
-  out = []
-  for i, b in enumerate(space.blocks):
-    if active[i]:
-      out.append(IBNSpec(b.name, b.in_ch, b.out_ch, int(mids[i]),
-                         int(space.kernel_choices[a.kernel[i]]), b.stride, b.act,
-                         int(b.se_choices[a.expand[i]]) if b.se else 0, "hsigmoid",
-                         "identity" if b.residual else "none"))
-  return tuple(out)
-
-
-def exact_module(model: OFAMobileNetV3, arch: MBV3Arch) -> MobileNetV3:
-  """The standalone exact-shape module of one subnet (no variables; see :func:`extract`)."""
-  sp = model.space
-  w = sp.widths
-  return MobileNetV3(w[0], sp.stem_stride, w[1], subnet_specs(sp, sp.validate(arch, population=False)),
-                     w[7], w[8], sp.num_classes, model.depthwise_impl, model.bn_momentum,
-                     model.bn_epsilon, model.dropout_rate, model.dtype)
-
-
-def extract(model: OFAMobileNetV3, variables, arch: MBV3Arch):
-  """Slice a supernet's variables to the exact shapes of one subnet.
-
-  Args:
-    model: the supernet module (its space and settings are reused).
-    variables: ``{'params': ..., 'batch_stats': ...}`` of the supernet; the batch statistics
-      may be the ones re-calibrated for this subnet.
-    arch: one (concrete) architecture.
-  Returns:
-    ``(module, variables)``: a :class:`MobileNetV3` and its variables, with no masks and no
-    unused blocks; depthwise kernels are the derived (cropped and transformed) ``k x k`` ones.
-  """
-  sp = model.space
-  a = sp.validate(arch, population=False)
-  specs = subnet_specs(sp, a)
-  params, stats = variables["params"], variables.get("batch_stats", {})
-  fixed = ("stem_conv", "stem_bn", "first_dw", "first_dw_bn", "first_proj", "first_proj_bn",
-           "head_conv", "head_bn", "feature_mix", "classifier")
-  new_p = {k: params[k] for k in fixed}
-  new_s = {k: stats[k] for k in fixed if k in stats}
-  for s in specs:
-    p, st = params[s.name], stats.get(s.name, {})
-    dw = p["dw"]
-    matrices = {k: v for k, v in dw.items() if k != "kernel"} if model.kernel_transform else None
-    kern = dict(zip(sp.kernel_choices, ops.elastic_kernels(dw["kernel"], sp.kernel_choices,
-                                                           matrices)))[s.kernel]
-    m = s.mid_ch
-    q = {"expand": {"kernel": p["expand"]["kernel"][..., :m]},
-         "expand_bn": bn_slice(p["expand_bn"], m),
-         "dw": {"kernel": kern[..., :m]},
-         "dw_bn": bn_slice(p["dw_bn"], m),
-         "proj": {"kernel": p["proj"]["kernel"][:, :, :m, :]},
-         "proj_bn": p["proj_bn"]}
-    if s.se_ch:
-      se, r = p["se"], s.se_ch
-      q["se"] = {"reduce": {"kernel": se["reduce"]["kernel"][:m, :r], "bias": se["reduce"]["bias"][:r]},
-                 "expand": {"kernel": se["expand"]["kernel"][:r, :m], "bias": se["expand"]["bias"][:m]}}
-    new_p[s.name] = q
-    if st:
-      new_s[s.name] = {"expand_bn": bn_slice(st["expand_bn"], m),
-                       "dw_bn": bn_slice(st["dw_bn"], m), "proj_bn": st["proj_bn"]}
-  module = exact_module(model, a)
-  out = {"params": new_p}
-  if new_s:
-    out["batch_stats"] = new_s
-  return module, out
-
-
-
-def reorder_channels(model: OFAMobileNetV3, variables, keep_expands: Sequence = ()):
-  """OFA's channel sorting before shrinking the width, as a function-preserving permutation.
-
-  For every elastic block the middle channels are sorted by the L1 norm of the projection
-  weights that read them (most important first) and the permutation is applied to everything
-  that touches them: expand conv outputs, both BNs (params and statistics), the depthwise
-  kernel, SE reduce inputs / expand outputs.  SE hidden units are then sorted by the L1 norm of
-  the SE expand weights.  ``keep_expands`` lists expand ratios already trained as subnets: the
-  permutation stays inside the segments their widths delimit, so those subnets keep their
-  function too (OFA's ``expand_ratio_stage`` offsets; here also applied to the SE hidden units).
-  The largest network's function is always unchanged.  Pure; works under ``jit``.
-  """
-  sp = model.space
-  bad = [e for e in keep_expands if e not in sp.expand_choices]
-  if bad:
-    raise ValueError(f"keep_expands: {bad[0]!r} is not one of {sp.expand_choices}")
-  params = dict(variables["params"])
-  stats = dict(variables.get("batch_stats", {}))
-  keep_idx = [sp.expand_choices.index(e) for e in keep_expands]
-  for b in sp.blocks:
-    p = jax.tree.map(lambda x: x, params[b.name])
-    mid = max(b.mid_choices)
-    bounds = sorted({b.mid_choices[i] for i in keep_idx} - {mid})
-    perm = segment_order(jnp.abs(p["proj"]["kernel"]).sum((0, 1, 3)), bounds)
-    p["expand"] = {"kernel": p["expand"]["kernel"][..., perm]}
-    p["expand_bn"] = jax.tree.map(lambda v: v[..., perm], p["expand_bn"])
-    p["dw"] = dict(p["dw"], kernel=p["dw"]["kernel"][..., perm])
-    p["dw_bn"] = jax.tree.map(lambda v: v[..., perm], p["dw_bn"])
-    p["proj"] = {"kernel": p["proj"]["kernel"][:, :, perm, :]}
-    if b.se:
-      red, exp = p["se"]["reduce"], p["se"]["expand"]
-      red = {"kernel": red["kernel"][perm, :], "bias": red["bias"]}
-      exp = {"kernel": exp["kernel"][:, perm], "bias": exp["bias"][perm]}
-      se_bounds = sorted({b.se_choices[i] for i in keep_idx} - {max(b.se_choices)})
-      hperm = segment_order(jnp.abs(exp["kernel"]).sum(1), se_bounds)
-      red = {"kernel": red["kernel"][:, hperm], "bias": red["bias"][hperm]}
-      exp = {"kernel": exp["kernel"][hperm, :], "bias": exp["bias"]}
-      p["se"] = {"reduce": red, "expand": exp}
-    params[b.name] = p
-    if b.name in stats:
-      st = dict(stats[b.name])
-      st["expand_bn"] = jax.tree.map(lambda v: v[..., perm], st["expand_bn"])
-      st["dw_bn"] = jax.tree.map(lambda v: v[..., perm], st["dw_bn"])
-      stats[b.name] = st
-  out = dict(variables, params=params)
-  if stats:
-    out["batch_stats"] = stats
-  return out

@@ -10,25 +10,24 @@ turns the arch's choice indices into masks inside the traced function:
 * depth        -> an "active" flag per block (blocks past ``base + d`` of a stage pass their
   input through and leave their BN statistics alone), and one for the stem's middle layer.
 
-Parameter names are shared with the exact-shape :class:`ResNet`, and :func:`extract` slices a
-supernet's variables to one subnet's exact shapes.  The classifier head (pool, dropout, linear)
-is ``blocks.Head`` without its 1x1 conv.
+Parameter names are shared with the exact-shape :class:`ResNet`, and
+:meth:`OFAResNet50.extract` slices a supernet's variables to one subnet's exact shapes.  The
+classifier head (pool, dropout, linear) is ``blocks.Head`` without its 1x1 conv.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import Head
 from regnas_jax.nn.common import bn_slice, segment_order
-from regnas_jax.spaces.base import envelope_arch
+from regnas_jax.nn.supernet import Supernet
 from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
 
 STEM = ("stem_conv1", "stem_bn1", "stem_conv2", "stem_bn2", "stem_conv3", "stem_bn3")
@@ -50,44 +49,35 @@ class ElasticBottleneck(nn.Module):
   bn_epsilon: float = 1e-5
   dtype: Any = None
   zero_init_residual: bool = True
-  # a static shape envelope (all None: the largest shapes): the variables' input width and the
-  # middle and output widths computed
-  in_ch: int | None = None
-  mid_size: int | None = None
-  out_size: int | None = None
 
   @nn.compact
   def __call__(self, x, mid_mask, out_mask, active, train: bool):
     b = self.layout
     c_out = max(b.out_choices)
 
-    def conv_bn(h, feats, kernel, stride, mask, name, in_full, size):
-      h = layers.conv(feats, kernel, stride, name=name, dtype=self.dtype, in_features=in_full,
-                      out_size=size)(h)
+    def conv_bn(h, feats, kernel, stride, mask, name):
+      h = layers.conv(feats, kernel, stride, name=name, dtype=self.dtype)(h)
       init = _residual_scale_init(self.zero_init_residual and name == "conv3")
       return layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype, init,
                                     features=feats,
                                     name=name.replace("conv", "bn") if name != "down"
                                     else "down_bn")(h, train, mask, active)
 
-    mid_in = None if self.mid_size is None else b.max_mid
-    h = jax.nn.relu(conv_bn(x, b.max_mid, 1, 1, mid_mask, "conv1", self.in_ch, self.mid_size))
-    h = jax.nn.relu(conv_bn(h, b.max_mid, 3, b.stride, mid_mask, "conv2", mid_in,
-                            self.mid_size))
-    h = conv_bn(h, c_out, 1, 1, out_mask, "conv3", mid_in, self.out_size)
+    h = jax.nn.relu(conv_bn(x, b.max_mid, 1, 1, mid_mask, "conv1"))
+    h = jax.nn.relu(conv_bn(h, b.max_mid, 3, b.stride, mid_mask, "conv2"))
+    h = conv_bn(h, c_out, 1, 1, out_mask, "conv3")
     if b.downsample:
-      r = conv_bn(ops.avg_pool_ceil(x, b.stride), c_out, 1, 1, out_mask, "down", self.in_ch,
-                  self.out_size)
+      r = conv_bn(ops.avg_pool_ceil(x, b.stride), c_out, 1, 1, out_mask, "down")
       return jax.nn.relu(h + r)
     return jnp.where(active, jax.nn.relu(h + x), x)
 
 
-class OFAResNet50(nn.Module):
+class OFAResNet50(Supernet):
   """The OFA-ResNet50 supernet: one parameter tree, subnets chosen by ``arch`` data.
 
   Call as ``logits = model.apply(variables, images, arch, train=False)``, or in train mode with
   ``mutable=['batch_stats']``.  ``images``: ``(N, R, R, 3)``; ``arch``: a :class:`ResNetArch`
-  of int arrays (its ``resolution`` is not read: the image size is the resolution).  Returns
+  of int arrays whose ``resolution`` names the images' side (checked when concrete).  Returns
   ``(N, num_classes)`` logits.  ``jax.vmap`` over ``arch`` (and, for per-subnet statistics, over
   ``variables['batch_stats']``) scores a population with shared parameters.
 
@@ -98,9 +88,6 @@ class OFAResNet50(nn.Module):
     dtype: compute dtype (parameters and BN statistics stay float32).
     zero_init_residual: initialise the scale of each block's last BN to 0 (every block starts
       as its shortcut); without it an 18-block supernet's logits explode at the start.
-    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch; ``None``: the
-      largest shapes): blocks beyond its depths (and the stem's middle layer when it has none)
-      are not run, the others at its stem, stage and middle widths, masks acting inside them.
   """
   space: OFAResNet50Space
   bn_momentum: float = 0.9
@@ -108,94 +95,147 @@ class OFAResNet50(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   zero_init_residual: bool = True
-  envelope: Any = None
 
-  # train.resolve_subnet_loop: XLA:CPU runs 3x3 convolutions slowly inside a scan's loop body,
-  # so subnets of a training step are vmapped on CPU too (about 4x faster;
-  # benchmarks/train_throughput.py).
+  # XLA:CPU runs 3x3 convolutions slowly inside a scan's loop body, so the subnets of a
+  # training step are vmapped on CPU too (about 4x faster; benchmarks/train_throughput.py).
   cpu_subnet_loop = "vmap"
-
-  # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
   can_reorder = True
-  op_average = False
-  envelopes = True
-
-  @nn.nowrap
-  def exact_module(self, arch):
-    """The standalone exact-shape module of one subnet (no variables)."""
-    return exact_module(self, arch)
-
-  @nn.nowrap
-  def extract(self, variables, arch):
-    """``(exact_module, exact_variables)`` of one subnet (see :func:`extract`)."""
-    return extract(self, variables, arch)
-
-  @nn.nowrap
-  def subnet_specs(self, arch):
-    """Exact shapes of one subnet."""
-    return subnet_specs(self.space, arch)
-
-  @nn.nowrap
-  def reorder_channels(self, variables, keep_expands=(), **kw):
-    """Function-preserving channel sorting by importance (see :func:`reorder_channels`)."""
-    return reorder_channels(self, variables, keep_expands, **kw)
 
   @nn.compact
-  def __call__(self, images, arch: ResNetArch, train: bool = False):
+  def forward(self, images, arch: ResNetArch, train: bool = False):
     sp = self.space
-    env = None if self.envelope is None else envelope_arch(sp, self.envelope)
-    bn = lambda name, h, mask, c, active=True: layers.MaskedBatchNorm(
-        self.bn_momentum, self.bn_epsilon, self.dtype, features=c, name=name)(
-            h, train, mask, active)
+    bn = lambda name, h, mask, active=True: layers.MaskedBatchNorm(
+        self.bn_momentum, self.bn_epsilon, self.dtype, name=name)(h, train, mask, active)
+    conv = lambda feats, stride, name: layers.conv(feats, 3, stride, name=name, dtype=self.dtype)
     mids, outs = sp.stem_choices
-    # the widths computed: the largest, or the envelope's (layers then slice their variables)
-    e0, e1 = (max(mids), max(outs)) if env is None else (int(c) for c in sp.stem_channels(env))
-    sized = (lambda full, n: None) if env is None else (lambda full, n: n)
-    conv = lambda feats, stride, name, cin, n: layers.conv(
-        feats, 3, stride, name=name, dtype=self.dtype, in_features=sized(None, cin),
-        out_size=sized(None, n))
     c0, c1 = sp.stem_channels(arch)
-    m0, m1 = jnp.arange(e0) < c0, jnp.arange(e1) < c1
+    m0, m1 = jnp.arange(max(mids)) < c0, jnp.arange(max(outs)) < c1
     stem_on = arch.stem_depth > 0
 
     x = images.astype(self.dtype)
-    x = jax.nn.relu(bn("stem_bn1", conv(max(mids), sp.stem_stride, "stem_conv1", None, e0)(x),
-                       m0, max(mids)))
-    if env is None or env.stem_depth > 0:
-      h = jax.nn.relu(bn("stem_bn2", conv(max(mids), 1, "stem_conv2", max(mids), e0)(x), m0,
-                         max(mids), stem_on))
-      x = jnp.where(stem_on, x + h, x)
-    x = jax.nn.relu(bn("stem_bn3", conv(max(outs), 1, "stem_conv3", max(mids), e1)(x), m1,
-                       max(outs)))
+    x = jax.nn.relu(bn("stem_bn1", conv(max(mids), sp.stem_stride, "stem_conv1")(x), m0))
+    h = jax.nn.relu(bn("stem_bn2", conv(max(mids), 1, "stem_conv2")(x), m0, stem_on))
+    x = jnp.where(stem_on, x + h, x)
+    x = jax.nn.relu(bn("stem_bn3", conv(max(outs), 1, "stem_conv3")(x), m1))
     if sp.max_pool:
       x = ops.max_pool_3x3_s2(x)
 
     active = sp.block_active(arch)
     mid_ch = sp.mid_channels(arch)
     out_ch = sp.stage_channels(arch)
-    in_full = max(outs)
-    if env is not None:
-      env_active, env_mid, env_out = (np.asarray(f(env)) for f in (
-          sp.block_active, sp.mid_channels, sp.stage_channels))
     for i, b in enumerate(sp.blocks):
-      c_out = max(b.out_choices)
-      caps = {}
-      mid_n, out_n = b.max_mid, c_out
-      if env is not None:
-        if not env_active[i]:
-          continue     # an identity block no member runs: it returns its input
-        mid_n, out_n = int(env_mid[i]), int(env_out[b.stage])
-        caps = dict(in_ch=in_full, mid_size=mid_n, out_size=out_n)
-      mid_mask = jnp.arange(mid_n) < mid_ch[i]
-      out_mask = jnp.arange(out_n) < out_ch[b.stage]
+      mid_mask = jnp.arange(b.max_mid) < mid_ch[i]
+      out_mask = jnp.arange(max(b.out_choices)) < out_ch[b.stage]
       x = ElasticBottleneck(b, self.bn_momentum, self.bn_epsilon, self.dtype,
-                            self.zero_init_residual, name=b.name, **caps)(
+                            self.zero_init_residual, name=b.name)(
           x, mid_mask, out_mask, active[i], train)
-      in_full = c_out
-    head = _head(self, sp.num_classes)
-    if env is not None:
-      head = dataclasses.replace(head, in_ch=in_full)
-    return head(x, train)
+    return _head(self, sp.num_classes)(x, train)
+
+  def subnet_specs(self, arch: ResNetArch) -> tuple[BottleneckSpec, ...]:
+    """Exact block shapes of the subnet ``arch`` (concrete) selects."""
+    space = self.space
+    a = space.validate(arch, population=False)
+    active, mids = space.block_active(a), space.mid_channels(a)
+    outs = space.stage_channels(a)
+    c_in = int(space.stem_channels(a)[1])
+    specs = []
+    for i, b in enumerate(space.blocks):
+      if active[i]:
+        c_out = int(outs[b.stage])
+        specs.append(BottleneckSpec(b.name, c_in, int(mids[i]), c_out, b.stride, b.downsample))
+        c_in = c_out
+    return tuple(specs)
+
+  def exact_module(self, arch: ResNetArch) -> ResNet:
+    """The standalone exact-shape module of one subnet (no variables; see :meth:`extract`)."""
+    sp = self.space
+    a = sp.validate(arch, population=False)
+    c0, c1 = sp.stem_channels(a)
+    return ResNet(int(c0), int(c1), bool(a.stem_depth), sp.stem_stride, sp.max_pool,
+                  self.subnet_specs(a), sp.num_classes, self.bn_momentum, self.bn_epsilon,
+                  self.dropout_rate, self.dtype, self.zero_init_residual)
+
+  def extract(self, variables, arch: ResNetArch):
+    """Slice a supernet's variables to the exact shapes of one subnet.
+
+    Args:
+      variables: ``{'params': ..., 'batch_stats': ...}`` of the supernet (the statistics may be
+        the ones re-calibrated for this subnet).
+      arch: one (concrete) architecture.
+    Returns:
+      ``(module, variables)``: a :class:`ResNet` and its variables, first-N channels of every
+      layer, no masks and no unused blocks.
+    """
+    module = self.exact_module(arch)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    c0, c1 = module.stem_mid, module.stem_out
+    p = {"stem_conv1": _conv_slice(params["stem_conv1"], 3, c0),
+         "stem_bn1": bn_slice(params["stem_bn1"], c0),
+         "stem_conv3": _conv_slice(params["stem_conv3"], c0, c1),
+         "stem_bn3": bn_slice(params["stem_bn3"], c1)}
+    st = {k: bn_slice(stats[k], c) for k, c in (("stem_bn1", c0), ("stem_bn3", c1))
+          if k in stats}
+    if module.stem_middle_layer:
+      p["stem_conv2"] = _conv_slice(params["stem_conv2"], c0, c0)
+      p["stem_bn2"] = bn_slice(params["stem_bn2"], c0)
+      if "stem_bn2" in stats:
+        st["stem_bn2"] = bn_slice(stats["stem_bn2"], c0)
+    for s in module.blocks:
+      q, qs = params[s.name], stats.get(s.name, {})
+      shapes = {"conv1": (s.in_ch, s.mid_ch), "conv2": (s.mid_ch, s.mid_ch),
+                "conv3": (s.mid_ch, s.out_ch)}
+      if s.downsample:
+        shapes["down"] = (s.in_ch, s.out_ch)
+      p[s.name] = {}
+      for conv_name, (ci, co) in shapes.items():
+        bn_name = "down_bn" if conv_name == "down" else conv_name.replace("conv", "bn")
+        p[s.name][conv_name] = _conv_slice(q[conv_name], ci, co)
+        p[s.name][bn_name] = bn_slice(q[bn_name], co)
+        if bn_name in qs:
+          st.setdefault(s.name, {})[bn_name] = bn_slice(qs[bn_name], co)
+    c_last = module.blocks[-1].out_ch
+    p["classifier"] = {"kernel": params["classifier"]["kernel"][:c_last],
+                       "bias": params["classifier"]["bias"]}
+    out = {"params": p}
+    if st:
+      out["batch_stats"] = st
+    return module, out
+
+  def reorder_channels(self, variables, keep_expands: Sequence = (),
+                       keep_widths: Sequence = ()):
+    """Sort every elastic channel dimension by importance, as a function-preserving permutation.
+
+    * Middle channels of each bottleneck (OFA's ``re_organize_middle_weights``): the outputs of
+      ``conv2`` by the L1 norm of the ``conv3`` weights reading them, then the outputs of
+      ``conv1`` by the L1 norm of the (already permuted) ``conv2`` weights reading them.
+    * Outer channels (the elastic widths; OFA's public code leaves them unsorted): the stem's
+      middle channels, the stem's output channels and each stage's residual stream, each by the
+      L1 norm of all weights that read it (the next convs, every block's ``conv1`` and shortcut
+      in the stage after, the classifier for the last stage); the permutation is applied to
+      every layer that writes or reads the stream.
+
+    Each permutation stays inside the segments delimited by the channel counts of the widths in
+    ``keep_widths`` and the expand ratios in ``keep_expands`` (choices already trained), so
+    those subnets keep their function; the largest network's function is always unchanged.
+    Pure; works under ``jit``.
+    """
+    sp = self.space
+    for name, vals, choices in (("keep_expands", keep_expands, sp.expand_choices),
+                                ("keep_widths", keep_widths, sp.width_choices)):
+      bad = [v for v in vals if v not in choices]
+      if bad:
+        raise ValueError(f"{name}: {bad[0]!r} is not one of {choices}")
+    # Kept choices: the listed ones and the largest (always trained first).
+    wi = {sp.width_choices.index(w) for w in keep_widths} | {len(sp.width_choices) - 1}
+    ei = {sp.expand_choices.index(e) for e in keep_expands} | {len(sp.expand_choices) - 1}
+    tree = _Tree(jax.tree.map(lambda x: x, dict(variables["params"])),  # new containers,
+                 jax.tree.map(lambda x: x, dict(variables.get("batch_stats", {}))))  # same arrays
+    _reorder_middles(sp, tree, wi, ei)
+    _reorder_streams(sp, tree, wi)
+    out = dict(variables, params=tree.p)
+    if tree.st:
+      out["batch_stats"] = tree.st
+    return out
 
 
 def _head(module, num_classes) -> Head:
@@ -243,7 +283,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """A standalone ResNet-D style network with exact shapes (what :func:`extract` returns).
+  """A standalone ResNet-D style network with exact shapes (what :meth:`OFAResNet50.extract`
+  returns).
 
   ``model.apply(variables, images, train=False)``; train mode needs ``mutable=['batch_stats']``.
   Plain ``flax.linen`` convolutions, BatchNorm and Dense only.
@@ -282,157 +323,56 @@ class ResNet(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Extraction and channel re-ordering
 # ----------------------------------------------------------------------------------------------
-def subnet_specs(space: OFAResNet50Space, arch: ResNetArch) -> tuple[BottleneckSpec, ...]:
-  """Exact block shapes of the subnet ``arch`` (concrete) selects."""
-  a = space.validate(arch, population=False)
-  active, mids = space.block_active(a), space.mid_channels(a)
-  outs = space.stage_channels(a)
-  c_in = int(space.stem_channels(a)[1])
-  specs = []
-  for i, b in enumerate(space.blocks):
-    if active[i]:
-      c_out = int(outs[b.stage])
-      specs.append(BottleneckSpec(b.name, c_in, int(mids[i]), c_out, b.stride, b.downsample))
-      c_in = c_out
-  return tuple(specs)
-
-
-def exact_module(model: OFAResNet50, arch: ResNetArch) -> ResNet:
-  """The standalone exact-shape module of one subnet (no variables; see :func:`extract`)."""
-  sp = model.space
-  a = sp.validate(arch, population=False)
-  c0, c1 = sp.stem_channels(a)
-  return ResNet(int(c0), int(c1), bool(a.stem_depth), sp.stem_stride, sp.max_pool,
-                subnet_specs(sp, a), sp.num_classes, model.bn_momentum, model.bn_epsilon,
-                model.dropout_rate, model.dtype, model.zero_init_residual)
-
-
 def _conv_slice(p, c_in, c_out):
   return {"kernel": p["kernel"][..., :c_in, :c_out]}
-
-
-
-def extract(model: OFAResNet50, variables, arch: ResNetArch):
-  """Slice a supernet's variables to the exact shapes of one subnet.
-
-  Args:
-    model: the supernet module.
-    variables: ``{'params': ..., 'batch_stats': ...}`` of the supernet (the statistics may be
-      the ones re-calibrated for this subnet).
-    arch: one (concrete) architecture.
-  Returns:
-    ``(module, variables)``: a :class:`ResNet` and its variables, first-N channels of every
-    layer, no masks and no unused blocks.
-  """
-  sp = model.space
-  a = sp.validate(arch, population=False)
-  module = exact_module(model, a)
-  params, stats = variables["params"], variables.get("batch_stats", {})
-  c0, c1 = module.stem_mid, module.stem_out
-  p = {"stem_conv1": _conv_slice(params["stem_conv1"], 3, c0),
-       "stem_bn1": bn_slice(params["stem_bn1"], c0),
-       "stem_conv3": _conv_slice(params["stem_conv3"], c0, c1),
-       "stem_bn3": bn_slice(params["stem_bn3"], c1)}
-  st = {k: bn_slice(stats[k], c) for k, c in (("stem_bn1", c0), ("stem_bn3", c1)) if k in stats}
-  if module.stem_middle_layer:
-    p["stem_conv2"] = _conv_slice(params["stem_conv2"], c0, c0)
-    p["stem_bn2"] = bn_slice(params["stem_bn2"], c0)
-    if "stem_bn2" in stats:
-      st["stem_bn2"] = bn_slice(stats["stem_bn2"], c0)
-  for s in module.blocks:
-    q, qs = params[s.name], stats.get(s.name, {})
-    shapes = {"conv1": (s.in_ch, s.mid_ch), "conv2": (s.mid_ch, s.mid_ch),
-              "conv3": (s.mid_ch, s.out_ch)}
-    if s.downsample:
-      shapes["down"] = (s.in_ch, s.out_ch)
-    p[s.name] = {}
-    for conv_name, (ci, co) in shapes.items():
-      bn_name = "down_bn" if conv_name == "down" else conv_name.replace("conv", "bn")
-      p[s.name][conv_name] = _conv_slice(q[conv_name], ci, co)
-      p[s.name][bn_name] = bn_slice(q[bn_name], co)
-      if bn_name in qs:
-        st.setdefault(s.name, {})[bn_name] = bn_slice(qs[bn_name], co)
-  c_last = module.blocks[-1].out_ch
-  p["classifier"] = {"kernel": params["classifier"]["kernel"][:c_last],
-                     "bias": params["classifier"]["bias"]}
-  out = {"params": p}
-  if st:
-    out["batch_stats"] = st
-  return module, out
-
 
 
 def _permute(tree, perm, axis):
   return jax.tree.map(lambda v: jnp.take(v, perm, axis=axis), tree)
 
 
-def reorder_channels(model: OFAResNet50, variables, keep_expands: Sequence = (),
-                     keep_widths: Sequence = ()):
-  """Sort every elastic channel dimension by importance, as a function-preserving permutation.
+class _Tree(NamedTuple):
+  """The params ``p`` and statistics ``st`` being re-ordered (containers edited in place); a
+  layer's path is ``(block name or None, layer name)``."""
+  p: dict
+  st: dict
 
-  * Middle channels of each bottleneck (OFA's ``re_organize_middle_weights``): the outputs of
-    ``conv2`` by the L1 norm of the ``conv3`` weights reading them, then the outputs of
-    ``conv1`` by the L1 norm of the (already permuted) ``conv2`` weights reading them.
-  * Outer channels (the elastic widths; OFA's public code leaves them unsorted): the stem's
-    middle channels, the stem's output channels and each stage's residual stream, each by the
-    L1 norm of all weights that read it (the next convs, every block's ``conv1`` and shortcut
-    in the stage after, the classifier for the last stage); the permutation is applied to
-    every layer that writes or reads the stream.
-
-  Each permutation stays inside the segments delimited by the channel counts of the widths in
-  ``keep_widths`` and the expand ratios in ``keep_expands`` (choices already trained), so
-  those subnets keep their function; the largest network's function is always unchanged.
-  Pure; works under ``jit``.
-  """
-  sp = model.space
-  for name, vals, choices in (("keep_expands", keep_expands, sp.expand_choices),
-                              ("keep_widths", keep_widths, sp.width_choices)):
-    bad = [v for v in vals if v not in choices]
-    if bad:
-      raise ValueError(f"{name}: {bad[0]!r} is not one of {choices}")
-  # Kept choices: the listed ones and the largest (always trained first).
-  wi = {sp.width_choices.index(w) for w in keep_widths} | {len(sp.width_choices) - 1}
-  ei = {sp.expand_choices.index(e) for e in keep_expands} | {len(sp.expand_choices) - 1}
-  p = jax.tree.map(lambda x: x, dict(variables["params"]))  # new containers, same arrays
-  st = jax.tree.map(lambda x: x, dict(variables.get("batch_stats", {})))
-
-  def bounds(choices):
-    return sorted({int(choices[i]) for i in wi} - {int(max(choices))})
-
-  def permute_bn(path, perm):
-    """Permute a BN's params and statistics; ``path`` is (block or None, bn name)."""
+  def kernel(self, path):
     blk, name = path
-    for tree in (p, st):
+    return (self.p if blk is None else self.p[blk])[name]["kernel"]
+
+  def permute_conv(self, path, perm, axis):  # axis -1: outputs, -2: inputs
+    blk, name = path
+    h = self.p if blk is None else self.p[blk]
+    h[name] = {"kernel": jnp.take(h[name]["kernel"], perm, axis=axis)}
+
+  def permute_bn(self, path, perm):
+    """Permute a BN's params and statistics."""
+    blk, name = path
+    for tree in (self.p, self.st):
       holder = tree if blk is None else tree.get(blk)
       if holder is not None and name in holder:
         holder[name] = _permute(holder[name], perm, -1)
 
-  def holder(path):
-    blk, name = path
-    return (p if blk is None else p[blk]), name
 
-  def kernel(path):
-    h, name = holder(path)
-    return h[name]["kernel"]
-
-  def permute_conv(path, perm, axis):  # axis -1: outputs, -2: inputs
-    h, name = holder(path)
-    h[name] = {"kernel": jnp.take(h[name]["kernel"], perm, axis=axis)}
-
-  # 1. Middle channels of every block.
+def _reorder_middles(sp, tree: _Tree, wi, ei) -> None:
+  """Middle channels of every block, inside the segments of the kept (width, expand) pairs."""
   for b in sp.blocks:
     mids = sorted({int(b.mid_table[w][e]) for w in wi for e in ei} - {b.max_mid})
-    q = p[b.name]
+    q = tree.p[b.name]
     perm = segment_order(jnp.abs(q["conv3"]["kernel"]).sum((0, 1, 3)), mids)
-    permute_conv((b.name, "conv2"), perm, -1)
-    permute_bn((b.name, "bn2"), perm)
-    permute_conv((b.name, "conv3"), perm, -2)
+    tree.permute_conv((b.name, "conv2"), perm, -1)
+    tree.permute_bn((b.name, "bn2"), perm)
+    tree.permute_conv((b.name, "conv3"), perm, -2)
     perm = segment_order(jnp.abs(q["conv2"]["kernel"]).sum((0, 1, 3)), mids)
-    permute_conv((b.name, "conv1"), perm, -1)
-    permute_bn((b.name, "bn1"), perm)
-    permute_conv((b.name, "conv2"), perm, -2)
+    tree.permute_conv((b.name, "conv1"), perm, -1)
+    tree.permute_bn((b.name, "bn1"), perm)
+    tree.permute_conv((b.name, "conv2"), perm, -2)
 
-  # 2. Outer channels: (writers, BNs, readers) of each elastic stream.
+
+def _streams(sp) -> list:
+  """``(writers, BNs, readers, width choices)`` of each elastic stream: the stem's middle and
+  output channels, then the residual stream of each stage."""
   def readers_of_stage(s):
     if s == 3:
       return []
@@ -440,7 +380,8 @@ def reorder_channels(model: OFAResNet50, variables, keep_expands: Sequence = (),
     return [(first.name, "conv1"), (first.name, "down")]
 
   # stem_conv2 both reads and writes the stem's middle stream.
-  streams = [([(None, "stem_conv1"), (None, "stem_conv2")], [(None, "stem_bn1"), (None, "stem_bn2")],
+  streams = [([(None, "stem_conv1"), (None, "stem_conv2")],
+              [(None, "stem_bn1"), (None, "stem_bn2")],
               [(None, "stem_conv2"), (None, "stem_conv3")], sp.stem_choices[0])]
   first = sp.blocks[0].name
   streams.append(([(None, "stem_conv3")], [(None, "stem_bn3")],
@@ -451,24 +392,27 @@ def reorder_channels(model: OFAResNet50, variables, keep_expands: Sequence = (),
     bns = [(b.name, "bn3") for b in blocks] + [(blocks[0].name, "down_bn")]
     readers = [(b.name, "conv1") for b in blocks[1:]] + readers_of_stage(s)
     streams.append((writers, bns, readers, sp.stage_choices[s]))
-  for s_idx, (writers, bns, readers, choices) in enumerate(streams):
-    imp = sum(jnp.abs(kernel(r)).sum((0, 1, 3)) for r in readers)
+  return streams
+
+
+def _reorder_streams(sp, tree: _Tree, wi) -> None:
+  """The outer channels: each stream sorted by the weights that read it, inside the segments of
+  the kept widths, and permuted in every writer, BN and reader."""
+  bounds = lambda choices: sorted({int(choices[i]) for i in wi} - {int(max(choices))})
+  for s_idx, (writers, bns, readers, choices) in enumerate(_streams(sp)):
+    imp = sum(jnp.abs(tree.kernel(r)).sum((0, 1, 3)) for r in readers)
     if s_idx == 5:  # the last stage: the classifier reads it
-      imp = imp + jnp.abs(p["classifier"]["kernel"]).sum(1)
+      imp = imp + jnp.abs(tree.p["classifier"]["kernel"]).sum(1)
     perm = segment_order(imp, bounds(choices))
     for w in writers:
-      permute_conv(w, perm, -1)
+      tree.permute_conv(w, perm, -1)
     for bn_path in bns:
-      permute_bn(bn_path, perm)
+      tree.permute_bn(bn_path, perm)
     for r in readers:
-      permute_conv(r, perm, -2)
+      tree.permute_conv(r, perm, -2)
     if s_idx == 5:
-      p["classifier"] = {"kernel": p["classifier"]["kernel"][perm], "bias": p["classifier"]["bias"]}
-  out = dict(variables, params=p)
-  if st:
-    out["batch_stats"] = st
-  return out
+      tree.p["classifier"] = {"kernel": tree.p["classifier"]["kernel"][perm],
+                              "bias": tree.p["classifier"]["bias"]}
 
 
-__all__ = ["Bottleneck", "BottleneckSpec", "ElasticBottleneck", "OFAResNet50", "ResNet",
-           "exact_module", "extract", "reorder_channels", "subnet_specs"]
+__all__ = ["Bottleneck", "BottleneckSpec", "ElasticBottleneck", "OFAResNet50", "ResNet"]

@@ -37,11 +37,24 @@ def activation(name: str):
   return ACTIVATIONS[name]
 
 
+# Inside ``conv_form()`` every depthwise conv is traced as XLA's convolution, whatever its
+# ``impl``: the same function, in the form whose multiply-adds ``costs.count_macs`` reads off
+# the program.  A jit-cache key: a jitted function is traced anew inside it.
+_CONV_FORM = jax.make_user_context(False)
+
+
+def conv_form():
+  """Context in which :func:`depthwise_conv` traces XLA's convolution for every ``impl``."""
+  return _CONV_FORM(True)
+
+
 def resolve_depthwise_impl(impl: str) -> str:
   """``'auto'`` picks k*k shifted multiply-adds on CPU (XLA's grouped conv is ~35x slower
-  there) and XLA's convolution elsewhere."""
+  there) and XLA's convolution elsewhere; inside :func:`conv_form`, always XLA's."""
   if impl not in DEPTHWISE_IMPLS:
     raise ValueError(f"depthwise_impl: {impl!r} is not one of {DEPTHWISE_IMPLS}")
+  if _CONV_FORM.value:
+    return "xla"
   if impl == "auto":
     return "shift" if jax.default_backend() == "cpu" else "xla"
   return impl

@@ -40,12 +40,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from regnas_jax.nn import layers, ops
-from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec, pad_channels, variant_branches
-from regnas_jax.nn.common import bn_slice
-from regnas_jax.spaces.base import envelope_arch
+from regnas_jax.nn import layers
+from regnas_jax.nn.blocks import (IBN, ElasticIBN, Head, IBNSpec, exact_ibn_variables,
+                                  pad_channels, variant_branches)
+from regnas_jax.nn.supernet import Supernet
 from regnas_jax.spaces.scarlet import ScarletArch, ScarletS1Space
 
 
@@ -83,7 +82,6 @@ class ChoiceLayer(nn.Module):
   branch: ElasticIBN
   layout: Any                 # spaces.scarlet.LayerLayout
   els: bool
-  skip_only: bool = False     # a shape envelope where every member skips this layer
   # switch mode: one exact-size branch per (expand, SE) choice, index ``expand * n_se + se``
   # (``n_se`` 2 where SE is searched, else 1), and the skip path as the last branch
   variants: tuple = ()
@@ -104,15 +102,13 @@ class ChoiceLayer(nn.Module):
           lambda mdl, x, kernel_index: skip_path(x)]
       return nn.switch(jnp.where(skip, len(self.variants), choice), fns, self, x, kernel_index)
     s = skip_path(x)
-    if self.skip_only:
-      return s
     h = self.branch(x, kernel_index, mid_mask, train, update=~skip, se_mask=se_mask,
                     se_weight=se_on.astype(jnp.float32))
     block = x + h if b.residual else h
     return jnp.where(skip, s, block)
 
 
-class ScarletSupernet(nn.Module):
+class ScarletSupernet(Supernet):
   """The SCARLET S1/S2 supernet: one parameter tree, subnets chosen by ``arch`` data.
 
   ``model.apply(variables, images, arch, train=False)`` -> ``(N, num_classes)`` logits for
@@ -124,9 +120,6 @@ class ScarletSupernet(nn.Module):
     depthwise_impl: ``'auto'`` | ``'xla'`` | ``'shift'`` (see :func:`ops.depthwise_conv`).
     kernel_transform: OFA's learned kernel transform matrices for the smaller kernels.
     bn_momentum, bn_epsilon, dropout_rate, dtype: as for the other supernets.
-    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch from
-      ``space.envelope``; ``None``: the largest shapes): a layer every member skips runs its
-      skip path only, the others at the envelope's kernel, expanded width and SE.
     switch: switch mode (``regnas_jax.nn.supernet``): every layer branches on its skip, expand,
       SE and kernel choice (``lax.switch``) instead of masking them -- for members run one at a
       time.
@@ -138,71 +131,107 @@ class ScarletSupernet(nn.Module):
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
-  envelope: Any = None
   switch: bool = False
 
-  # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
-  can_reorder = False
-  op_average = False
-  envelopes = True
   switches = True
 
-  @nn.nowrap
-  def exact_module(self, arch):
-    """The standalone exact-shape module of one subnet (no variables)."""
-    return exact_module(self, arch)
-
-  @nn.nowrap
-  def extract(self, variables, arch):
-    """``(exact_module, exact_variables)`` of one subnet (see :func:`extract`)."""
-    return extract(self, variables, arch)
-
-  @nn.nowrap
-  def subnet_specs(self, arch):
-    """Exact shapes of one subnet."""
-    return subnet_specs(self.space, arch)
-
-  @nn.nowrap
-  def reorder_channels(self, variables, keep_expands=(), **kw):
-    """Function-preserving channel sorting by importance (see :func:`reorder_channels`)."""
-    return reorder_channels(self, variables, keep_expands, **kw)
-
   @nn.compact
-  def __call__(self, images, arch: ScarletArch, train: bool = False):
+  def forward(self, images, arch: ScarletArch, train: bool = False):
     sp = self.space
     bn = lambda name: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
                                              name=name)
     x = _stem(images.astype(self.dtype), bn, train, sp.widths, sp.stem_stride,
               self.depthwise_impl, self.dtype)
     skip, e, k, se = sp.decode(arch)
-    env = None
-    if self.envelope is not None:
-      env = [np.asarray(t) for t in sp.decode(envelope_arch(sp, self.envelope))]
     for i, b in enumerate(sp.layers):
       mid = jnp.asarray(b.mid_choices)[e[i]]
       se_h = jnp.asarray(b.se_choices)[e[i]]
-      mid_n, se_n, sized = max(b.mid_choices), max(b.se_choices), {}
-      if env is not None:
-        mid_n, se_n = b.mid_choices[env[1][i]], b.se_choices[env[1][i]]
-        sized = dict(mid_size=mid_n, kernel_count=int(env[2][i]) + 1,
-                     se_size=se_n if sp.has_se and env[3][i] else 0)
       branch = functools.partial(
           ElasticIBN, max(b.mid_choices), b.out_ch, b.stride, "h_swish", sp.kernel_choices,
           "elastic", self.kernel_transform, max(b.se_choices) if sp.has_se else 0, "hsigmoid",
           self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
       variants, choice = (), None
-      if self.switch and env is None:
+      if self.switch:
         n_se = 2 if sp.has_se else 1
         variants = tuple(
             branch(mid_size=b.mid_choices[j], se_size=b.se_choices[j] if s_on else 0,
                    kernel_switch=True)
             for j in range(len(b.mid_choices)) for s_on in range(n_se))
         choice = e[i] * n_se + (se[i] > 0 if sp.has_se else 0)
-      skip_only = env is not None and bool(env[0][i])
-      x = ChoiceLayer(branch(**sized), b, sp.els, skip_only, variants, name=b.name)(
-          x, skip[i] > 0, k[i], jnp.arange(mid_n) < mid, jnp.arange(se_n) < se_h, se[i] > 0,
-          train, choice)
+      x = ChoiceLayer(branch(), b, sp.els, variants, name=b.name)(
+          x, skip[i] > 0, k[i], jnp.arange(max(b.mid_choices)) < mid,
+          jnp.arange(max(b.se_choices)) < se_h, se[i] > 0, train, choice)
     return _head(self, sp.widths[2], sp.num_classes, masked=True)(x, train)
+
+  def subnet_specs(self, arch: ScarletArch) -> tuple:
+    """Exact layer shapes of the exported subnet ``arch`` (concrete) selects."""
+    space = self.space
+    a = space.validate(arch, population=False)
+    skip, e, k, se = space.decode(a)
+    out, real, pending = [], space.widths[1], False
+    for i, b in enumerate(space.layers):
+      if skip[i]:
+        out.append(SkipSpec(b.name, real, b.stride))
+        pending = True
+        continue
+      shortcut = "none"
+      if b.residual:
+        shortcut = ("conv" if space.els and pending else
+                    "identity" if real == b.out_ch else "pad")
+      out.append(IBNSpec(b.name, real, b.out_ch, int(b.mid_choices[e[i]]),
+                         int(space.kernel_choices[k[i]]), b.stride, "h_swish",
+                         int(b.se_choices[e[i]]) if se[i] else 0, "hsigmoid", shortcut))
+      real, pending = b.out_ch, False
+    return tuple(out)
+
+  def exact_module(self, arch: ScarletArch) -> "ScarletNet":
+    """The standalone exact-shape module of one subnet (no variables; see :meth:`extract`)."""
+    sp = self.space
+    return ScarletNet(sp.widths[0], sp.stem_stride, sp.widths[1], self.subnet_specs(arch),
+                      sp.widths[2], sp.num_classes, self.depthwise_impl, self.bn_momentum,
+                      self.bn_epsilon, self.dropout_rate, self.dtype)
+
+  def extract(self, variables, arch: ScarletArch):
+    """Slice a supernet's variables to one subnet's exact shapes and fold its skips' maps.
+
+    Args:
+      variables: ``{'params', 'batch_stats'}`` of the supernet (statistics may be the ones
+        re-calibrated for this subnet).
+      arch: one concrete architecture.
+    Returns:
+      ``(ScarletNet, variables)``: plain skips, every ELS (or zero-pad) map folded into the next
+      convolution (module docstring); the same logits as the supernet for this arch.
+    """
+    sp = self.space
+    a = sp.validate(arch, population=False)
+    specs = self.subnet_specs(a)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    fixed = ("stem_conv", "stem_bn", "sep_dw", "sep_dw_bn", "sep_proj", "sep_proj_bn", "head_bn",
+             "classifier")
+    new_p = {n: params[n] for n in fixed}
+    new_s = {n: stats[n] for n in fixed if n in stats}
+    pending = None  # (c_real, c_stream) map of the skips since the last bottleneck
+    for s, b in zip(specs, sp.layers):
+      p = params[b.name]
+      if isinstance(s, SkipSpec):
+        m = (jnp.asarray(p["els"][0, 0]) if sp.els else
+             jnp.eye(b.in_ch, b.out_ch, dtype=jnp.float32))
+        pending = m if pending is None else jnp.matmul(pending, m,
+                                                       precision=jax.lax.Precision.HIGHEST)
+        continue
+      q, st = exact_ibn_variables(p, stats.get(b.name), s, sp.kernel_choices,
+                                  self.kernel_transform, lambda k: _fold(pending, k))
+      if s.shortcut == "conv":
+        q["shortcut"] = {"kernel": pending[None, None]}
+      new_p[b.name] = q
+      if st:
+        new_s[b.name] = st
+      pending = None
+    new_p["head_conv"] = {"kernel": _fold(pending, params["head_conv"]["kernel"])}
+    out = {"params": new_p}
+    if new_s:
+      out["batch_stats"] = new_s
+    return self.exact_module(a), out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +247,8 @@ class SkipSpec:
 
 
 class ScarletNet(nn.Module):
-  """A standalone SCARLET-style network with exact shapes (what :func:`extract` returns).
+  """A standalone SCARLET-style network with exact shapes (what
+  :meth:`ScarletSupernet.extract` returns).
 
   ``model.apply(variables, images, train=False)``; train mode needs ``mutable=['batch_stats']``.
   """
@@ -250,37 +280,8 @@ class ScarletNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Extraction with ELS folding
+# ELS folding on extraction
 # ----------------------------------------------------------------------------------------------
-def subnet_specs(space: ScarletS1Space, arch: ScarletArch) -> tuple:
-  """Exact layer shapes of the exported subnet ``arch`` (concrete) selects."""
-  a = space.validate(arch, population=False)
-  skip, e, k, se = space.decode(a)
-  out, real, pending = [], space.widths[1], False
-  for i, b in enumerate(space.layers):
-    if skip[i]:
-      out.append(SkipSpec(b.name, real, b.stride))
-      pending = True
-      continue
-    shortcut = "none"
-    if b.residual:
-      shortcut = ("conv" if space.els and pending else
-                  "identity" if real == b.out_ch else "pad")
-    out.append(IBNSpec(b.name, real, b.out_ch, int(b.mid_choices[e[i]]),
-                       int(space.kernel_choices[k[i]]), b.stride, "h_swish",
-                       int(b.se_choices[e[i]]) if se[i] else 0, "hsigmoid", shortcut))
-    real, pending = b.out_ch, False
-  return tuple(out)
-
-
-def exact_module(model: ScarletSupernet, arch: ScarletArch) -> ScarletNet:
-  """The standalone exact-shape module of one subnet (no variables; see :func:`extract`)."""
-  sp = model.space
-  return ScarletNet(sp.widths[0], sp.stem_stride, sp.widths[1], subnet_specs(sp, arch),
-                    sp.widths[2], sp.num_classes, model.depthwise_impl, model.bn_momentum,
-                    model.bn_epsilon, model.dropout_rate, model.dtype)
-
-
 def _fold(pending, kernel):
   """``P W`` for a 1x1 kernel ``W (1, 1, c, d)``; ``pending`` is ``P (c_real, c)`` or ``None``."""
   if pending is None:
@@ -288,69 +289,4 @@ def _fold(pending, kernel):
   w = jnp.matmul(pending, kernel[0, 0], precision=jax.lax.Precision.HIGHEST)
   return w[None, None]
 
-
-def extract(model: ScarletSupernet, variables, arch: ScarletArch):
-  """Slice a supernet's variables to one subnet's exact shapes and fold its skips' maps.
-
-  Args:
-    model: the supernet module.
-    variables: ``{'params', 'batch_stats'}`` of the supernet (statistics may be the ones
-      re-calibrated for this subnet).
-    arch: one concrete architecture.
-  Returns:
-    ``(ScarletNet, variables)``: plain skips, every ELS (or zero-pad) map folded into the next
-    convolution (module docstring); the same logits as the supernet for this arch.
-  """
-  sp = model.space
-  a = sp.validate(arch, population=False)
-  specs = subnet_specs(sp, a)
-  params, stats = variables["params"], variables.get("batch_stats", {})
-  fixed = ("stem_conv", "stem_bn", "sep_dw", "sep_dw_bn", "sep_proj", "sep_proj_bn", "head_bn",
-           "classifier")
-  new_p = {n: params[n] for n in fixed}
-  new_s = {n: stats[n] for n in fixed if n in stats}
-  pending = None  # (c_real, c_stream) map of the skips since the last bottleneck
-  for s, b in zip(specs, sp.layers):
-    p = params[b.name]
-    if isinstance(s, SkipSpec):
-      m = (jnp.asarray(p["els"][0, 0]) if sp.els else
-           jnp.eye(b.in_ch, b.out_ch, dtype=jnp.float32))
-      pending = m if pending is None else jnp.matmul(pending, m,
-                                                     precision=jax.lax.Precision.HIGHEST)
-      continue
-    mid = s.mid_ch
-    dw = p["dw"]
-    matrices = {n: v for n, v in dw.items() if n != "kernel"} if model.kernel_transform else None
-    kern = dict(zip(sp.kernel_choices, ops.elastic_kernels(dw["kernel"], sp.kernel_choices,
-                                                           matrices)))[s.kernel]
-    q = {"expand": {"kernel": _fold(pending, p["expand"]["kernel"][..., :mid])},
-         "expand_bn": bn_slice(p["expand_bn"], mid),
-         "dw": {"kernel": kern[..., :mid]},
-         "dw_bn": bn_slice(p["dw_bn"], mid),
-         "proj": {"kernel": p["proj"]["kernel"][:, :, :mid, :]},
-         "proj_bn": p["proj_bn"]}
-    if s.se_ch:
-      se, r = p["se"], s.se_ch
-      q["se"] = {"reduce": {"kernel": se["reduce"]["kernel"][:mid, :r],
-                            "bias": se["reduce"]["bias"][:r]},
-                 "expand": {"kernel": se["expand"]["kernel"][:r, :mid],
-                            "bias": se["expand"]["bias"][:mid]}}
-    if s.shortcut == "conv":
-      q["shortcut"] = {"kernel": pending[None, None]}
-    new_p[b.name] = q
-    if b.name in stats:
-      st = stats[b.name]
-      new_s[b.name] = {"expand_bn": bn_slice(st["expand_bn"], mid),
-                       "dw_bn": bn_slice(st["dw_bn"], mid), "proj_bn": st["proj_bn"]}
-    pending = None
-  new_p["head_conv"] = {"kernel": _fold(pending, params["head_conv"]["kernel"])}
-  out = {"params": new_p}
-  if new_s:
-    out["batch_stats"] = new_s
-  return exact_module(model, a), out
-
-
-def reorder_channels(model, variables, keep_expands=(), **kw):
-  """Not available for the SCARLET spaces (no progressive shrinking phases use it)."""
-  raise NotImplementedError("channel re-ordering is implemented for the OFA supernets only")
 

@@ -1,103 +1,133 @@
-"""The supernet contract and the registry of supernets by search space.
+"""The supernet contract (:class:`Supernet`) and the registry of supernets by search space.
 
 A supernet is a Flax Linen module holding every weight of its space at the largest shape.  A
 subnet is chosen by *data*: ``apply(variables, images, arch, train=...)`` derives channel masks,
 kernel choices and active blocks from ``arch`` inside the traced function, so one compiled
 program serves every subnet and ``jax.vmap`` over ``arch`` scores a population.
 
-What a new supernet must provide (:class:`Supernet`; :func:`register_supernet` checks it):
+A supernet subclasses :class:`Supernet` and states what differs (the contract tests run on it
+once its space has an entry in ``tests/contract.py``):
 
-* dataclass fields ``space`` (its :class:`~regnas_jax.spaces.SearchSpace`), ``bn_momentum``,
-  ``bn_epsilon``, ``dropout_rate`` and ``dtype`` -- BN re-calibration runs
-  ``model.clone(bn_momentum=0.0, dropout_rate=0.0)``, and ``dtype`` is the compute dtype;
-* ``__call__(images, arch, train=False)`` -> float32 logits ``(N, num_classes)`` for
+* the dataclass fields :data:`REQUIRED_FIELDS` -- BN re-calibration runs
+  ``model.clone(bn_momentum=0.0, dropout_rate=0.0)``; ``dtype`` is the compute dtype;
+* ``forward(images, arch, train)`` (``@nn.compact``): float32 logits ``(N, num_classes)`` for
   ``images (N, R, R, 3)``.  In train mode BN uses batch statistics and, with
-  ``mutable=['batch_stats']``, updates the running statistics of the channels and blocks the
-  subnet uses only (an unused block keeps its statistics);
-* ``exact_module(arch)`` -> a standalone Linen module with exactly the subnet's shapes
-  (``module.apply(variables, images, train=False)``), ``extract(variables, arch)`` ->
-  ``(exact_module, exact_variables)`` slicing the supernet's variables to it (the logits must
-  equal the masked supernet's: the contract tests check it for every registered space), and
-  ``subnet_specs(arch)`` -> the exact shapes (for tests and export);
-* ``reorder_channels(variables, keep_expands=())`` -> variables with channels sorted by
-  importance, function-preserving (OFA's progressive shrinking needs it); a supernet without
-  it sets ``can_reorder = False`` and raises ``NotImplementedError``.
+  ``mutable=['batch_stats']``, updates the statistics of the channels and blocks the subnet
+  uses only.  Callers call the module (``__call__``, below), never ``forward``;
+* ``subnet_specs(arch)``, ``exact_module(arch)`` and ``extract(variables, arch)``: the exact
+  shapes of a concrete arch, a standalone Linen module with exactly those shapes
+  (``module.apply(variables, images, train=False)``), and that module with the supernet's
+  variables sliced to it -- its logits equal the masked supernet's;
+* the capabilities it has, class attributes whose defaults are below: ``can_reorder``
+  (``reorder_channels``, function-preserving channel sorting, for progressive shrinking),
+  ``switches`` (a dataclass field ``switch``: ``clone(switch=True)`` computes the same function
+  by ``lax.switch`` over exact-size branches, for members run one at a time -- under ``vmap``
+  a switch selects over every branch, so batched scoring stays masked), ``cpu_subnet_loop``
+  (``'scan'`` or ``'vmap'``: how a training step runs several subnets on a CPU) and
+  ``op_average`` (``forward`` takes TuNAS's op-warmup flags ``average=`` for the fields in
+  ``op_decisions``).
 
-Optional class attributes: ``cpu_subnet_loop`` (``'scan'`` or ``'vmap'``: how the training
-step runs several subnets on a CPU, default ``'scan'``) and ``op_average`` (``True`` when
-``__call__`` takes TuNAS's op-warmup flags as ``average=``).
-
-Optional, and what makes scoring and training pay for the subnet rather than the supernet:
-**static shape envelopes** (``envelopes = True`` and a dataclass field ``envelope``, default
-``None``).  ``model.clone(envelope=spaces.base.envelope_key(env))``, for ``env =
-space.envelope(members)``, is the same function for every member ``env`` holds, computed at
-``env``'s shapes: blocks no member runs are left out, the others are built at the envelope's
-kernel sizes and widths, and every layer slices its (unchanged, largest-shape) variables to
-them -- so the variables, checkpoints and gradients are those of the supernet, and the BN
-statistics a train step writes are the full arrays with the envelope's part updated.  Masks
-then act inside the envelope.  The contract tests check, for every supernet that sets it,
-envelope == masked == extracted (logits in both modes, written statistics) and that a
-member's own envelope costs exactly its exact subnet's MACs.  :mod:`regnas_jax.envelopes`
-chooses the envelopes; a supernet without them is scored and trained at its largest shapes.
-
-Optional too: a **switch mode** (``switches = True`` and a dataclass field ``switch``, default
-``False``).  ``model.clone(switch=True)`` is the same function, computed by branching on the
-arch instead of masking: each searchable block runs ``flax.linen.switch`` over exact-size
-variants of itself (one per width/SE choice, the kernel size a ``lax.switch`` inside its
-depthwise layer, an unused block an identity or skip branch), built from the same variables.
-Only the taken branch executes where the choice is not batched -- members run one at a time by
-an unbatched ``lax.map`` (``evaluate.switch_mode``; ``config.score.switch``); under ``vmap`` a
-switch turns into a select over every branch, so masks stay there.  The contract tests check
-switch == masked (logits in both modes, written statistics) for every supernet that sets it.
-
-Inverted-bottleneck supernets build their layers from ``nn/blocks.py`` (the masked branch, its
-exact twin, the head).  Tests: the contract tests run for every registered supernet with the
-space's entry in ``tests/contract.py`` ``CONFIGS`` (supernet options included).
+**Resolution.**  An arch's ``resolution`` field names the input side its subnet is meant for;
+the images carry the side the program computes at, and the two must agree.  ``__call__``
+checks a concrete arch (numpy or device arrays, also ones a traced function closes over)
+against the images and raises a ``ValueError`` naming both sizes
+(``space.check_resolution``).  A traced arch (an argument of ``jit``, ``vmap``, ``lax.map``)
+cannot be read there, so the host code that pairs images with populations checks before
+tracing: scoring (:mod:`regnas_jax.evaluate`: each call gets one resolution's members) and
+the training step (its archs' field set to the side of the images it trains on, checked
+against the resolution the step was built for).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import dataclasses
+from typing import ClassVar
+
+import flax.linen as nn
 
 from regnas_jax.spaces.base import SearchSpace
 
 REQUIRED_FIELDS = ("space", "bn_momentum", "bn_epsilon", "dropout_rate", "dtype")
-REQUIRED_METHODS = ("exact_module", "extract", "subnet_specs", "reorder_channels")
+HOST_METHODS = ("subnet_specs", "exact_module", "extract", "reorder_channels")
 
 
-@runtime_checkable
-class Supernet(Protocol):
-  """The supernet contract (module docstring): what scoring, training and the jobs call."""
+class Supernet(nn.Module):
+  """Base of every supernet (module docstring): the call, the capabilities with their defaults
+  and the methods a subclass implements."""
 
-  space: SearchSpace
-  bn_momentum: float
-  bn_epsilon: float
-  dropout_rate: float
-  dtype: Any
+  can_reorder: ClassVar[bool] = False
+  switches: ClassVar[bool] = False
+  cpu_subnet_loop: ClassVar[str] = "scan"
+  op_average: ClassVar[bool] = False
+  op_decisions: ClassVar[tuple] = ()
 
-  def apply(self, variables, *args, **kwargs): ...
-  def clone(self, **kwargs): ...
-  def exact_module(self, arch): ...
-  def extract(self, variables, arch): ...
-  def subnet_specs(self, arch): ...
-  def reorder_channels(self, variables, keep_expands=()): ...
+  def __init_subclass__(cls, **kwargs):
+    # The host methods take variables, not a module scope: Flax must not wrap them.
+    for name in HOST_METHODS:
+      if name in cls.__dict__:
+        nn.nowrap(cls.__dict__[name])
+    super().__init_subclass__(**kwargs)
+
+  def __call__(self, images, arch, train: bool = False, **kwargs):
+    """Float32 logits ``(N, num_classes)`` of ``forward``, after checking a concrete arch's
+    resolution against the images' side (module docstring)."""
+    self.space.check_resolution(arch, images.shape[1], type(self).__name__)
+    return self.forward(images, arch, train, **kwargs)
+
+  def forward(self, images, arch, train: bool = False):
+    raise NotImplementedError
+
+  def subnet_specs(self, arch):
+    """The exact shapes of the subnet a concrete ``arch`` selects."""
+    raise NotImplementedError
+
+  def exact_module(self, arch):
+    """The standalone exact-shape Linen module of one subnet (no variables)."""
+    raise NotImplementedError
+
+  def extract(self, variables, arch):
+    """``(exact_module(arch), variables sliced to it)`` (the batch statistics may be the ones
+    re-calibrated for this subnet)."""
+    raise NotImplementedError
+
+  def reorder_channels(self, variables, keep_expands=(), **kw):
+    """``variables`` with channels sorted by importance, the function unchanged; the widths of
+    the expand ratios ``keep_expands`` (already trained) keep their channel sets."""
+    raise NotImplementedError(f"{type(self).__name__} has no channel re-ordering")
 
 
 SUPERNETS: dict[str, type] = {}   # space name -> supernet class
 
 
+def _defines(cls: type, name: str) -> bool:
+  """Whether a class between ``cls`` and :class:`Supernet` defines ``name``."""
+  return next(k for k in cls.__mro__ if name in vars(k)) is not Supernet
+
+
+def contract_problem(cls) -> str | None:
+  """What ``cls`` misses of the contract, in words, or ``None``."""
+  if not (isinstance(cls, type) and issubclass(cls, Supernet)):
+    name = cls.__name__ if isinstance(cls, type) else repr(cls)
+    return f"{name} does not derive from regnas_jax.nn.supernet.Supernet"
+  fields = {f.name for f in dataclasses.fields(cls)}
+  needed = [f for f in REQUIRED_FIELDS if f not in fields]
+  needed += ["switch"] if cls.switches and "switch" not in fields else []
+  if needed:
+    return f"{cls.__name__} has no field {needed[0]!r}"
+  methods = ["forward", "subnet_specs", "exact_module", "extract"]
+  methods += ["reorder_channels"] if cls.can_reorder else []
+  missing = [m for m in methods if not _defines(cls, m)]
+  return f"{cls.__name__} has no method {missing[0]!r}" if missing else None
+
+
 def register_supernet(space_name: str, cls: type) -> type:
   """Register ``cls`` as the supernet of the space named ``space_name``.
 
-  Raises ``TypeError`` naming the first missing field or method of the contract.
+  Raises ``TypeError`` naming what ``cls`` misses of the contract (:func:`contract_problem`).
   """
-  fields = getattr(cls, "__dataclass_fields__", {})
-  for f in REQUIRED_FIELDS:
-    if f not in fields:
-      raise TypeError(f"register_supernet: {cls.__name__} has no field {f!r}")
-  for m in REQUIRED_METHODS + ("apply", "clone"):
-    if not callable(getattr(cls, m, None)):
-      raise TypeError(f"register_supernet: {cls.__name__} has no method {m!r}")
+  problem = contract_problem(cls)
+  if problem:
+    raise TypeError(f"register_supernet: {problem}")
   SUPERNETS[space_name] = cls
   return cls
 

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 from regnas_jax.nn import layers, ops
 from regnas_jax.nn.blocks import IBN, ElasticIBN, Head, IBNSpec
 from regnas_jax.nn.layers import MixedConv
-from regnas_jax.nn.common import bn_slice
-from regnas_jax.spaces.base import envelope_arch
+from regnas_jax.nn.common import bn_slice, se_slice
+from regnas_jax.nn.supernet import Supernet
 from regnas_jax.spaces.tunas import TunasArch, TunasSpace, scale_filters
 
 OP_DECISIONS = ("stem_kernel", "sep_kernel", "sep_on", "on", "kernel", "se")
@@ -79,7 +79,7 @@ class IBNLayer(nn.Module):
     return x + gate.astype(h.dtype) * h if self.optional else h
 
 
-class TunasSupernet(nn.Module):
+class TunasSupernet(Supernet):
   """The supernet of a TuNAS space: one parameter tree, subnets chosen by ``arch`` data.
 
   ``model.apply(variables, images, arch, train=False, average=None)`` -> ``(N, num_classes)``
@@ -90,10 +90,6 @@ class TunasSupernet(nn.Module):
     space: a ProxylessNAS, ProxylessNAS-Enlarged or MobileNetV3-Like space.
     depthwise_impl: ``'auto'`` | ``'xla'`` | ``'shift'`` (see :func:`ops.depthwise_conv`).
     bn_momentum, bn_epsilon, dropout_rate, dtype: as for the other supernets.
-    envelope: a static shape envelope (``spaces.base.envelope_key`` of an arch from
-      ``space.envelope``; ``None``: the largest shapes): each width group at the envelope's
-      width, each layer at its largest kernel, expansion and SE, optional layers and the
-      sepconv no member runs left out.
   """
   space: TunasSpace
   depthwise_impl: str = "auto"
@@ -101,107 +97,137 @@ class TunasSupernet(nn.Module):
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
-  envelope: Any = None
 
-  # -- the supernet contract (regnas_jax.nn.supernet) -----------------------------------------
-  can_reorder = False
-  envelopes = True
-  op_average = True                 # __call__ takes TuNAS's op-warmup flags as ``average=``
-  op_decisions = OP_DECISIONS       # the fields those flags cover
-
-  @nn.nowrap
-  def exact_module(self, arch):
-    """The standalone exact-shape module of one subnet (no variables)."""
-    return exact_module(self, arch)
-
-  @nn.nowrap
-  def extract(self, variables, arch):
-    """``(exact_module, exact_variables)`` of one subnet (see :func:`extract`)."""
-    return extract(self, variables, arch)
-
-  @nn.nowrap
-  def subnet_specs(self, arch):
-    """Exact shapes of one subnet."""
-    return subnet_specs(self.space, arch)
-
-  @nn.nowrap
-  def reorder_channels(self, variables, keep_expands=(), **kw):
-    """Function-preserving channel sorting by importance (see :func:`reorder_channels`)."""
-    return reorder_channels(self, variables, keep_expands, **kw)
+  op_average = True
+  op_decisions = OP_DECISIONS
 
   @nn.compact
-  def __call__(self, images, arch: TunasArch, train: bool = False, average=None):
+  def forward(self, images, arch: TunasArch, train: bool = False, average=None):
     sp = self.space
     av = (lambda name: None) if average is None else (lambda name: average[name])
     bn = lambda name, c: layers.MaskedBatchNorm(self.bn_momentum, self.bn_epsilon, self.dtype,
                                                 features=c, name=name)
     wmax = sp.max_widths
     width = sp.widths(arch)
-    env = None if self.envelope is None else envelope_arch(sp, self.envelope)
-    if env is not None and average is not None:
-      raise ValueError("TunasSupernet: op warmup (average=) mixes every choice; it needs the "
-                       "largest shapes, not an envelope")
-    # the widths computed: the largest, or the envelope's (then layers slice their variables)
-    wcap = wmax if env is None else tuple(int(w) for w in sp.widths(env))
-    sized = (lambda g: None) if env is None else (lambda g: wcap[g])
-    gmask = lambda g: _first(wcap[g], width[g])
+    gmask = lambda g: _first(wmax[g], width[g])
     ks = sp.kernel_choices
     first_act = ops.activation(_stem_act(sp))
-    count = (lambda i: None) if env is None else (lambda i: int(i) + 1)
 
     x = images.astype(self.dtype)
-    x = MixedConv(sp.stem_kernels, wmax[0], sp.stem_stride, dtype=self.dtype, out_size=sized(0),
-                  num_sizes=None if env is None else count(env.stem_kernel), name="stem_conv")(
+    x = MixedConv(sp.stem_kernels, wmax[0], sp.stem_stride, dtype=self.dtype, name="stem_conv")(
         x, _weights(arch.stem_kernel, len(sp.stem_kernels), av("stem_kernel")))
     x = first_act(bn("stem_bn", wmax[0])(x, train, gmask(0)))
 
-    if env is None or sp.sep_active(env):
-      sep_w = _weights(arch.sep_on, len(sp.sep_choices), av("sep_on"))
-      sep_gate = sep_w[-1] if sp.v3 else jnp.float32(1.0)
-      h = MixedConv(ks, depthwise=True, impl=self.depthwise_impl, dtype=self.dtype,
-                    channels=sized(0) and wmax[0],
-                    num_sizes=None if env is None else count(env.sep_kernel), name="sep_dw")(
-          x, _weights(arch.sep_kernel, len(ks), av("sep_kernel")))
-      h = jax.nn.relu(bn("sep_dw_bn", wmax[0])(h, train, gmask(0), sep_gate > 0))
-      h = layers.conv(wmax[sp.sep_group], 1, name="sep_proj", dtype=self.dtype,
-                      in_features=sized(0) and wmax[0], out_size=sized(sp.sep_group))(h)
-      h = bn("sep_proj_bn", wmax[sp.sep_group])(h, train, gmask(sp.sep_group), sep_gate > 0)
-      x = x + sep_gate.astype(h.dtype) * h if sp.v3 else h
+    sep_w = _weights(arch.sep_on, len(sp.sep_choices), av("sep_on"))
+    sep_gate = sep_w[-1] if sp.v3 else jnp.float32(1.0)
+    h = MixedConv(ks, depthwise=True, impl=self.depthwise_impl, dtype=self.dtype, name="sep_dw")(
+        x, _weights(arch.sep_kernel, len(ks), av("sep_kernel")))
+    h = jax.nn.relu(bn("sep_dw_bn", wmax[0])(h, train, gmask(0), sep_gate > 0))
+    h = layers.conv(wmax[sp.sep_group], 1, name="sep_proj", dtype=self.dtype)(h)
+    h = bn("sep_proj_bn", wmax[sp.sep_group])(h, train, gmask(sp.sep_group), sep_gate > 0)
+    x = x + sep_gate.astype(h.dtype) * h if sp.v3 else h
 
     on_w = _weights(arch.on, 2, av("on"))[..., 1]
     k_w = _weights(arch.kernel, len(ks), av("kernel"))
     se_w = _weights(arch.se, len(sp.se_choices), av("se"))
     exp = jnp.asarray(sp.expand_choices, jnp.float32)
-    env_on = None if env is None else sp.layer_on(env)
     for b in sp.layers:
-      if env is not None and not env_on[b.index]:
-        continue      # an optional layer no member runs: it returns its input
-      in_max, out_max = wmax[b.in_group], wmax[b.out_group]
-      mid_max = scale_filters(in_max, max(sp.expand_choices))
+      mid_max = scale_filters(wmax[b.in_group], max(sp.expand_choices))
       se_max = scale_filters(mid_max, 0.25)
-      mid_n, se_n, caps = mid_max, se_max, {}
-      if env is not None:
-        mid_n = scale_filters(wcap[b.in_group], sp.expand_choices[env.expand[b.index]])
-        se_n = scale_filters(mid_n, 0.25)
-        caps = dict(in_ch=in_max, mid_size=mid_n, kernel_count=count(env.kernel[b.index]),
-                    se_size=se_n if sp.v3 and sp.se_choices[env.se[b.index]] else 0,
-                    out_size=wcap[b.out_group])
       mid = _scale(width[b.in_group] * exp[arch.expand[b.index]])
       gate = on_w[b.optional] if b.optional >= 0 else jnp.float32(1.0)
-      branch = ElasticIBN(mid_max, out_max, b.stride, b.act, ks, "mixed", False,
+      branch = ElasticIBN(mid_max, wmax[b.out_group], b.stride, b.act, ks, "mixed", False,
                           se_max if sp.v3 else 0, "sigmoid", self.depthwise_impl,
-                          self.bn_momentum, self.bn_epsilon, self.dtype, **caps)
+                          self.bn_momentum, self.bn_epsilon, self.dtype)
       x = IBNLayer(branch, b.optional >= 0, name=b.name)(
-          x, gate, k_w[b.index], _first(mid_n, mid), _first(se_n, _scale(mid * 0.25)),
+          x, gate, k_w[b.index], _first(mid_max, mid), _first(se_max, _scale(mid * 0.25)),
           se_w[b.index], gmask(b.out_group), train)
 
     hg = sp.head_groups
     head = _head(self, sp.num_classes, _stem_act(sp), wmax[hg[0]], wmax[hg[1]] if sp.v3 else 0,
                  masked=True)
-    if env is not None:
-      head = dataclasses.replace(head, in_ch=wmax[sp.layers[-1].out_group], conv_size=wcap[hg[0]],
-                                 mix_size=wcap[hg[1]] if sp.v3 else None)
     return head(x, train, gmask(hg[0]), gmask(hg[1]) if sp.v3 else None)
+
+  def subnet_specs(self, arch: TunasArch) -> "NetSpec":
+    """Exact shapes of the subnet ``arch`` (concrete) selects."""
+    space = self.space
+    a = space.validate(arch, population=False)
+    w = [int(x) for x in space.widths(a)]
+    on = space.layer_on(a)
+    out = []
+    for b in space.layers:
+      if not on[b.index]:
+        continue
+      mid = scale_filters(w[b.in_group], space.expand_choices[a.expand[b.index]])
+      out.append(IBNSpec(b.name, w[b.in_group], w[b.out_group], mid,
+                         space.kernel_choices[a.kernel[b.index]], b.stride, b.act,
+                         scale_filters(mid, 0.25) if a.se[b.index] else 0, "sigmoid",
+                         "identity" if b.optional >= 0 else "none"))
+    hg = space.head_groups
+    sep = bool(space.sep_active(a))
+    return NetSpec(space.stem_kernels[a.stem_kernel], space.stem_stride, w[0], _stem_act(space),
+                   space.kernel_choices[a.sep_kernel] if sep else 0, w[space.sep_group], space.v3,
+                   tuple(out), w[hg[0]], w[hg[1]] if space.v3 else 0)
+
+  def exact_module(self, arch: TunasArch) -> "TunasNet":
+    """The standalone exact-shape module of one subnet (no variables; see :meth:`extract`)."""
+    return TunasNet(self.subnet_specs(arch), self.space.num_classes, self.depthwise_impl,
+                    self.bn_momentum, self.bn_epsilon, self.dropout_rate, self.dtype)
+
+  def extract(self, variables, arch: TunasArch):
+    """Slice a supernet's variables to one subnet's exact shapes.
+
+    Returns ``(TunasNet, variables)`` computing the same logits as the supernet for ``arch``.
+    """
+    spec = self.subnet_specs(arch)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    c0 = spec.stem_ch
+    p = {"stem_conv": {"kernel": params["stem_conv"][f"kernel_{spec.stem_kernel}"][..., :c0]},
+         "stem_bn": bn_slice(params["stem_bn"], c0)}
+    st = {"stem_bn": bn_slice(stats["stem_bn"], c0)} if stats else {}
+    if spec.sep_kernel:
+      p["sep_dw"] = {"kernel": params["sep_dw"][f"kernel_{spec.sep_kernel}"][..., :c0]}
+      p["sep_dw_bn"] = bn_slice(params["sep_dw_bn"], c0)
+      p["sep_proj"] = {"kernel": params["sep_proj"]["kernel"][:, :, :c0, :spec.sep_ch]}
+      p["sep_proj_bn"] = bn_slice(params["sep_proj_bn"], spec.sep_ch)
+      if stats:
+        st["sep_dw_bn"] = bn_slice(stats["sep_dw_bn"], c0)
+        st["sep_proj_bn"] = bn_slice(stats["sep_proj_bn"], spec.sep_ch)
+    for ls in spec.layers:
+      q = params[ls.name]
+      cin, mid, cout = ls.in_ch, ls.mid_ch, ls.out_ch
+      lp = {"expand": {"kernel": q["expand"]["kernel"][:, :, :cin, :mid]},
+            "expand_bn": bn_slice(q["expand_bn"], mid),
+            "dw": {"kernel": q["dw"][f"kernel_{ls.kernel}"][..., :mid]},
+            "dw_bn": bn_slice(q["dw_bn"], mid),
+            "proj": {"kernel": q["proj"]["kernel"][:, :, :mid, :cout]},
+            "proj_bn": bn_slice(q["proj_bn"], cout)}
+      if ls.se_ch:
+        lp["se"] = se_slice(q["se"], mid, ls.se_ch)
+      p[ls.name] = lp
+      if stats:
+        s = stats[ls.name]
+        st[ls.name] = {"expand_bn": bn_slice(s["expand_bn"], mid),
+                       "dw_bn": bn_slice(s["dw_bn"], mid), "proj_bn": bn_slice(s["proj_bn"], cout)}
+    c_last = spec.layers[-1].out_ch if spec.layers else None
+    if c_last is None:  # every layer has a mandatory first IBN; kept for safety
+      raise ValueError("a subnet without IBN layers")
+    p["head_conv"] = {"kernel": params["head_conv"]["kernel"][:, :, :c_last, :spec.head_ch]}
+    p["head_bn"] = bn_slice(params["head_bn"], spec.head_ch)
+    if stats:
+      st["head_bn"] = bn_slice(stats["head_bn"], spec.head_ch)
+    c = spec.head_ch
+    if spec.head2_ch:
+      d = params["head_dense"]
+      p["head_dense"] = {"kernel": d["kernel"][:c, :spec.head2_ch],
+                         "bias": d["bias"][:spec.head2_ch]}
+      c = spec.head2_ch
+    p["classifier"] = {"kernel": params["classifier"]["kernel"][:c],
+                       "bias": params["classifier"]["bias"]}
+    out = {"params": p}
+    if st:
+      out["batch_stats"] = st
+    return self.exact_module(arch), out
 
 
 def _stem_act(space) -> str:
@@ -235,7 +261,8 @@ class NetSpec:
 
 
 class TunasNet(nn.Module):
-  """A standalone network of a TuNAS space with exact shapes (what :func:`extract` returns).
+  """A standalone network of a TuNAS space with exact shapes (what
+  :meth:`TunasSupernet.extract` returns).
 
   ``model.apply(variables, images, train=False)``; train mode needs ``mutable=['batch_stats']``.
   """
@@ -268,93 +295,3 @@ class TunasNet(nn.Module):
         x, train)
 
 
-def subnet_specs(space: TunasSpace, arch: TunasArch) -> NetSpec:
-  """Exact shapes of the subnet ``arch`` (concrete) selects."""
-  a = space.validate(arch, population=False)
-  w = [int(x) for x in space.widths(a)]
-  on = space.layer_on(a)
-  out = []
-  for b in space.layers:
-    if not on[b.index]:
-      continue
-    mid = scale_filters(w[b.in_group], space.expand_choices[a.expand[b.index]])
-    out.append(IBNSpec(b.name, w[b.in_group], w[b.out_group], mid,
-                       space.kernel_choices[a.kernel[b.index]], b.stride, b.act,
-                       scale_filters(mid, 0.25) if a.se[b.index] else 0, "sigmoid",
-                       "identity" if b.optional >= 0 else "none"))
-  hg = space.head_groups
-  sep = bool(space.sep_active(a))
-  return NetSpec(space.stem_kernels[a.stem_kernel], space.stem_stride, w[0], _stem_act(space),
-                 space.kernel_choices[a.sep_kernel] if sep else 0, w[space.sep_group], space.v3,
-                 tuple(out), w[hg[0]], w[hg[1]] if space.v3 else 0)
-
-
-def exact_module(model: TunasSupernet, arch: TunasArch) -> TunasNet:
-  """The standalone exact-shape module of one subnet (no variables; see :func:`extract`)."""
-  return TunasNet(subnet_specs(model.space, arch), model.space.num_classes, model.depthwise_impl,
-                  model.bn_momentum, model.bn_epsilon, model.dropout_rate, model.dtype)
-
-
-def extract(model: TunasSupernet, variables, arch: TunasArch):
-  """Slice a supernet's variables to one subnet's exact shapes.
-
-  Returns ``(TunasNet, variables)`` computing the same logits as the supernet for ``arch``.
-  """
-  sp = model.space
-  spec = subnet_specs(sp, arch)
-  params, stats = variables["params"], variables.get("batch_stats", {})
-  c0 = spec.stem_ch
-  p = {"stem_conv": {"kernel": params["stem_conv"][f"kernel_{spec.stem_kernel}"][..., :c0]},
-       "stem_bn": bn_slice(params["stem_bn"], c0)}
-  st = {"stem_bn": bn_slice(stats["stem_bn"], c0)} if stats else {}
-  if spec.sep_kernel:
-    p["sep_dw"] = {"kernel": params["sep_dw"][f"kernel_{spec.sep_kernel}"][..., :c0]}
-    p["sep_dw_bn"] = bn_slice(params["sep_dw_bn"], c0)
-    p["sep_proj"] = {"kernel": params["sep_proj"]["kernel"][:, :, :c0, :spec.sep_ch]}
-    p["sep_proj_bn"] = bn_slice(params["sep_proj_bn"], spec.sep_ch)
-    if stats:
-      st["sep_dw_bn"] = bn_slice(stats["sep_dw_bn"], c0)
-      st["sep_proj_bn"] = bn_slice(stats["sep_proj_bn"], spec.sep_ch)
-  for ls in spec.layers:
-    q = params[ls.name]
-    cin, mid, cout = ls.in_ch, ls.mid_ch, ls.out_ch
-    lp = {"expand": {"kernel": q["expand"]["kernel"][:, :, :cin, :mid]},
-          "expand_bn": bn_slice(q["expand_bn"], mid),
-          "dw": {"kernel": q["dw"][f"kernel_{ls.kernel}"][..., :mid]},
-          "dw_bn": bn_slice(q["dw_bn"], mid),
-          "proj": {"kernel": q["proj"]["kernel"][:, :, :mid, :cout]},
-          "proj_bn": bn_slice(q["proj_bn"], cout)}
-    if ls.se_ch:
-      se, r = q["se"], ls.se_ch
-      lp["se"] = {"reduce": {"kernel": se["reduce"]["kernel"][:mid, :r],
-                             "bias": se["reduce"]["bias"][:r]},
-                  "expand": {"kernel": se["expand"]["kernel"][:r, :mid],
-                             "bias": se["expand"]["bias"][:mid]}}
-    p[ls.name] = lp
-    if stats:
-      s = stats[ls.name]
-      st[ls.name] = {"expand_bn": bn_slice(s["expand_bn"], mid), "dw_bn": bn_slice(s["dw_bn"], mid),
-                     "proj_bn": bn_slice(s["proj_bn"], cout)}
-  c_last = spec.layers[-1].out_ch if spec.layers else None
-  if c_last is None:  # every layer has a mandatory first IBN; kept for safety
-    raise ValueError("a subnet without IBN layers")
-  p["head_conv"] = {"kernel": params["head_conv"]["kernel"][:, :, :c_last, :spec.head_ch]}
-  p["head_bn"] = bn_slice(params["head_bn"], spec.head_ch)
-  if stats:
-    st["head_bn"] = bn_slice(stats["head_bn"], spec.head_ch)
-  c = spec.head_ch
-  if spec.head2_ch:
-    d = params["head_dense"]
-    p["head_dense"] = {"kernel": d["kernel"][:c, :spec.head2_ch], "bias": d["bias"][:spec.head2_ch]}
-    c = spec.head2_ch
-  p["classifier"] = {"kernel": params["classifier"]["kernel"][:c],
-                     "bias": params["classifier"]["bias"]}
-  out = {"params": p}
-  if st:
-    out["batch_stats"] = st
-  return exact_module(model, arch), out
-
-
-def reorder_channels(model, variables, keep_expands=(), **kw):
-  """Not available for the TuNAS spaces (TuNAS trains without progressive shrinking)."""
-  raise NotImplementedError("channel re-ordering is implemented for the OFA supernets only")

@@ -207,20 +207,6 @@ class SearchSpace(abc.ABC):
     """Same network, unused decisions set to a fixed value (default: nothing unused)."""
     return arch
 
-  # -- static shape envelopes ----------------------------------------------------------------
-  def envelope(self, pop: Arch) -> Arch:
-    """The smallest static shape that holds every member of the (concrete) population ``pop``:
-    one arch whose every choice index is the members' largest, taken after
-    :meth:`canonicalize` so that decisions a member does not use do not widen it.  A supernet
-    run inside it (``model.clone(envelope=envelope_key(space, env))``, see
-    ``regnas_jax.nn.supernet``) computes every member's function with the envelope's shapes
-    instead of the largest ones.  Relies on the contract's order (a larger index is a larger
-    choice); a space whose indices do not order shapes overrides it (SCARLET's op index).
-    Unlike :meth:`contains` this is about shapes, not weights: a TuNAS envelope of a 3x3 and a
-    5x5 layer runs a 5x5 kernel, though neither member's weights include the other's."""
-    pop = self.canonicalize(self.validate(pop, population=True))
-    return self.arch_type(*(np.asarray(x).max(axis=0).astype(np.int32) for x in pop))
-
   # -- costs ---------------------------------------------------------------------------------
   @abc.abstractmethod
   def macs(self, arch: Arch):
@@ -286,6 +272,34 @@ class SearchSpace(abc.ABC):
       out[f.name] = x.astype(np.int32)
     return self.arch_type(**out)
 
+  # -- resolution: the images' side -----------------------------------------------------------
+  def check_resolution(self, arch: Arch, side: int, where: str = "") -> None:
+    """Raise ``ValueError`` when the ``resolution`` field of a concrete arch or population
+    names another input side than ``side`` (the ``R`` of images ``(N, R, R, 3)``).
+
+    A traced field (an argument of ``jit`` / ``vmap``) cannot be read and is not checked: the
+    host code pairing images with populations checks before tracing (scoring, training).
+    """
+    r = arch.resolution
+    if isinstance(r, jax.core.Tracer):
+      return
+    n = len(self.resolutions)
+    for i in np.unique(np.asarray(r)):
+      named = f"{self.resolutions[i]} px" if 0 <= i < n else f"index {i} (none)"
+      if not (0 <= i < n and self.resolutions[i] == side):
+        raise ValueError(f"{where + ': ' if where else ''}the arch's resolution is {named} "
+                         f"(index {i} of {tuple(self.resolutions)}) but the images are "
+                         f"{side} px")
+
+  def at_resolution(self, arch: Arch, side: int) -> Arch:
+    """``arch`` (one or a population) with its ``resolution`` field set to ``side``'s index;
+    ``ValueError`` when ``side`` is not one of ``resolutions``."""
+    if side not in self.resolutions:
+      raise ValueError(f"{self.name}: {side} px is not one of the resolutions "
+                       f"{tuple(self.resolutions)}")
+    shape = np.shape(arch.resolution)   # also of a traced field: the new one is a constant
+    return arch._replace(resolution=np.full(shape, self.resolutions.index(side), np.int32))
+
   @abc.abstractmethod
   def arch_to_dict(self, arch: Arch) -> dict:
     """Readable form of one concrete architecture as a JSON-able dict (``{"space": name,
@@ -350,18 +364,6 @@ class SkipSpace(Protocol):
   skip_field: str
   skip_index: int
   skip_allowed: Any
-
-
-def envelope_key(arch: Arch) -> tuple:
-  """A hashable form of one concrete arch (an envelope), for a supernet module's static
-  ``envelope`` field: its choice indices, field by field."""
-  return tuple(tuple(int(v) for v in np.asarray(x).reshape(-1)) for x in arch)
-
-
-def envelope_arch(space: "SearchSpace", key: tuple) -> Arch:
-  """The arch (int32 numpy arrays) of an :func:`envelope_key`."""
-  return space.arch_type(*(np.asarray(v, np.int32).reshape(f.shape)
-                           for v, f in zip(key, space.fields())))
 
 
 def stack(archs: Sequence[Arch]) -> Arch:

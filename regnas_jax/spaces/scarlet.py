@@ -181,16 +181,6 @@ class ScarletS1Space(base.SearchSpace):
     ne, nk = len(self.expand_choices), len(self.kernel_choices)
     return xp.where(skip > 0, 0, 1 + se * ne * nk + e * nk + k).astype(np.int32)
 
-  def envelope(self, pop: ScarletArch) -> ScarletArch:
-    """Per layer a bottleneck if any member has one there, with the largest expand ratio,
-    kernel and SE of those members (a skip where every member skips)."""
-    pop = self.validate(pop, population=True)
-    skip, e, k, se = (np.asarray(t) for t in self.decode(pop))
-    block = skip == 0
-    top = lambda v: np.where(block, v, 0).max(0)
-    op = self._encode(np, (~block.any(0)).astype(np.int32), top(e), top(k), top(se))
-    return ScarletArch(np.asarray(pop.resolution).max(0).astype(np.int32), op)
-
   def contains(self, big: ScarletArch, small: ScarletArch):
     """Weight inclusion: every bottleneck of ``small`` sits in a bottleneck of ``big`` with at
     least its expand ratio and kernel, and SE if ``small`` has it (first-N channels, centre

@@ -11,18 +11,18 @@ from regnas_jax.training.exact import (FocalDistillation, evaluate_exact, focal_
                                        train_exact)
 from regnas_jax.training.loop import NonFiniteError, run_loop, step_key
 from regnas_jax.training.supernet import (DISTILL, METHODS, OPTIMIZERS, SAMPLERS,
-                                          SUBNET_LOOPS, EnvelopeBuckets, LossConfig, Phase,
+                                          SUBNET_LOOPS, LossConfig, Phase,
                                           TrainResult,
                                           TrainState, build_phases, fair_sample,
                                           make_optimizer, make_train_step, merge_batch_stats,
                                           phase_at, resolve_subnet_loop, sample_subnets,
-                                          step_archs, subnet_grads, subnet_losses,
+                                          subnet_grads, subnet_losses,
                                           switch_model, train)
 
-__all__ = ["DISTILL", "EnvelopeBuckets", "FocalDistillation", "LossConfig", "evaluate_exact", "exact",
+__all__ = ["DISTILL", "FocalDistillation", "LossConfig", "evaluate_exact", "exact",
            "focal_distillation", "train_exact", "METHODS", "NonFiniteError", "OPTIMIZERS",
            "Phase", "SAMPLERS", "SUBNET_LOOPS", "TrainResult", "TrainState", "build_phases",
            "fair_sample", "loop", "make_optimizer", "make_train_step",
            "merge_batch_stats", "phase_at", "resolve_subnet_loop", "run_loop", "sample_subnets",
-           "step_archs", "step_key", "subnet_grads", "subnet_losses", "supernet", "switch_model",
+           "step_key", "subnet_grads", "subnet_losses", "supernet", "switch_model",
            "train"]

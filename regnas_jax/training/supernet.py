@@ -41,11 +41,10 @@ from regnas_jax import data as data_lib
 from regnas_jax import fs, parallel, persist, runtime
 from regnas_jax import identity as identity_lib
 from regnas_jax.data import pipeline
-from regnas_jax.envelopes import EnvelopeCatalogue, partition
 from regnas_jax.errors import ConfigError
 from regnas_jax.nn.common import init_variables
+from regnas_jax.nn.supernet import Supernet
 from regnas_jax.progress import MetricsLog
-from regnas_jax.spaces.base import envelope_key
 from regnas_jax.training.loop import run_loop, step_key
 
 METHODS = ("sandwich", "uniform", "fair", "progressive")
@@ -67,7 +66,7 @@ class Phase:
     distill: ``'none'``, ``'inplace'`` (from this step's largest subnet, which must be member
       0) or ``'teacher'`` (from the frozen full network).
     reorder_keep: ``None``: no channel re-ordering when the phase starts; otherwise the expand
-      ratios whose widths the re-ordering must keep (see ``nn.reorder_channels``).
+      ratios whose widths the re-ordering must keep (see ``Supernet.reorder_channels``).
     lr: peak learning rate; warmup_steps: linear warmup, then cosine decay to 0.
   """
   name: str
@@ -273,9 +272,9 @@ def merge_batch_stats(old, new):
 SUBNET_LOOPS = ("vmap", "scan", "auto")
 
 
-def resolve_subnet_loop(loop: str, model=None) -> str:
-  """``'auto'``: ``vmap`` on accelerators; on CPU the supernet's ``cpu_subnet_loop`` (default
-  ``scan``, one subnet after another).  Measured on 2 cores (docs/benchmarks.md): scan is 1.6x
+def resolve_subnet_loop(loop: str, model: Supernet | None = None) -> str:
+  """``'auto'``: ``vmap`` on accelerators; on CPU the supernet's ``cpu_subnet_loop`` (the
+  contract's default ``scan``, one subnet after another).  Measured on 2 cores (docs/benchmarks.md): scan is 1.6x
   faster than vmap for OFA-MBv3 (depthwise taps and 1x1 dots), but about 4x *slower* for
   OFA-ResNet50 (5.40 vs 1.33 s per step), whose 3x3 convolutions XLA:CPU runs far slower inside
   a loop body."""
@@ -284,7 +283,7 @@ def resolve_subnet_loop(loop: str, model=None) -> str:
   if loop == "auto":
     if jax.default_backend() != "cpu":
       return "vmap"
-    return getattr(model, "cpu_subnet_loop", "scan")
+    return (Supernet if model is None else model).cpu_subnet_loop
   return loop
 
 
@@ -293,47 +292,13 @@ def switch_model(model, loop: str, enabled: bool = True):
   (``loop`` resolves to ``'scan'``) and the supernet has a switch mode (``nn/supernet.py``);
   else ``model``.  The same losses and gradients; each member's blocks run only their chosen
   branch (``config.train.switch``)."""
-  if enabled and getattr(model, "switches", False) and resolve_subnet_loop(loop, model) == "scan":
+  if enabled and model.switches and resolve_subnet_loop(loop, model) == "scan":
     return model.clone(switch=True)
   return model
 
 
-def _envelope_grads(model, params, batch_stats, images, labels, archs, keys, lc: LossConfig,
-                    teacher_probs, envelopes):
-  """:func:`subnet_grads` with member ``j`` run by ``model.clone(envelope=envelopes[j])`` (its
-  static shape envelope; ``None``: the largest shapes): one unrolled pass per member, member 0
-  first (its detached predictions are the students' soft targets with in-place distillation)."""
-  nc = lc.num_classes
-  soft = (teacher_probs if lc.distill == "teacher" else
-          jnp.full((labels.shape[0], nc), 1.0 / nc, jnp.float32))
-  student_lc = lc._replace(distill="teacher" if lc.distill != "none" else "none")
-  label_lc = lc._replace(distill="none")
-  grads, out = None, []
-  for j, key in enumerate(envelopes):
-    net = model if key is None else model.clone(envelope=key)
-    arch = jax.tree.map(lambda x, j=j: x[j], archs)
-
-    def loss_fn(p, net=net, arch=arch, j=j, soft=soft):
-      logits, upd = net.apply({"params": p, "batch_stats": batch_stats}, images, arch,
-                              train=True, mutable=["batch_stats"], rngs={"dropout": keys[j]})
-      as_teacher = j == 0 and lc.distill == "inplace"
-      loss = subnet_losses(logits[None], labels, label_lc if as_teacher else student_lc,
-                           None if as_teacher else soft)[0]
-      return loss, (loss, logits, upd["batch_stats"])
-
-    g, aux = jax.grad(loss_fn, has_aux=True)(params)
-    if j == 0 and lc.distill == "inplace":
-      soft = jax.lax.stop_gradient(jax.nn.softmax(aux[1].astype(jnp.float32)))
-    grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-    out.append(aux)
-  losses, logits, stats = (jnp.stack([o[i] for o in out]) if i < 2 else
-                           jax.tree.map(lambda *xs: jnp.stack(xs), *[o[i] for o in out])
-                           for i in range(3))
-  return grads, (losses, logits, stats)
-
-
 def subnet_grads(model, params, batch_stats, images, labels, archs, key, lc: LossConfig,
-                 teacher_probs=None, loop: str = "vmap", envelopes=None):
+                 teacher_probs=None, loop: str = "vmap"):
   """Gradient of the summed subnet losses w.r.t. the shared ``params``.
 
   ``loop='vmap'`` runs the ``S`` subnets as one vmapped program (parallel work for an
@@ -341,16 +306,10 @@ def subnet_grads(model, params, batch_stats, images, labels, archs, key, lc: Los
   compiled step, accumulating gradients (less memory, and faster on a 2-core CPU).  Both give
   the same sum.  With in-place distillation member 0 is computed first and its detached
   predictions are the students' soft targets.
-  ``envelopes``: a static shape envelope key (or ``None``) per member, which must hold it
-  (:class:`EnvelopeBuckets`): the members then run one after another, each at its envelope's
-  shapes (``loop`` is not read).
   Returns ``(grads, (losses (S,), logits (S, B, C), per-subnet batch_stats))``.
   """
   n = jax.tree.leaves(archs)[0].shape[0]
   keys = jax.random.split(key, n)
-  if envelopes is not None:
-    return _envelope_grads(model, params, batch_stats, images, labels, archs, keys, lc,
-                           teacher_probs, envelopes)
 
   def member(p, arch, k):
     logits, upd = model.apply({"params": p, "batch_stats": batch_stats}, images, arch,
@@ -406,8 +365,13 @@ class TrainState(NamedTuple):
 
 
 def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = "vmap", *,
-                    augment: Callable | None = None, shardings: Any = None, envelopes=None):
+                    augment: Callable | None = None, shardings: Any = None,
+                    resolution: int | None = None):
   """A jit-compiled ``step(state, images, labels, base_key) -> (state, metrics)`` for one phase.
+
+  The step's archs (and the teacher's) carry ``resolution`` (default: the side of the images it
+  trains on, after ``augment``), which must be one of the space's; images of another side are
+  a ``ValueError`` when the step is traced.
 
   ``augment(images, key) -> inputs`` (e.g. :func:`data.preprocess` with the step's resolution)
   runs inside the compiled step, so a step dispatches one program and nothing else; all
@@ -415,9 +379,7 @@ def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = 
   are used as given.  ``shardings`` (a tree of ``NamedSharding`` shaped like the state, see
   :func:`regnas_jax.parallel.state_shardings`) keeps the new state where the old one lives; the
   batch may be split over the mesh (the compiler then averages gradients and BN moments across
-  it, so the result is the one-device step's).  ``envelopes``: one static shape envelope key (or
-  ``None``) per member of the step's archs, chosen on the host for the archs this step samples
-  (:class:`EnvelopeBuckets`); one compiled step per distinct tuple.
+  it, so the result is the one-device step's).
   """
   max_arch = space.max_arch()
 
@@ -425,13 +387,16 @@ def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = 
     k_aug, k_arch, k_drop = jax.random.split(step_key(base_key, state.step), 3)
     if augment is not None:
       images = augment(images, k_aug)
-    archs = sample_subnets(space, phase, k_arch)
+    side = images.shape[1]
+    archs = space.at_resolution(sample_subnets(space, phase, k_arch), resolution or side)
+    space.check_resolution(archs, side, "train step")
     teacher_probs = None
     if lc.distill == "teacher":
-      teacher_probs = jax.nn.softmax(model.apply(state.teacher, images, max_arch, train=False))
+      teacher = space.at_resolution(max_arch, side)
+      teacher_probs = jax.nn.softmax(model.apply(state.teacher, images, teacher, train=False))
     grads, (losses, logits, stats) = subnet_grads(
         model, state.params, state.batch_stats, images, labels, archs, k_drop, lc, teacher_probs,
-        loop, envelopes)
+        loop)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     acc = (jnp.argmax(logits, -1) == labels[None]).mean(-1)
@@ -443,56 +408,6 @@ def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = 
                  "grad_norm": optax.global_norm(grads)}
 
   return jax.jit(step, donate_argnums=0)
-
-
-def step_archs(space, phase: Phase, base_key, step: int):
-  """The archs :func:`make_train_step`'s step ``step`` samples, computed on the host (the same
-  keys, so the same archs)."""
-  _, k_arch, _ = jax.random.split(step_key(base_key, step), 3)
-  return jax.tree.map(np.asarray, sample_subnets(space, phase, k_arch))
-
-
-class EnvelopeBuckets:
-  """Static shape envelopes for the training step (``config.train.envelopes`` = ``K`` > 0).
-
-  Per phase, ``K`` envelopes are cut (:func:`evaluate.partition`) from 256 archs the phase's
-  sampler draws with a fixed key, plus the envelopes of the phase's smallest and largest archs;
-  a step's member runs in the cheapest of them that holds it (the largest one holds every member
-  of the phase).  Deterministic in the config, so a resumed run
-  compiles and computes what the uninterrupted one does; one compiled step per distinct tuple
-  of a step's envelopes (at most ``K + 2`` per member position)."""
-
-  def __init__(self, space, k: int):
-    self.space, self.k = space, int(k)
-    self._cats: dict[int, Any] = {}
-
-  @staticmethod
-  def _flat(pop):
-    """Archs with the resolution index 0: the image size is the resolution in training."""
-    return pop._replace(resolution=np.zeros_like(np.asarray(pop.resolution)))
-
-  def _catalogue(self, pi: int, phase: Phase):
-    if pi not in self._cats:
-      sp = self.space
-      draws = self._flat(jax.tree.map(np.asarray, sp.sample(
-          jax.random.key(7), 256, phase.allowed_dict())))
-      cat = EnvelopeCatalogue(sp, self.k)
-      envs = [sp.envelope(jax.tree.map(lambda x, g=g: np.asarray(x)[g], draws))
-              for g in partition(sp, draws, self.k)]
-      low = self._flat(jax.tree.map(lambda x: np.asarray(x)[None], sp.min_arch(
-          phase.allowed_dict())))
-      envs.append(sp.envelope(low))
-      envs.append(sp.envelope(self._flat(jax.tree.map(lambda x: np.asarray(x)[None],
-                                                      sp.max_arch(phase.allowed_dict())))))
-      cat.envs[0] = [(envelope_key(e), float(sp.macs(e))) for e in envs]
-      self._cats[pi] = cat
-    return self._cats[pi]
-
-  def keys(self, pi: int, phase: Phase, archs) -> tuple:
-    """One envelope key per member of a step's ``archs`` (``None``: none holds it)."""
-    cat = self._catalogue(pi, phase)
-    return tuple(None if i < 0 else cat.envs[0][i][0]
-                 for i in cat.assign(0, self._flat(archs)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,7 +448,7 @@ def check_schedule(tc, model, space) -> tuple[list[Phase], tuple]:
   for a schedule this space or supernet cannot run (before anything is written)."""
   phases = build_phases(tc, space)
   res = check_resolutions(tc, space)
-  if any(p.reorder_keep is not None for p in phases) and not getattr(model, "can_reorder", False):
+  if any(p.reorder_keep is not None for p in phases) and not model.can_reorder:
     raise ConfigError("config.train.method: progressive shrinking needs channel re-ordering, "
                       "which this supernet does not provide")
   return phases, res
@@ -661,9 +576,6 @@ class _StepRunner:
         phases, res_list, lc_base, k_steps, log)
     self.fns: dict[tuple, Any] = {}
     self.lr_tables: dict[int, np.ndarray] = {}
-    k_env = int(cfg.train.get("envelopes", 0) or 0)
-    self.buckets = (EnvelopeBuckets(space, k_env) if k_env > 0 and getattr(model, "envelopes",
-                                                                             False) else None)
     self.step_model = switch_model(model, cfg.train.subnet_loop, cfg.train.get("switch", False))
     self.pool = concurrent.futures.ThreadPoolExecutor(1)
     self.next = None
@@ -727,19 +639,19 @@ class _StepRunner:
     new = TrainState(state.step, params, stats, tx.init(params), teacher)
     return jax.device_put(new, parallel.state_shardings(new, self.mesh, self.mc))
 
-  def _fn(self, pi, res, tx, state, envs=None):
-    if (pi, res, envs) not in self.fns:
+  def _fn(self, pi, res, tx, state):
+    if (pi, res) not in self.fns:
       tc, ds = self.cfg.train, self.dataset
       lc = LossConfig(distill=self.phases[pi].distill, **self.lc_base)
       on_device = self.input["augment"] == "pad_crop"  # else cropped + flipped on the host
       aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=res,
                               pad=tc.augment.pad if on_device else 0,
                               flip=tc.augment.flip and on_device)
-      self.fns[pi, res, envs] = make_train_step(
+      self.fns[pi, res] = make_train_step(
           self.step_model, self.space, tx, self.phases[pi], lc, tc.subnet_loop,
           augment=lambda x, k, f=aug: f(x, key=k),
-          shardings=parallel.state_shardings(state, self.mesh, self.mc), envelopes=envs)
-    return self.fns[pi, res, envs]
+          shardings=parallel.state_shardings(state, self.mesh, self.mc), resolution=res)
+    return self.fns[pi, res]
 
   def __call__(self, s, state):
     pi, local = phase_at(self.phases, s)
@@ -750,11 +662,8 @@ class _StepRunner:
     if local == 0:  # phase start (never part of a saved state: saves follow steps)
       state = self._start_phase(pi, state, tx)
     res = self.res_at(s)
-    envs = None
-    if self.buckets is not None:
-      envs = self.buckets.keys(pi, phase, step_archs(self.space, phase, self.k_steps, s))
-    first = (pi, res, envs) not in self.fns
-    fn = self._fn(pi, res, tx, state, envs)
+    first = (pi, res) not in self.fns
+    fn = self._fn(pi, res, tx, state)
     if self.use_grain:
       imgs, labels = self.grain_batch(s)
     else:

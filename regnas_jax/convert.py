@@ -225,6 +225,9 @@ def write_deployment(subnet_dir: str, outputs: dict[str, str],
       fs.write_bytes(path, blob)
   except OSError as e:
     raise ExportError(f"{e.filename or path}: cannot write ({e.strerror})") from None
+  if meta["mean"] is None or meta["std"] is None:
+    lines.append("note: the input normalisation is unknown (subnet.json has no data section) "
+                 "and recorded as null; give --mean and --std to record it")
   return lines
 
 

@@ -69,10 +69,11 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def written(root):
   """Every kind exported to ``<kind>.onnx`` and ``<kind>.stablehlo``: OFA-MBv3 through the
-  command line (``convert.main``), the others through :func:`convert.write_deployment`."""
-  for fmt in ("onnx", "stablehlo"):
-    directory, _, _ = saved("ofa_mbv3", root)
-    assert convert.main(["export", directory, f"{root}/ofa_mbv3.{fmt}"]) == 0
+  command line (``convert.main``; the ONNX file with ``--mean`` over subnet.json's), the others
+  through :func:`convert.write_deployment`."""
+  directory, _, _ = saved("ofa_mbv3", root)
+  assert convert.main(["export", directory, f"{root}/ofa_mbv3.onnx", "--mean=0.1,0.2,0.3"]) == 0
+  assert convert.main(["export", directory, f"{root}/ofa_mbv3.stablehlo"]) == 0
   for kind in KINDS[1:]:
     directory, _, _ = saved(kind, root)
     convert.write_deployment(directory, {"onnx": f"{root}/{kind}.onnx",
@@ -129,11 +130,12 @@ def test_metadata_in_the_onnx_model_and_the_sidecar(written):
   info = json.loads(open(f"{directory}/subnet.json").read())
   props = {p.key: p.value for p in onnx.load(f"{written}/ofa_mbv3.onnx").metadata_props}
   side = json.loads(open(f"{written}/ofa_mbv3.stablehlo.json").read())
-  for meta in ({k: json.loads(v) for k, v in props.items()}, side):
+  for meta, mean in (({k: json.loads(v) for k, v in props.items()}, [0.1, 0.2, 0.3]),
+                     (side, DATA["mean"])):
     assert meta["arch"] == info["arch"] and meta["space"] == info["space"]
     assert meta["resolution"] == info["arch"]["resolution"] == 12
     assert (meta["mean"], meta["std"], meta["class_names"]) == (
-        DATA["mean"], DATA["std"], DATA["class_names"])
+        mean, DATA["std"], DATA["class_names"])
     assert meta["input"]["shape"] == ["batch", 12, 12, 3] and meta["input"]["layout"] == "NHWC"
     assert meta["regnas_jax_version"] and meta["check"]["max_relative_error"] < TOL
   assert side["artifact"] == "ofa_mbv3.stablehlo" and "cpu" in side["platforms"]

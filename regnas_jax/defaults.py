@@ -205,6 +205,7 @@ def search_defaults() -> ml_collections.ConfigDict:
       budget_unit="mmacs",        # 'mmacs' (millions of MACs, OFA's "MFLOPs") | 'fraction' of max
       window=0.1,                 # feasible MACs: [(1 - window) * budget, budget]
       compare=False,              # also run R0, R2 and random search on the same supernet
+      export_formats=(),          # also write each member as subnets/<name>.onnx / .stablehlo
       population_size=100, parent_ratio=0.25, mutation_ratio=0.5, mutate_prob=0.1,
       resolution_mutate_prob=0.5, generations=500,
       proposal_batch=256, max_proposals=100_000,

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from regnas_jax import evaluate, fs, metrics, report, search, spaces
+from regnas_jax import convert, evaluate, fs, metrics, report, search, spaces, stopping
 from regnas_jax import identity as identity_lib
 from regnas_jax.errors import ConfigError, InvalidArchError
 from regnas_jax.jobs import supernet
@@ -105,6 +105,7 @@ class FamilyJob(Job):
                           f"{hi / 1e6:.3f}] MMACs misses the space's range [{lo_all / 1e6:.3f}, "
                           f"{hi_all / 1e6:.3f}]")
     load_reference(cfg, space)
+    export_formats(cfg)
 
   def run(self, ctx: JobContext) -> dict:
     tr = supernet.trained(ctx, supernet.warm_up(ctx))
@@ -162,6 +163,8 @@ class FamilyJob(Job):
     supernet.export_subnets(ctx, tr.variables, scorer.stats(pop), [m["arch"] for m in main],
                             records[main_label]["members"],
                             ("val_top1", "test_top1", "macs", "params"))
+    names = [m["name"] for m in main]
+    deployed = export_members(ctx, names)
     evaluated = [{"macs": int(space.macs(a)), "val_top1": t} for a, t in cache.evaluated()]
     results = run_record(ctx, MACS_NOTE, tr, ends_ok)
     results.update({
@@ -180,8 +183,45 @@ class FamilyJob(Job):
             p, evaluated, records, title=title, windows=budget_windows(ctx.cfg, space)),
         "nfr_matrix.png": lambda p: report.plot_nfr_matrix(p, records[main_label],
                                                            f"{title}: {main_label}")},
-        also=(f"subnets/{{{','.join(m['name'] for m in main)}}}",))
+        also=(f"subnets/{{{','.join(names)}}}",) + tuple(
+            f"subnets/{{{','.join(names)}}}{convert.DEPLOY_SUFFIXES[f]}" for f in deployed))
     return results
+
+
+def export_formats(cfg) -> tuple[str, ...]:
+  """``config.search.export_formats`` checked: deployment formats each member is written in
+  (``'onnx'``, ``'stablehlo'``; a tuple or one comma-separated string, as a command-line
+  override gives it); ``'onnx'`` needs the ``onnx`` extra installed."""
+  formats = cfg.search.get("export_formats", ())
+  formats = tuple(f.strip() for x in ((formats,) if isinstance(formats, str) else formats)
+                  for f in str(x).split(",") if f.strip())  # also 'onnx,stablehlo'
+  known = tuple(convert.DEPLOY_SUFFIXES)
+  for f in formats:
+    if f not in known:
+      raise ConfigError(f"config.search.export_formats: {f!r} is not one of {known}")
+  if len(set(formats)) != len(formats):
+    raise ConfigError(f"config.search.export_formats: {formats} names a format twice")
+  if "onnx" in formats and convert.missing_onnx_packages():
+    raise ConfigError(f"config.search.export_formats: {convert.missing_onnx_packages()}")
+  return formats
+
+
+def export_members(ctx: JobContext, names) -> tuple[str, ...]:
+  """Write each saved member ``subnets/<name>/`` as ``subnets/<name>.onnx`` / ``.stablehlo``
+  (+ ``.stablehlo.json``) in the formats of ``config.search.export_formats``, with the
+  dataset's normalisation and class names; returns the formats written."""
+  formats = export_formats(ctx.cfg)
+  if not formats or not fs.is_writer():
+    return formats
+  from regnas_jax import export
+
+  data = export.data_info(ctx.dataset)
+  with stopping.critical("exporting the members for deployment"):
+    for name in names:
+      outs = {f: ctx.path("subnets", name + convert.DEPLOY_SUFFIXES[f]) for f in formats}
+      for line in convert.write_deployment(ctx.path("subnets", name), outs, data):
+        ctx.log(line)
+  return formats
 
 
 def _stack(members):

@@ -158,4 +158,5 @@ def _export(ctx, variables, stats, archs, rows, metric_keys, export):
     st = jax.tree.map(lambda s, i=i: s[i], stats)
     _, v = ctx.net.extract({"params": variables["params"], "batch_stats": st}, a)
     export.save_subnet(ctx.path("subnets", r["name"]), ctx.space, a, ctx.cfg.supernet.to_dict(),
-                       v, metrics={k: r[k] for k in metric_keys if k in r})
+                       v, metrics={k: r[k] for k in metric_keys if k in r},
+                       data=export.data_info(ctx.dataset))

@@ -206,7 +206,8 @@ def _sandwich(n):
 def test_train_step_refuses_images_of_another_resolution(tiny):
   """The step's archs carry the resolution it was built for: images of another side are a
   ``ValueError`` naming both sizes when the step is traced (before any compile), and so is a
-  side that is not a resolution of the space; images of the built-for side trace."""
+  side that is not a resolution of the space; images of the built-for side trace, also with a
+  teacher (whose largest arch names the largest resolution until the step sets it)."""
   sp, net, v, x = tiny
   sp2 = dataclasses.replace(sp, resolutions=(12, 16))
   net2 = net.clone(space=sp2)
@@ -225,3 +226,11 @@ def test_train_step_refuses_images_of_another_resolution(tiny):
     trace(train.make_train_step(net2, sp2, tx, phase, lc, "scan"), jnp.zeros((5, 20, 20, 3)))
   out, _ = trace(train.make_train_step(net2, sp2, tx, phase, lc, "scan", resolution=12), x)
   assert jax.tree.structure(out) == jax.tree.structure(state)
+  # with a teacher (progressive shrinking): the largest arch runs at the images' side too
+  tc = train_defaults()
+  tc.update(dict(method="progressive", steps=8))
+  teach = next(p for p in train.build_phases(tc, sp2) if p.distill == "teacher")
+  step = train.make_train_step(net2, sp2, tx, teach, lc._replace(distill="teacher"), "scan",
+                               resolution=12)
+  state = state._replace(teacher=v)
+  assert jax.tree.structure(trace(step, x)[0]) == jax.tree.structure(state)

@@ -75,6 +75,8 @@ class Supernet(nn.Module):
     return self.forward(images, arch, train, **kwargs)
 
   def forward(self, images, arch, train: bool = False):
+    """The subclass's ``@nn.compact`` network: float32 logits ``(N, num_classes)`` for
+    ``images (N, R, R, 3)`` and one ``arch`` (module docstring)."""
     raise NotImplementedError
 
   def subnet_specs(self, arch):

@@ -192,7 +192,8 @@ class NSGA2Job(Job):
     seconds = time.time() - t0
     ctx.log(f"search done: {cache.scored} distinct subnets scored on "
             f"{len(scorer.labels('val'))} val images in {seconds:.1f} s")
-    return self.report(ctx, tr, scorer, cache, state, fronts, ref, ends_ok, seconds)
+    return self.report(ctx, tr, scorer=scorer, cache=cache, state=state, fronts=fronts, ref=ref,
+                       ends_ok=ends_ok, seconds=seconds)
 
   def report(self, ctx, tr, scorer, cache, state, fronts, ref, ends_ok, seconds) -> dict:
     """The K chosen models scored on both splits, exported, tabulated and plotted."""

@@ -423,8 +423,9 @@ class TunasJob(Job):
     cfg, space, net, ds = ctx.cfg, ctx.space, ctx.net, ctx.dataset
     se, tc = cfg.search, cfg.train
     total = int(tc.steps)
-    phase = training.Phase("tunas", total, (), "policy", 1, "none", None,
-                           float(tc.lr) * lr_scale(cfg), min(int(tc.warmup_steps), total - 1))
+    phase = training.Phase("tunas", steps=total, allowed=(), sampler="policy", num_subnets=1,
+                           distill="none", reorder_keep=None, lr=float(tc.lr) * lr_scale(cfg),
+                           warmup_steps=min(int(tc.warmup_steps), total - 1))
     tx, sched = training.make_optimizer(tc, phase)
     mc = parallel.mesh_config(cfg)
     mesh = ctx.mesh if ctx.mesh is not None else parallel.make_mesh(mc)
@@ -452,8 +453,9 @@ class TunasJob(Job):
       state = parallel.place(jax.tree.map(np.asarray, state), sharding)
       put = lambda b: parallel.put_batch(b, mesh)
     start = int(state.step)
-    step_fn = self._compiled_step(ctx, tx, cost_fn, target, fit, ident, total, shards, mesh, mc,
-                                  sharding)
+    step_fn = self._compiled_step(ctx, tx, cost_fn=cost_fn, target=target, fit=fit, ident=ident,
+                                  total=total, shards=shards, mesh=mesh, mesh_config=mc,
+                                  sharding=sharding)
     n_train, n_val, n_rl = len(ds.train), len(ds.val), rl_batch_size(cfg)
 
     def batch(split, n, size, s, seed):
@@ -490,15 +492,15 @@ class TunasJob(Job):
       ck.close()
     return state, start
 
-  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total, shards, mesh, mc,
-                     sharding=None):
+  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total, shards, mesh,
+                     mesh_config, sharding=None):
     """The search step, compiled once per configuration and layout: the key is the run's
     identity (which holds the shard count), the data statistics, and the mesh's devices with
-    ``mc`` (``config.mesh``; one device: no sharding; several: replicated or FSDP-split
-    state)."""
+    ``mesh_config`` (``config.mesh``; one device: no sharding; several: replicated or
+    FSDP-split state)."""
     ds, tc = ctx.dataset, ctx.cfg.train
-    layout = None if sharding is None else ([d.id for d in mesh.devices.flat], mc.params,
-                                            mc.fsdp_min_size)
+    layout = None if sharding is None else ([d.id for d in mesh.devices.flat],
+                                            mesh_config.params, mesh_config.fsdp_min_size)
     key = json.dumps([ident, target, fit, [np.asarray(ds.mean).tolist(),
                                            np.asarray(ds.std).tolist()], layout],
                      sort_keys=True, default=str)
@@ -508,8 +510,10 @@ class TunasJob(Job):
       aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=r,
                               pad=tc.augment.pad, flip=tc.augment.flip)
       val_aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=r)
-      _STEPS[key] = make_search_step(ctx.net, ctx.space, tx, cost_fn, target, total, ctx.cfg,
-                                     lc, lambda x, k: aug(x, key=k), val_aug, shards, sharding)
+      _STEPS[key] = make_search_step(ctx.net, ctx.space, tx=tx, cost_fn=cost_fn, target=target,
+                                     total=total, cfg=ctx.cfg, lc=lc,
+                                     augment=lambda x, k: aug(x, key=k), val_augment=val_aug,
+                                     shards=shards, state_sharding=sharding)
     return _STEPS[key]
 
   def report(self, ctx: JobContext, state, cost_fn, target, unit, fit, seconds) -> dict:

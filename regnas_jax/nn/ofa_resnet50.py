@@ -151,9 +151,11 @@ class OFAResNet50(Supernet):
     sp = self.space
     a = sp.validate(arch, population=False)
     c0, c1 = sp.stem_channels(a)
-    return ResNet(int(c0), int(c1), bool(a.stem_depth), sp.stem_stride, sp.max_pool,
-                  self.subnet_specs(a), sp.num_classes, self.bn_momentum, self.bn_epsilon,
-                  self.dropout_rate, self.dtype, self.zero_init_residual)
+    return ResNet(stem_mid=int(c0), stem_out=int(c1), stem_middle_layer=bool(a.stem_depth),
+                  stem_stride=sp.stem_stride, max_pool=sp.max_pool, blocks=self.subnet_specs(a),
+                  num_classes=sp.num_classes, bn_momentum=self.bn_momentum,
+                  bn_epsilon=self.bn_epsilon, dropout_rate=self.dropout_rate, dtype=self.dtype,
+                  zero_init_residual=self.zero_init_residual)
 
   def extract(self, variables, arch: ResNetArch):
     """Slice a supernet's variables to the exact shapes of one subnet.

@@ -110,9 +110,9 @@ def build_phases(tc, space) -> list[Phase]:
     if s < (2 if tc.method == "sandwich" else 1):
       raise ConfigError(f"config.train.num_subnets: {tc.method} needs at least "
                              f"{2 if tc.method == 'sandwich' else 1}, got {s}")
-    return [Phase(tc.method, tc.steps, (), tc.method, s,
-                  "inplace" if tc.method == "sandwich" and tc.kd_ratio > 0 else "none", None,
-                  float(tc.lr), min(warm, tc.steps - 1))]
+    return [Phase(tc.method, steps=tc.steps, allowed=(), sampler=tc.method, num_subnets=s,
+                  distill="inplace" if tc.method == "sandwich" and tc.kd_ratio > 0 else "none",
+                  reorder_keep=None, lr=float(tc.lr), warmup_steps=min(warm, tc.steps - 1))]
 
   # Progressive shrinking (OFA): full -> kernel -> depth (one choice at a time) -> expand.
   names = {f.name: f for f in space.fields()}
@@ -151,10 +151,11 @@ def build_phases(tc, space) -> list[Phase]:
       name = gname if len(allowed_list) == 1 else f"{gname}-{j + 1}"
       sampler = "max" if gname == "full" else "uniform"
       phases.append(Phase(
-          name, per[j], tuple(sorted(allowed.items())), sampler,
-          1 if gname == "full" else int(subs[gi]),
-          "none" if gname == "full" or tc.kd_ratio <= 0 else "teacher", reorder,
-          float(tc.lr) * float(lrs[gi]), min(warm, per[j] - 1)))
+          name, steps=per[j], allowed=tuple(sorted(allowed.items())), sampler=sampler,
+          num_subnets=1 if gname == "full" else int(subs[gi]),
+          distill="none" if gname == "full" or tc.kd_ratio <= 0 else "teacher",
+          reorder_keep=reorder, lr=float(tc.lr) * float(lrs[gi]),
+          warmup_steps=min(warm, per[j] - 1)))
   return phases
 
 
@@ -395,8 +396,8 @@ def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = 
       teacher = space.at_resolution(max_arch, side)
       teacher_probs = jax.nn.softmax(model.apply(state.teacher, images, teacher, train=False))
     grads, (losses, logits, stats) = subnet_grads(
-        model, state.params, state.batch_stats, images, labels, archs, k_drop, lc, teacher_probs,
-        loop)
+        model, state.params, state.batch_stats, images=images, labels=labels, archs=archs,
+        key=k_drop, lc=lc, teacher_probs=teacher_probs, loop=loop)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     acc = (jnp.argmax(logits, -1) == labels[None]).mean(-1)
@@ -495,7 +496,8 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
   ck = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), ident,
                              max_to_keep=tc.max_to_keep)
   k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
-  state, resumed, extra = _initial_state(ck, init_fn, k_init, tc, phases, log, mesh, mc)
+  state, resumed, extra = _initial_state(ck, init_fn, k_init, tc, phases=phases, log=log,
+                                         mesh=mesh, mc=mc)
   start = int(state.step)
   metrics = MetricsLog(fs.join(workdir, "metrics.jsonl"), runtime.tensorboard_dir(cfg, workdir))
   metrics.truncate_after(start)   # lines of steps after the checkpoint (or of an older run)
@@ -503,8 +505,9 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
     ck.close()
     return _result(state, ck.recorded_identity, total, 0.0, resumed, phases)
 
-  steps = _StepRunner(cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log,
-                      mesh, mc, put=put, input_state=extra.get("input_state"))
+  steps = _StepRunner(cfg, model, space, dataset, phases=phases, res_list=res_list,
+                      lc_base=lc_base, k_steps=k_steps, log=log, mesh=mesh, mc=mc, put=put,
+                      input_state=extra.get("input_state"))
   if on_start is not None:
     on_start()
   log(f"training {total} steps in {len(phases)} phase(s) "

@@ -62,7 +62,7 @@ def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
   lc = train.LossConfig(10, 0.1, "inplace", 1.0, False)
   grads, (losses, logits, stats) = jax.jit(
       lambda p: train.subnet_grads(step_net, p, v["batch_stats"], images=x, labels=labels,
-                                   archs=archs, key=jax.random.key(0), lc=lc,
+                                   archs=archs, key=jax.random.key(0), loss_config=lc,
                                    loop="scan" if loop == "switch" else loop))(v["params"])
 
   # member 0 (the teacher) learns from the labels alone; its logits are the students' targets,
@@ -92,7 +92,7 @@ def test_teacher_distillation_with_labels_matches_reference(tiny):
   lc = train.LossConfig(10, 0.0, "teacher", 0.5, True)
   grads, (losses, _, _) = jax.jit(lambda p: train.subnet_grads(
       net, p, v["batch_stats"], images=x, labels=labels, archs=archs, key=jax.random.key(0),
-      lc=lc, teacher_probs=teacher, loop="vmap"))(v["params"])
+      loss_config=lc, teacher_probs=teacher, loop="vmap"))(v["params"])
   ref, ref_losses = None, []
   for i in range(2):   # every member: 0.5 * KD(teacher) + CE(labels)
     (loss, _), g = _ref_member(net, v["params"], v["batch_stats"], x, spaces.member(archs, i),

@@ -281,12 +281,13 @@ def from_sources(train, test, num_classes: int, *, image_size: int | None = None
                        seed=seed, class_names=class_names)
 
 
-def fingerprint(ds: Dataset) -> str:
-  """A short hash identifying ``ds``'s data: its sizes, constants and images -- all of them for
+def fingerprint(dataset: Dataset) -> str:
+  """A short hash identifying ``dataset``'s data: its sizes, constants and images -- all of them for
   splits held in memory, 64 evenly spaced examples of a split read on demand (a run's identity
   records it in place of ``config.data`` when a job runs on a Dataset given from Python)."""
-  h = hashlib.sha1(repr((ds.name, ds.num_classes, ds.image_size, ds.mean, ds.std)).encode())
-  for src in (ds.train, ds.val, ds.test):
+  h = hashlib.sha1(repr((dataset.name, dataset.num_classes, dataset.image_size, dataset.mean,
+                         dataset.std)).encode())
+  for src in (dataset.train, dataset.val, dataset.test):
     h.update(str(len(src)).encode())
     if isinstance(src, ArraySource):
       x, y = src.images, src.labels
@@ -357,20 +358,20 @@ def decode_image(blob: np.ndarray, where: str) -> np.ndarray:
                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-def centre_square(img: np.ndarray, size: int) -> np.ndarray:
+def centre_square(image: np.ndarray, size: int) -> np.ndarray:
   """Centre square crop resized to ``size`` (PIL bilinear); greyscale becomes RGB."""
-  if img.ndim == 2:
-    img = img[..., None]
-  if img.shape[-1] == 1:
-    img = np.repeat(img, 3, -1)
-  h, w = img.shape[:2]
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, -1)
+  h, w = image.shape[:2]
   if (h, w) == (size, size):
-    return img
+    return image
   from PIL import Image
 
   s = min(h, w)
   y, x = (h - s) // 2, (w - s) // 2
-  im = Image.fromarray(np.ascontiguousarray(img[y:y + s, x:x + s]))
+  im = Image.fromarray(np.ascontiguousarray(image[y:y + s, x:x + s]))
   return np.asarray(im.resize((size, size), Image.BILINEAR), np.uint8)
 
 

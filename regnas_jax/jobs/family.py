@@ -151,7 +151,7 @@ class FamilyJob(Job):
       families[label] = run_family(label.replace(" ", "_").replace("+", "_"), specs, reference)
     return families
 
-  def report(self, ctx: JobContext, tr, scorer, cache, families, ends_ok, seconds) -> dict:
+  def report(self, ctx: JobContext, trained, scorer, cache, families, ends_ok, seconds) -> dict:
     """Test-split evaluation of every family, exports of the main one, tables and plots."""
     space = ctx.space
     records = {label: family_record(space, members, cache(_stack(members)),
@@ -160,13 +160,13 @@ class FamilyJob(Job):
     main_label = next(iter(families))
     main = families[main_label]
     pop = _stack(main)
-    supernet.export_subnets(ctx, tr.variables, scorer.stats(pop), [m["arch"] for m in main],
+    supernet.export_subnets(ctx, trained.variables, scorer.stats(pop), [m["arch"] for m in main],
                             records[main_label]["members"],
                             ("val_top1", "test_top1", "macs", "params"))
     names = [m["name"] for m in main]
     deployed = export_members(ctx, names)
     evaluated = [{"macs": int(space.macs(a)), "val_top1": t} for a, t in cache.evaluated()]
-    results = run_record(ctx, MACS_NOTE, tr, ends_ok)
+    results = run_record(ctx, MACS_NOTE, trained, ends_ok)
     results.update({
         "search": {"seconds": round(seconds, 2), "subnets_scored": cache.scored,
                    "val_images": int(len(scorer.labels("val"))),

@@ -83,12 +83,13 @@ def rl_batch_size(cfg) -> int:
   return int(round(m * cfg.train.batch_size)) if m > 0 else int(cfg.search.val_batch_size)
 
 
-def controller_config(se, scale: float = 1.0) -> tunas.ControllerConfig:
+def controller_config(search_config, scale: float = 1.0) -> tunas.ControllerConfig:
   return tunas.ControllerConfig(
-      learning_rate=float(se.rl_learning_rate) * scale,
-      baseline_momentum=float(se.baseline_momentum),
-      delay_fraction=float(se.rl_delay_fraction), increase=float(se.rl_increase),
-      entropy_weight=float(se.entropy_weight))
+      learning_rate=float(search_config.rl_learning_rate) * scale,
+      baseline_momentum=float(search_config.baseline_momentum),
+      delay_fraction=float(search_config.rl_delay_fraction),
+      increase=float(search_config.rl_increase),
+      entropy_weight=float(search_config.entropy_weight))
 
 
 def check_search(cfg, space) -> None:
@@ -267,8 +268,8 @@ def _keys(key, n: int):
   return key[None] if n == 1 else jax.random.split(key, n)
 
 
-def make_search_step(model, space, tx, cost_fn, target: float, total: int, cfg, lc, augment,
-                     val_augment, shards: int = 1, state_sharding=None):
+def make_search_step(model, space, tx, cost_fn, target: float, total: int, cfg, loss_config,
+                     augment, val_augment, shards: int = 1, state_sharding=None):
   """A jit-compiled ``step(state, images, labels, val_images, val_labels, base_key)``.
 
   ``shards`` (S) is TuNAS's one architecture per accelerator core: the training batch ``(B, ...)``
@@ -301,7 +302,8 @@ def make_search_step(model, space, tx, cost_fn, target: float, total: int, cfg, 
       logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                 arch, train=True, average=avg, mutable=["batch_stats"],
                                 rngs={"dropout": k})
-      return training.subnet_losses(logits[None], y, lc)[0], (logits, upd["batch_stats"])
+      return (training.subnet_losses(logits[None], y, loss_config)[0],
+              (logits, upd["batch_stats"]))
 
     def loss_fn(params):
       losses, (logits, stats) = jax.vmap(shard_loss, in_axes=(None, 0, 0, 0, 0, 0))(
@@ -511,7 +513,7 @@ class TunasJob(Job):
                               pad=tc.augment.pad, flip=tc.augment.flip)
       val_aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=r)
       _STEPS[key] = make_search_step(ctx.net, ctx.space, tx=tx, cost_fn=cost_fn, target=target,
-                                     total=total, cfg=ctx.cfg, lc=lc,
+                                     total=total, cfg=ctx.cfg, loss_config=lc,
                                      augment=lambda x, k: aug(x, key=k), val_augment=val_aug,
                                      shards=shards, state_sharding=sharding)
     return _STEPS[key]

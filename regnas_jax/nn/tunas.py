@@ -73,9 +73,10 @@ class IBNLayer(nn.Module):
   optional: bool
 
   @nn.compact
-  def __call__(self, x, gate, k_w, mid_mask, se_mask, se_w, out_mask, train: bool):
-    h = self.branch(x, k_w, mid_mask, train, update=gate > 0, se_mask=se_mask,
-                    se_weight=se_w[1] if self.branch.se_ch else None, out_mask=out_mask)
+  def __call__(self, x, gate, kernel_weights, mid_mask, se_mask, se_weights, out_mask,
+               train: bool):
+    h = self.branch(x, kernel_weights, mid_mask, train, update=gate > 0, se_mask=se_mask,
+                    se_weight=se_weights[1] if self.branch.se_ch else None, out_mask=out_mask)
     return x + gate.astype(h.dtype) * h if self.optional else h
 
 
@@ -142,8 +143,8 @@ class TunasSupernet(Supernet):
                           depthwise_impl=self.depthwise_impl, bn_momentum=self.bn_momentum,
                           bn_epsilon=self.bn_epsilon, dtype=self.dtype)
       x = IBNLayer(branch, b.optional >= 0, name=b.name)(
-          x, gate=gate, k_w=k_w[b.index], mid_mask=_first(mid_max, mid),
-          se_mask=_first(se_max, _scale(mid * 0.25)), se_w=se_w[b.index],
+          x, gate=gate, kernel_weights=k_w[b.index], mid_mask=_first(mid_max, mid),
+          se_mask=_first(se_max, _scale(mid * 0.25)), se_weights=se_w[b.index],
           out_mask=gmask(b.out_group), train=train)
 
     hg = sp.head_groups

@@ -672,9 +672,6 @@ class RecordSource:
             np.asarray([int(lab) for _, lab in pairs], np.int32))
 
 
-TfdsSource = RecordSource   # (its former name)
-
-
 def _tfds_not_prepared(name: str, data_dir: str | None) -> str:
   root = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
   return (f"config.data.tfds_name: tfds dataset {name!r} is not prepared in {root} and "

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from typing import Any, NamedTuple
 

@@ -30,8 +30,6 @@ from regnas_jax.nn.common import bn_slice, segment_order
 from regnas_jax.nn.supernet import Supernet
 from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
 
-STEM = ("stem_conv1", "stem_bn1", "stem_conv2", "stem_bn2", "stem_conv3", "stem_bn3")
-
 
 # ----------------------------------------------------------------------------------------------
 # The masked supernet

@@ -216,9 +216,7 @@ class TunasSupernet(Supernet):
         s = stats[ls.name]
         st[ls.name] = {"expand_bn": bn_slice(s["expand_bn"], mid),
                        "dw_bn": bn_slice(s["dw_bn"], mid), "proj_bn": bn_slice(s["proj_bn"], cout)}
-    c_last = spec.layers[-1].out_ch if spec.layers else None
-    if c_last is None:  # every layer has a mandatory first IBN; kept for safety
-      raise ValueError("a subnet without IBN layers")
+    c_last = spec.layers[-1].out_ch   # a block's first layer is never off
     p["head_conv"] = {"kernel": params["head_conv"]["kernel"][:, :, :c_last, :spec.head_ch]}
     p["head_bn"] = bn_slice(params["head_bn"], spec.head_ch)
     if stats:

@@ -277,7 +277,8 @@ def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(smoke_run, tmp_pat
     (["--config.search.budgets=(0.9,0.5)"], "config.search.budgets: need positive budgets in "
                                             "ascending order"),
     (["--config.search.budget_unit=mmacs"], "A1's window [0.315, 0.350] MMACs misses the space's range"),
-    (["--config.search.reference=/nonexistent.json"], "config.search.reference: cannot read"),
+    (["--config.search.reference=/nonexistent.json"],
+     "config.search.reference: /nonexistent.json: cannot read"),
     (["--config.search.parent_ratio=0.01"], "config.search.parent_ratio: 0.01 x population 10"),
     (["--config", "configs/digits_resnet50.py", "--config.train.method=progressive"],
      "progressive shrinking needs a 'kernel' field in space ofa_resnet50"),

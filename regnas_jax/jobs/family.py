@@ -10,12 +10,11 @@ search per member, resumable) is :mod:`regnas_jax.search.family`.
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
-from regnas_jax import convert, evaluate, fs, metrics, report, search, spaces, stopping
+from regnas_jax import convert, evaluate, fs, metrics, persist, report, search, spaces, stopping
 from regnas_jax import identity as identity_lib
 from regnas_jax.errors import ConfigError, InvalidArchError
 from regnas_jax.jobs import supernet
@@ -57,12 +56,7 @@ def load_reference(cfg, space):
   path = cfg.search.reference
   if not path:
     return None
-  try:
-    obj = json.loads(fs.read_text(path))
-  except OSError as e:
-    raise ConfigError(f"config.search.reference: cannot read {path}: {e.strerror}") from None
-  except ValueError as e:
-    raise ConfigError(f"config.search.reference: {path} is not JSON ({e})") from None
+  obj = persist.read_json(path, ConfigError, "config.search.reference")
   if isinstance(obj, dict) and isinstance(obj.get("arch"), dict):  # results.json / subnet.json
     obj = obj["arch"]
   try:

@@ -1,11 +1,11 @@
 """Input pipeline benchmark: grain throughput on the packed-JPEG CIFAR-10 file, and the peak host
-memory of scoring its test split whole (before) vs streamed (now).
+memory of scoring its test split whole vs streamed in batches (as scoring reads it).
 
   python benchmarks/input_pipeline.py --path ../shared/data/cifar10/cifar10_jpeg.npz
 
 Throughput: training batches (batch 64, JPEG decoding on demand) per second from
 ``data.pipeline.TrainBatches`` with 0 workers (a thread in this process: the baseline), 1 and 2
-worker processes, for today's augmentation (decode only; the crop runs on the device) and the
+worker processes, for the default augmentation (decode only; the crop runs on the device) and the
 host-side Inception crop at 32 px.  Memory: each case (2,500 or 10,000 test images at 32 px,
 100-image batches) runs in a fresh process and reports the peak RSS over its life, every
 program compiled beforehand on 500 validation images (``memory_case``).

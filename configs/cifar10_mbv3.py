@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         calib_images=1000, calib_batch_size=250, switch=True, kd_ratio=0.3))
     # One member per compiled call: a generation's new members split over three resolutions, and
     # blocks of 8 padded each group to 8 (about 3x the work measured on the first generations).
-    # Switch mode: each member runs only its chosen branches (docs/benchmarks.md, issue #19).
+    # Switch mode: each member runs only its chosen branches (docs/benchmarks.md, Switch mode).
     c.score.update(dict(block_size=1, chunk_size=1, switch=True))
     c.search.update(dict(population_size=16, generations=3, budgets=(0.3, 0.55)))
     c.experiment.sweep = (0.05, 0.2, 1.0, 5.0, 20.0)

@@ -71,7 +71,7 @@ import os
 import ml_collections
 
 from regnas_jax.defaults import runtime_defaults, score_defaults, search_defaults, train_defaults
-from regnas_jax.defaults import input_defaults, mesh_defaults
+from regnas_jax.defaults import input_defaults, mesh_defaults, variants
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
                         "fixtures")
@@ -115,11 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search = search_defaults()  # OFA's evolution settings
   c.search.update(dict(budgets=(150, 300), budget_unit="mmacs", reward="R2",
                        reference_reward="R0", inclusion=True, compare=False))
-  tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
-  bad = sorted(tokens - set(VARIANTS))
-  if bad:
-    raise ValueError(f"imagenet_ofa_mbv3: unknown variant {bad[0]!r} (known: "
-                     f"{', '.join(VARIANTS)})")
+  tokens = variants(arg, "imagenet_ofa_mbv3", VARIANTS)
   if "train" in tokens:
     progressive_shrinking(c)
   if "smoke" in tokens:

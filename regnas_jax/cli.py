@@ -219,13 +219,13 @@ def _print_help(fv: flags.FlagValues, full: bool) -> None:
     print("  --helpfull: Also list absl's own flags (logging, ...).")
 
 
-def parse(argv: list[str], fv: flags.FlagValues | None = None):
+def parse(argv: list[str], flag_values: flags.FlagValues | None = None):
   """``(config, workdir, stop_after)`` from the command line ``argv`` (program name first).
 
   Raises ConfigError with one line for bad input; prints the help and raises SystemExit(0) for
-  --help / --helpfull.  ``fv`` defaults to absl's global flags.
+  --help / --helpfull.  ``flag_values`` defaults to absl's global flags.
   """
-  fv = flags.FLAGS if fv is None else fv
+  fv = flags.FLAGS if flag_values is None else flag_values
   try:
     argv = fv.read_flags_from_files(argv, force_gnu=False)   # expands --flagfile
   except flags.Error as e:

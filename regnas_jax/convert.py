@@ -104,31 +104,31 @@ def convert(family: str, checkpoint: str, out_dir: str, width_mult=None, num_cla
           f"{space.num_classes} classes")
 
 
-def export(subnet_dir: str, out: str, fmt: str | None = None, mean: str | None = None,
+def export(subnet_dir: str, out: str, file_format: str | None = None, mean: str | None = None,
            std: str | None = None) -> str:
-  """Write the subnet saved in ``subnet_dir`` to ``out`` in ``fmt`` (``'ofa'``, ``'onnx'`` or
-  ``'stablehlo'``; default: from the suffix); ``mean``/``std``: ``'r,g,b'`` normalisation to
-  record with an ONNX/StableHLO export.  Returns what was written, one line."""
-  fmt = output_format(out, fmt)
-  if fmt == "ofa":
+  """Write the subnet saved in ``subnet_dir`` to ``out`` in ``file_format`` (``'ofa'``,
+  ``'onnx'`` or ``'stablehlo'``; default: from the suffix); ``mean``/``std``: ``'r,g,b'``
+  normalisation to record with an ONNX/StableHLO export.  Returns what was written, one line."""
+  file_format = output_format(out, file_format)
+  if file_format == "ofa":
     return export_ofa(subnet_dir, out)
   data = {k: _channels(f"--{k}", v) for k, v in (("mean", mean), ("std", std)) if v is not None}
-  if fmt == "onnx" and missing_onnx_packages():
+  if file_format == "onnx" and missing_onnx_packages():
     raise DataError(missing_onnx_packages())
-  return "\n".join(write_deployment(subnet_dir, {fmt: out}, data))
+  return "\n".join(write_deployment(subnet_dir, {file_format: out}, data))
 
 
-def output_format(out: str, fmt: str | None) -> str:
-  """``fmt`` checked, or the format ``out``'s suffix names."""
+def output_format(out: str, file_format: str | None) -> str:
+  """``file_format`` checked, or the format ``out``'s suffix names."""
   known = sorted(set(SUFFIXES.values()))
-  if fmt is None:
-    fmt = SUFFIXES.get(os.path.splitext(out)[1].lower())
-    if fmt is None:
+  if file_format is None:
+    file_format = SUFFIXES.get(os.path.splitext(out)[1].lower())
+    if file_format is None:
       raise ConfigError(f"{out}: cannot tell the format from the suffix (.npz, .pth: OFA's state "
                         f"dict; .onnx; .stablehlo); or give --format ({', '.join(known)})")
-  if fmt not in known:
-    raise ConfigError(f"--format: unknown format {fmt!r} (known: {', '.join(known)})")
-  return fmt
+  if file_format not in known:
+    raise ConfigError(f"--format: unknown format {file_format!r} (known: {', '.join(known)})")
+  return file_format
 
 
 def _channels(flag: str, text: str) -> list[float]:

@@ -265,15 +265,22 @@ TUNAS_VARIANTS = ("enlarged", "v3", "latency", "smoke")
 TUNAS_SPACES = {"": "proxylessnas", "enlarged": "proxylessnas_enlarged", "v3": "mobilenet_v3_like"}
 
 
+def variants(arg, config_name: str, known: tuple, exclusive: tuple[str, str] | None = None) -> set:
+  """The comma-separated variants ``arg`` of a config, checked: each one of ``known``, and not
+  both of ``exclusive``."""
+  tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
+  bad = sorted(tokens - set(known))
+  if bad:
+    raise ValueError(f"{config_name}: unknown variant {bad[0]!r} (known: {', '.join(known)})")
+  if exclusive and set(exclusive) <= tokens:
+    raise ValueError(f"{config_name}: choose one of the variants {exclusive[0]} and "
+                     f"{exclusive[1]}")
+  return tokens
+
+
 def tunas_variants(arg, config_name: str) -> tuple[set, str]:
   """The comma-separated variants of a TuNAS config, checked, and the space they choose."""
-  tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
-  bad = sorted(tokens - set(TUNAS_VARIANTS))
-  if bad:
-    raise ValueError(f"{config_name}: unknown variant {bad[0]!r} "
-                     f"(known: {', '.join(TUNAS_VARIANTS)})")
-  if {"enlarged", "v3"} <= tokens:
-    raise ValueError(f"{config_name}: choose one of the variants enlarged and v3")
+  tokens = variants(arg, config_name, TUNAS_VARIANTS, ("enlarged", "v3"))
   return tokens, TUNAS_SPACES["enlarged" if "enlarged" in tokens else "v3" if "v3" in tokens
                               else ""]
 
@@ -283,11 +290,4 @@ SCARLET_VARIANTS = ("s1", "s2", "no_els", "smoke")
 
 def scarlet_variants(arg, config_name: str) -> set:
   """The comma-separated variants of a SCARLET config (``'s2,no_els'``), checked."""
-  tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
-  bad = sorted(tokens - set(SCARLET_VARIANTS))
-  if bad:
-    raise ValueError(f"{config_name}: unknown variant {bad[0]!r} "
-                     f"(known: {', '.join(SCARLET_VARIANTS)})")
-  if {"s1", "s2"} <= tokens:
-    raise ValueError(f"{config_name}: choose one of the variants s1 and s2")
-  return tokens
+  return variants(arg, config_name, SCARLET_VARIANTS, ("s1", "s2"))

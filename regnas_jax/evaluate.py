@@ -418,9 +418,10 @@ class Scorer:
     return cls(net, space, variables, dataset, cfg.score, calib_images=cfg.train.calib_images,
                calib_batch_size=cfg.train.calib_batch_size, seed=cfg.seed, mesh=mesh)
 
-  def calib(self, r: int) -> np.ndarray:
-    """Calibration batches ``(K, B, R, R, 3)`` at resolution ``r``: on the default device, or on
+  def calib(self, resolution: int) -> np.ndarray:
+    """Calibration batches ``(K, B, R, R, 3)`` at ``resolution``: on the default device, or on
     the host with a mesh (placed per layout by :meth:`_calib_on`)."""
+    r = resolution
     if r not in self._calib:
       ds = self.dataset
       src = data_lib.SubsetSource(ds.train, np.random.default_rng([self.seed, 11]).permutation(
@@ -450,9 +451,10 @@ class Scorer:
       self._sources[split] = src
     return self._sources[split]
 
-  def images(self, split: str, r: int):
+  def images(self, split: str, resolution: int):
     """The split's normalised images ``(N, R, R, 3)`` and labels, whole (small splits, tests)."""
-    return data_lib.eval_images(self.source(split), r, self.dataset.mean, self.dataset.std)
+    return data_lib.eval_images(self.source(split), resolution, self.dataset.mean,
+                                self.dataset.std)
 
   def labels(self, split: str) -> np.ndarray:
     if split not in self._labels:  # (kept from the first scoring pass otherwise)

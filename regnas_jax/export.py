@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnas_jax import fs
+from regnas_jax import fs, persist
 from regnas_jax import nn as nets
 from regnas_jax import spaces
 from regnas_jax.checkpoint import CheckpointError, _ocp, _short
@@ -89,12 +89,7 @@ def _writer_checkpointer():
 def load_subnet(directory: str) -> tuple[Any, Any, Any, dict]:
   """``(module, variables, arch, info)`` of a subnet saved by :func:`save_subnet`."""
   path = fs.join(directory, "subnet.json")
-  try:
-    info = json.loads(fs.read_text(path))
-  except OSError as e:
-    raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-  except ValueError as e:
-    raise CheckpointError(f"{path}: not JSON ({e})") from None
+  info = persist.read_json(path, CheckpointError)
   try:
     cfg = dict(info["space"])
     space = spaces.get_space(cfg.pop("space"), **{k: tuple(v) if isinstance(v, list) else v

@@ -89,7 +89,7 @@ def mesh_config(cfg) -> MeshConfig:
 _INITIALIZED = False
 
 
-def initialize(mc: MeshConfig, log=print) -> None:
+def initialize(mesh_config: MeshConfig, log=print) -> None:
   """Join the other processes of a multi-host run (once per process; before any device is
   touched).  Without ``coordinator`` this is a no-op unless a cluster environment that
   ``jax.distributed`` detects by itself (SLURM, Cloud TPU, ...) is indicated by
@@ -98,12 +98,12 @@ def initialize(mc: MeshConfig, log=print) -> None:
   if _INITIALIZED:
     return
   kw = {}
-  if mc.coordinator:
-    kw = dict(coordinator_address=mc.coordinator)
-    if mc.num_processes >= 0:
-      kw["num_processes"] = mc.num_processes
-    if mc.process_id >= 0:
-      kw["process_id"] = mc.process_id
+  if mesh_config.coordinator:
+    kw = dict(coordinator_address=mesh_config.coordinator)
+    if mesh_config.num_processes >= 0:
+      kw["num_processes"] = mesh_config.num_processes
+    if mesh_config.process_id >= 0:
+      kw["process_id"] = mesh_config.process_id
   elif os.environ.get("REGNAS_DISTRIBUTED") != "1":
     return
   if jax.config.jax_cpu_collectives_implementation in (None, "none"):
@@ -116,9 +116,9 @@ def initialize(mc: MeshConfig, log=print) -> None:
       f"of {jax.device_count()} devices")
 
 
-def make_mesh(mc: MeshConfig | None = None) -> Mesh:
-  """A one-axis (``data``) mesh over ``mc.devices`` devices (0: all of them)."""
-  mc = mc or MeshConfig()
+def make_mesh(mesh_config: MeshConfig | None = None) -> Mesh:
+  """A one-axis (``data``) mesh over ``mesh_config.devices`` devices (0: all of them)."""
+  mc = mesh_config or MeshConfig()
   devs = jax.devices()
   n = mc.devices or len(devs)
   if n > len(devs):
@@ -155,11 +155,11 @@ def _fsdp_spec(shape, n: int, min_size: int) -> P:
   return P()
 
 
-def state_shardings(tree: Any, mesh: Mesh, mc: MeshConfig | None = None) -> Any:
+def state_shardings(tree: Any, mesh: Mesh, mesh_config: MeshConfig | None = None) -> Any:
   """A ``NamedSharding`` per leaf of a training state: replicated, or (``params='fsdp'``) split
   along the first dimension the device count divides for arrays of ``fsdp_min_size`` elements
   or more.  Scalars and small arrays are always replicated."""
-  mc = mc or MeshConfig()
+  mc = mesh_config or MeshConfig()
   n = size(mesh)
 
   def one(x):

@@ -75,6 +75,18 @@ def write_json(path: str, obj: Any, indent: int | None = None) -> None:
     fs.write_text(path, text)
 
 
+def read_json(path: str, error: type[Exception] = StateError, where: str = "") -> Any:
+  """The JSON value in the file ``path``; a file that cannot be read or is not JSON raises
+  ``error`` with one line naming it (after ``where``, e.g. the config key that named it)."""
+  name = f"{where}: {path}" if where else path
+  try:
+    return json.loads(fs.read_text(path))
+  except OSError as e:
+    raise error(f"{name}: cannot read ({e.strerror})") from None
+  except ValueError as e:
+    raise error(f"{name}: not JSON ({e})") from None
+
+
 def read_state(path: str, identity: Any, parse: Callable[[dict], Any] | None = None, *,
                other_run: str = "error"):
   """The state saved in ``path`` by a run with the same ``identity``, or ``None`` if there is no

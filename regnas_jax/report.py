@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 
 import numpy as np
@@ -33,10 +32,10 @@ def _rel(a, b) -> float | None:
   return (a - b) / b
 
 
-def family_table(fam: dict, label: str) -> str:
+def family_table(family: dict, label: str) -> str:
   """Members (MMACs, params, val/test Top-1, NFR against the previous member) and the NFR matrix."""
-  ms, mat = fam["members"], np.asarray(fam["nfr_matrix_test"])
-  rel = fam["relative_nfr_matrix_test"]
+  ms, mat = family["members"], np.asarray(family["nfr_matrix_test"])
+  rel = family["relative_nfr_matrix_test"]
   lines = [f"Family ({label}); Top-1 and NFR in % of the test split, MACs per image",
            "", "| member | MMACs | params (M) | val top-1 | test top-1 | NFR vs previous | "
            "relative NFR | subnet |", "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -171,12 +170,12 @@ def save_top1_vs_macs(plt, fig, ax, path: str) -> None:
   plt.close(fig)
 
 
-def plot_nfr_matrix(path: str, fam: dict, title: str = "") -> None:
+def plot_nfr_matrix(path: str, family: dict, title: str = "") -> None:
   """Heatmap of the family's pairwise test NFR (row = old, column = new); cell text in white on
   dark cells."""
   plt = _plt()
-  mat = 100 * np.asarray(fam["nfr_matrix_test"])
-  names = [m["name"] for m in fam["members"]]
+  mat = 100 * np.asarray(family["nfr_matrix_test"])
+  names = [m["name"] for m in family["members"]]
   fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.4, 1.1 * len(names) + 1.8))
   off = mat[~np.eye(len(names), dtype=bool)]
   vmax = float(off.max()) if off.size and off.max() > 0 else 1.0

@@ -215,9 +215,10 @@ def env(name: str) -> Env:
       return f(*args)
     return traced
 
-  return Env(sp, net, jax.tree.map(np.asarray, v["params"]), stats, images,
-             take(population(sp, 3), range(P)), jax.jit(counted("single", run)),
-             jax.jit(counted("vmapped", jax.vmap(run, in_axes=(None, 0, None, 0)))), traces)
+  return Env(sp, net, params=jax.tree.map(np.asarray, v["params"]), stats=stats, images=images,
+             pop=take(population(sp, 3), range(P)), single=jax.jit(counted("single", run)),
+             vmapped=jax.jit(counted("vmapped", jax.vmap(run, in_axes=(None, 0, None, 0)))),
+             traces=traces)
 
 
 @functools.lru_cache(maxsize=None)

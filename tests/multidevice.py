@@ -191,7 +191,8 @@ def case_score(n: int) -> dict:
   rng = np.random.default_rng(0)
   split = data.ArraySource(rng.integers(0, 256, (40, 12, 12, 3), np.uint8),
                            rng.integers(0, 10, 40).astype(np.int32))
-  ds = data.Dataset("random", split, split, split, 10, 12, (0.5,) * 3, (0.25,) * 3)
+  ds = data.Dataset("random", split, split, split, num_classes=10, image_size=12,
+                    mean=(0.5,) * 3, std=(0.25,) * 3)
   score = ml_collections.ConfigDict(dict(block_size=8, chunk_size=None, batch_size=16,
                                          max_images=0))
   kw = dict(calib_images=32, calib_batch_size=16, seed=0)

@@ -1,6 +1,5 @@
 """Data sources, splits, the packed-JPEG reader, batch order and on-device preprocessing."""
 
-import io
 import os
 
 import jax

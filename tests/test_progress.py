@@ -114,4 +114,4 @@ def test_the_event_file_holds_the_logged_scalars(tmp_path):
   got = {(e.step, v.tag): v.simple_value for e in events[1:] for v in e.summary.value}
   assert got == {(2, "loss"): 1.5, (2, "acc/0"): 0.25, (2, "acc/1"): 0.5,
                  (4, "loss"): 0.75, (4, "acc/0"): 0.5, (4, "acc/1"): 0.75}
-  assert [r["step"] for r in log.read()] == [2, 4]   # the JSON lines as before
+  assert [r["step"] for r in log.read()] == [2, 4]   # the JSON lines beside the events

@@ -10,7 +10,7 @@ import pytest
 
 from regnas_jax import metrics, spaces
 from regnas_jax.errors import StateError
-from regnas_jax.search import EvolutionConfig, SearchError, family
+from regnas_jax.search import EvolutionConfig, family
 
 SP = spaces.OFAMobileNetV3Space(width_mult=0.5, stem="small", num_classes=10, resolutions=(8,))
 CFG = EvolutionConfig(population_size=8, generations=3, proposal_batch=64)

@@ -61,8 +61,8 @@ def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
                         spaces.member(sp.sample(jax.random.key(5), 1), 0)])
   lc = train.LossConfig(10, 0.1, "inplace", 1.0, False)
   grads, (losses, logits, stats) = jax.jit(
-      lambda p: train.subnet_grads(step_net, p, v["batch_stats"], x, labels, archs,
-                                   jax.random.key(0), lc,
+      lambda p: train.subnet_grads(step_net, p, v["batch_stats"], images=x, labels=labels,
+                                   archs=archs, key=jax.random.key(0), loss_config=lc,
                                    loop="scan" if loop == "switch" else loop))(v["params"])
 
   # member 0 (the teacher) learns from the labels alone; its logits are the students' targets,
@@ -71,9 +71,10 @@ def test_multi_subnet_grads_equal_sum_of_one_by_one_grads(tiny, loop):
   ref, ref_losses, soft = None, [], None
   for i in range(3):
     a = spaces.member(archs, i)
-    weights = (uniform, 0.0, 1.0) if i == 0 else (soft, 1.0, 0.0)
-    (loss, (out, st)), g = _ref_member(net, v["params"], v["batch_stats"], x, a, labels, 0.1,
-                                       *weights)
+    soft_i, kd_weight, label_weight = (uniform, 0.0, 1.0) if i == 0 else (soft, 1.0, 0.0)
+    (loss, (out, st)), g = _ref_member(net, v["params"], v["batch_stats"], x, a, labels,
+                                       smoothing=0.1, soft=soft_i, kd_weight=kd_weight,
+                                       label_weight=label_weight)
     if i == 0:
       soft = jax.nn.softmax(out)
     ref = g if ref is None else jax.tree.map(jnp.add, ref, g)
@@ -90,12 +91,13 @@ def test_teacher_distillation_with_labels_matches_reference(tiny):
   teacher = jax.nn.softmax(jax.random.normal(jax.random.key(3), (5, 10)))
   lc = train.LossConfig(10, 0.0, "teacher", 0.5, True)
   grads, (losses, _, _) = jax.jit(lambda p: train.subnet_grads(
-      net, p, v["batch_stats"], x, labels, archs, jax.random.key(0), lc, teacher,
-      loop="vmap"))(v["params"])
+      net, p, v["batch_stats"], images=x, labels=labels, archs=archs, key=jax.random.key(0),
+      loss_config=lc, teacher_probs=teacher, loop="vmap"))(v["params"])
   ref, ref_losses = None, []
   for i in range(2):   # every member: 0.5 * KD(teacher) + CE(labels)
     (loss, _), g = _ref_member(net, v["params"], v["batch_stats"], x, spaces.member(archs, i),
-                               labels, 0.0, teacher, 0.5, 1.0)
+                               labels, smoothing=0.0, soft=teacher, kd_weight=0.5,
+                               label_weight=1.0)
     ref = g if ref is None else jax.tree.map(jnp.add, ref, g)
     ref_losses.append(loss)
   _tree_close(grads, ref)
@@ -136,8 +138,10 @@ def test_sandwich_and_uniform_phases_and_bad_config():
 
 def test_sample_subnets_respect_the_unlocked_choices():
   sp = spaces.OFAMobileNetV3Space(width_mult=0.5, stem="small", resolutions=(12,))
-  phase = train.Phase("p", 1, (("depth", (1, 2)), ("expand", (2,)), ("kernel", (0, 1))),
-                      "sandwich", 6, "inplace", None, 0.1, 0)
+  phase = train.Phase("p", steps=1,
+                      allowed=(("depth", (1, 2)), ("expand", (2,)), ("kernel", (0, 1))),
+                      sampler="sandwich", num_subnets=6, distill="inplace", reorder_keep=None,
+                      lr=0.1, warmup_steps=0)
   a = jax.tree.map(np.asarray, train.sample_subnets(sp, phase, jax.random.key(0)))
   assert a.kernel.shape == (6, 20)
   assert set(np.unique(a.depth)) <= {1, 2} and set(np.unique(a.expand)) == {2}

@@ -148,8 +148,9 @@ def _with_holdout(name: str, train, test, num_classes: int, image_size: int, mea
     parts = [ArraySource(train.images[i], train.labels[i]) for i in (tr, va)]
   else:
     parts = [SubsetSource(train, i) for i in (tr, va)]
-  return Dataset(name, *parts, test, int(num_classes), int(image_size),
-                 tuple(float(v) for v in mean), tuple(float(v) for v in std), tuple(class_names))
+  return Dataset(name, *parts, test, num_classes=int(num_classes), image_size=int(image_size),
+                 mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
+                 class_names=tuple(class_names))
 
 
 def default_val_size(n: int) -> int:
@@ -218,9 +219,10 @@ def from_arrays(train, test, num_classes: int | None = None, *, val_size: int | 
   train_src = ArraySource(tr_x, tr_y)
   if mean is None or std is None:
     mean, std = pixel_stats(train_src)
-  return _with_holdout(name, train_src, ArraySource(te_x, te_y), num_classes, tr_x.shape[1],
-                       mean, std, default_val_size(len(tr_y)) if val_size is None else val_size,
-                       seed, class_names)
+  return _with_holdout(name, train_src, ArraySource(te_x, te_y), num_classes=num_classes,
+                       image_size=tr_x.shape[1], mean=mean, std=std,
+                       val_size=default_val_size(len(tr_y)) if val_size is None else val_size,
+                       seed=seed, class_names=class_names)
 
 
 def _as_source(src, arg: str, image_size, image_key: str, label_key: str):
@@ -273,17 +275,19 @@ def from_sources(train, test, num_classes: int, *, image_size: int | None = None
             for s in srcs]
   if mean is None or std is None:
     mean, std = pixel_stats(srcs[0])
-  return _with_holdout(name, srcs[0], srcs[1], num_classes, image_size, mean, std,
-                       default_val_size(len(srcs[0])) if val_size is None else val_size, seed,
-                       class_names)
+  return _with_holdout(name, srcs[0], srcs[1], num_classes=num_classes, image_size=image_size,
+                       mean=mean, std=std,
+                       val_size=default_val_size(len(srcs[0])) if val_size is None else val_size,
+                       seed=seed, class_names=class_names)
 
 
-def fingerprint(ds: Dataset) -> str:
-  """A short hash identifying ``ds``'s data: its sizes, constants and images -- all of them for
+def fingerprint(dataset: Dataset) -> str:
+  """A short hash identifying ``dataset``'s data: its sizes, constants and images -- all of them for
   splits held in memory, 64 evenly spaced examples of a split read on demand (a run's identity
   records it in place of ``config.data`` when a job runs on a Dataset given from Python)."""
-  h = hashlib.sha1(repr((ds.name, ds.num_classes, ds.image_size, ds.mean, ds.std)).encode())
-  for src in (ds.train, ds.val, ds.test):
+  h = hashlib.sha1(repr((dataset.name, dataset.num_classes, dataset.image_size, dataset.mean,
+                         dataset.std)).encode())
+  for src in (dataset.train, dataset.val, dataset.test):
     h.update(str(len(src)).encode())
     if isinstance(src, ArraySource):
       x, y = src.images, src.labels
@@ -326,7 +330,8 @@ def load_digits(image_size: int = 32, seed: int = 0, val_fraction: float = 0.15,
   labels = d.target.astype(np.int32)
   tr, va, te = split_indices(len(labels), (val_fraction, test_fraction), seed)
   mk = lambda idx: ArraySource(imgs[idx], labels[idx])
-  return Dataset("digits", mk(tr), mk(va), mk(te), 10, image_size, (0.3,) * 3, (0.38,) * 3)
+  return Dataset("digits", mk(tr), mk(va), mk(te), num_classes=10, image_size=image_size,
+                 mean=(0.3,) * 3, std=(0.38,) * 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,20 +358,20 @@ def decode_image(blob: np.ndarray, where: str) -> np.ndarray:
                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-def centre_square(img: np.ndarray, size: int) -> np.ndarray:
+def centre_square(image: np.ndarray, size: int) -> np.ndarray:
   """Centre square crop resized to ``size`` (PIL bilinear); greyscale becomes RGB."""
-  if img.ndim == 2:
-    img = img[..., None]
-  if img.shape[-1] == 1:
-    img = np.repeat(img, 3, -1)
-  h, w = img.shape[:2]
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, -1)
+  h, w = image.shape[:2]
   if (h, w) == (size, size):
-    return img
+    return image
   from PIL import Image
 
   s = min(h, w)
   y, x = (h - s) // 2, (w - s) // 2
-  im = Image.fromarray(np.ascontiguousarray(img[y:y + s, x:x + s]))
+  im = Image.fromarray(np.ascontiguousarray(image[y:y + s, x:x + s]))
   return np.asarray(im.resize((size, size), Image.BILINEAR), np.uint8)
 
 
@@ -561,18 +566,20 @@ def load_packed_npz(path: str, name: str = "npz", num_classes: int | None = None
   if decode == "on_demand":
     full, test = (PackedJpegSource(path, s, num_classes, _file_key(path))
                   for s in ("train", "test"))
-    return _with_holdout(name, full, test, num_classes, full.raw(0)[0].shape[0], mean, std,
-                         val_size, seed, names)
+    return _with_holdout(name, full, test, num_classes=num_classes,
+                         image_size=full.raw(0)[0].shape[0], mean=mean, std=std,
+                         val_size=val_size, seed=seed, class_names=names)
   tr_x, tr_y, te_x, te_y = decode_packed_jpeg(path, cache_dir, num_classes)
-  return _with_holdout(name, ArraySource(tr_x, tr_y), ArraySource(te_x, te_y), num_classes,
-                       tr_x.shape[1], mean, std, val_size, seed, names)
+  return _with_holdout(name, ArraySource(tr_x, tr_y), ArraySource(te_x, te_y),
+                       num_classes=num_classes, image_size=tr_x.shape[1], mean=mean, std=std,
+                       val_size=val_size, seed=seed, class_names=names)
 
 
 def load_cifar10_npz(path: str, val_size: int = 5000, seed: int = 0,
                      cache_dir: str | None = None, decode: str = "once") -> Dataset:
   """CIFAR-10 from the packed file at ``path`` (:func:`load_packed_npz` with 10 classes)."""
-  return load_packed_npz(path, "cifar10", 10, CIFAR10_MEAN, CIFAR10_STD, val_size, seed,
-                         cache_dir, decode)
+  return load_packed_npz(path, "cifar10", num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                         val_size=val_size, seed=seed, cache_dir=cache_dir, decode=decode)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -603,14 +610,16 @@ def load_cifar(name: str, path: str, val_size: int = 5000, seed: int = 0,
   num_classes, mean, std = CIFAR[name]
   path = os.fspath(path)
   if os.path.isfile(path) and is_npz(path):
-    return load_packed_npz(path, name, num_classes, mean, std, val_size, seed, cache_dir, decode)
+    return load_packed_npz(path, name, num_classes=num_classes, mean=mean, std=std,
+                           val_size=val_size, seed=seed, cache_dir=cache_dir, decode=decode)
   if os.path.isfile(path) and not cifar.is_tar(path):
     raise DataError(f"config.data.path: {path} is neither a packed .npz file nor a CIFAR "
                     f"archive (.tar.gz as distributed) nor its folder")
   a = cifar.read_cifar(path, name)
   return _with_holdout(name, ArraySource(a.train_images, a.train_labels),
-                       ArraySource(a.test_images, a.test_labels), num_classes, 32, mean, std,
-                       val_size, seed, a.class_names)
+                       ArraySource(a.test_images, a.test_labels), num_classes=num_classes,
+                       image_size=32, mean=mean, std=std, val_size=val_size, seed=seed,
+                       class_names=a.class_names)
 
 
 def load_folder(path: str, image_size: int, val_size: int = 5000, seed: int = 0) -> Dataset:
@@ -622,8 +631,9 @@ def load_folder(path: str, image_size: int, val_size: int = 5000, seed: int = 0)
 
   train, test, classes = folder.scan(path, image_size)
   train.raw(0), test.raw(0)
-  return _with_holdout("folder", train, test, len(classes), int(image_size), IMAGENET_MEAN,
-                       IMAGENET_STD, val_size, seed, tuple(classes))
+  return _with_holdout("folder", train, test, num_classes=len(classes),
+                       image_size=int(image_size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                       val_size=val_size, seed=seed, class_names=tuple(classes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -660,9 +670,6 @@ class RecordSource:
     imgs = [centre_square(np.asarray(img, np.uint8), self.image_size) for img, _ in pairs]
     return (np.stack(imgs) if imgs else np.zeros((0,) + (self.image_size,) * 2 + (3,), np.uint8),
             np.asarray([int(lab) for _, lab in pairs], np.int32))
-
-
-TfdsSource = RecordSource   # (its former name)
 
 
 def _tfds_not_prepared(name: str, data_dir: str | None) -> str:
@@ -703,8 +710,8 @@ def load_tfds(name: str, data_dir: str | None = None, image_size: int = 32, val_
   mean, std = ((CIFAR10_MEAN, CIFAR10_STD) if name.startswith("cifar") else
                (IMAGENET_MEAN, IMAGENET_STD))
   return _with_holdout(name, RecordSource(train_src, image_size),
-                       RecordSource(test_src, image_size), num_classes, image_size, mean, std,
-                       val_size, seed)
+                       RecordSource(test_src, image_size), num_classes=num_classes,
+                       image_size=image_size, mean=mean, std=std, val_size=val_size, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,13 +33,13 @@ from regnas_jax.errors import DataError, RegnasError, one_line
 FORMATS = ("png", "jpeg")
 
 
-def encode(image: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+def encode(image: np.ndarray, image_format: str = "png", quality: int = 95) -> bytes:
   """One ``(H, W, 3)`` uint8 image as PNG or JPEG bytes."""
   from PIL import Image
 
   buf = io.BytesIO()
-  opts = {"quality": int(quality)} if fmt == "jpeg" else {}
-  Image.fromarray(np.ascontiguousarray(image)).save(buf, fmt.upper(), **opts)
+  opts = {"quality": int(quality)} if image_format == "jpeg" else {}
+  Image.fromarray(np.ascontiguousarray(image)).save(buf, image_format.upper(), **opts)
   return buf.getvalue()
 
 
@@ -103,20 +103,20 @@ def _from_folder(src: str, fmt: str, quality: int, image_size: int | None) -> tu
   return tuple(splits), tuple(classes)
 
 
-def convert(src: str, out: str, fmt: str = "png", quality: int = 95,
+def convert(src: str, out: str, image_format: str = "png", quality: int = 95,
             image_size: int | None = None) -> dict:
   """Convert ``src`` (module docstring) into the packed file ``out``; returns a summary
   ``{'source', 'train', 'test', 'classes'}``."""
   from regnas_jax.data import cifar
 
-  if fmt not in FORMATS:
-    raise DataError(f"--format: {fmt!r} is not one of {FORMATS}")
+  if image_format not in FORMATS:
+    raise DataError(f"--format: {image_format!r} is not one of {FORMATS}")
   if os.path.isdir(src) and os.path.isdir(os.path.join(src, "train")):
     kind = "image folder"
-    (train, test), names = _from_folder(src, fmt, quality, image_size)
+    (train, test), names = _from_folder(src, image_format, quality, image_size)
   elif os.path.isdir(src) or (os.path.isfile(src) and cifar.is_tar(src)):
     kind = "CIFAR"
-    (train, test), names = _from_cifar(src, fmt, quality)
+    (train, test), names = _from_cifar(src, image_format, quality)
   elif os.path.isfile(src) and data_lib.is_npz(src):
     raise DataError(f"source: {src} is already a packed .npz file")
   elif os.path.exists(src):

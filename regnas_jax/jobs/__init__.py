@@ -46,7 +46,8 @@ def prepare(cfg, workdir: str, stop_after: str = "search", log=log_line, dataset
     cfg = build.with_given_dataset(cfg, dataset)
   job.check_data(cfg, space, dataset)
   log(build.describe(space, dataset))
-  return job, JobContext(cfg, workdir, space, net, dataset, stop_after, log, mesh)
+  return job, JobContext(cfg=cfg, workdir=workdir, space=space, net=net, dataset=dataset,
+                         stop_after=stop_after, log=log, mesh=mesh)
 
 
 def run(cfg, workdir: str, stop_after: str = "search", log=log_line, dataset=None) -> dict:

@@ -10,12 +10,11 @@ search per member, resumable) is :mod:`regnas_jax.search.family`.
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
-from regnas_jax import convert, evaluate, fs, metrics, report, search, spaces, stopping
+from regnas_jax import convert, evaluate, fs, metrics, persist, report, search, spaces, stopping
 from regnas_jax import identity as identity_lib
 from regnas_jax.errors import ConfigError, InvalidArchError
 from regnas_jax.jobs import supernet
@@ -57,12 +56,7 @@ def load_reference(cfg, space):
   path = cfg.search.reference
   if not path:
     return None
-  try:
-    obj = json.loads(fs.read_text(path))
-  except OSError as e:
-    raise ConfigError(f"config.search.reference: cannot read {path}: {e.strerror}") from None
-  except ValueError as e:
-    raise ConfigError(f"config.search.reference: {path} is not JSON ({e})") from None
+  obj = persist.read_json(path, ConfigError, "config.search.reference")
   if isinstance(obj, dict) and isinstance(obj.get("arch"), dict):  # results.json / subnet.json
     obj = obj["arch"]
   try:
@@ -151,7 +145,7 @@ class FamilyJob(Job):
       families[label] = run_family(label.replace(" ", "_").replace("+", "_"), specs, reference)
     return families
 
-  def report(self, ctx: JobContext, tr, scorer, cache, families, ends_ok, seconds) -> dict:
+  def report(self, ctx: JobContext, trained, scorer, cache, families, ends_ok, seconds) -> dict:
     """Test-split evaluation of every family, exports of the main one, tables and plots."""
     space = ctx.space
     records = {label: family_record(space, members, cache(_stack(members)),
@@ -160,13 +154,13 @@ class FamilyJob(Job):
     main_label = next(iter(families))
     main = families[main_label]
     pop = _stack(main)
-    supernet.export_subnets(ctx, tr.variables, scorer.stats(pop), [m["arch"] for m in main],
+    supernet.export_subnets(ctx, trained.variables, scorer.stats(pop), [m["arch"] for m in main],
                             records[main_label]["members"],
                             ("val_top1", "test_top1", "macs", "params"))
     names = [m["name"] for m in main]
     deployed = export_members(ctx, names)
     evaluated = [{"macs": int(space.macs(a)), "val_top1": t} for a, t in cache.evaluated()]
-    results = run_record(ctx, MACS_NOTE, tr, ends_ok)
+    results = run_record(ctx, MACS_NOTE, trained, ends_ok)
     results.update({
         "search": {"seconds": round(seconds, 2), "subnets_scored": cache.scored,
                    "val_images": int(len(scorer.labels("val"))),

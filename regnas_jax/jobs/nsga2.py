@@ -37,18 +37,18 @@ SIGNS = {"top1": -1.0, "macs": 1.0, "params": 1.0, "nfr": 1.0}
 MACS_NOTE = "MACs per image of the exported subnet (multiply-accumulates)"
 
 
-def nsga2_config(se) -> nsga2.NSGA2Config:
-  kw = {k: se[k] for k in nsga2.NSGA2Config._fields if k in se}
-  kw["weights"] = tuple(se.weights)
+def nsga2_config(search_config) -> nsga2.NSGA2Config:
+  kw = {k: search_config[k] for k in nsga2.NSGA2Config._fields if k in search_config}
+  kw["weights"] = tuple(search_config.weights)
   return nsga2.NSGA2Config(**kw)
 
 
-def max_macs(se, space) -> float:
+def max_macs(search_config, space) -> float:
   """The cheap constraint in MACs per image (``inf`` when ``max_macs`` is 0)."""
-  if not se.max_macs:
+  if not search_config.max_macs:
     return float("inf")
-  scale = 1e6 if se.budget_unit == "mmacs" else float(space.macs(space.max_arch()))
-  return float(se.max_macs) * scale
+  scale = 1e6 if search_config.budget_unit == "mmacs" else float(space.macs(space.max_arch()))
+  return float(search_config.max_macs) * scale
 
 
 def objective_fn(space, objectives, cache: EvalCache, ref_correct=None):
@@ -88,22 +88,22 @@ def chosen(state: nsga2.NSGA2State, objectives, k: int) -> np.ndarray:
   return nsga2.equispaced(state.objectives, k, axis)
 
 
-def search(space, cache: EvalCache, se, *, seed: int, ref_correct=None, state_path: str,
+def search(space, cache: EvalCache, search_config, *, seed: int, ref_correct=None, state_path: str,
            identity: dict, log=print):
   """Run (or resume) the NSGA-II search; returns ``(state, fronts)``.
 
   ``fronts[g]`` is the first front after generation ``g`` (see :func:`front_record`).
   """
-  cfg = nsga2_config(se)
-  objectives = tuple(se.objectives)
+  cfg = nsga2_config(search_config)
+  objectives = tuple(search_config.objectives)
   signs = np.array([SIGNS[o] for o in objectives])
   fn = objective_fn(space, objectives, cache, ref_correct)
-  limit = max_macs(se, space)
+  limit = max_macs(search_config, space)
   cheap_ok = lambda pop: np.asarray(space.macs(pop), np.float64) <= limit
   ident = persist.jsonable({"identity": identity, "search": dict(cfg._asdict()),
                             "objectives": list(objectives), "seed": int(seed),
                             "max_macs": limit if np.isfinite(limit) else None,
-                            "min_top1": float(se.min_top1)})
+                            "min_top1": float(search_config.min_top1)})
   loaded = persist.read_state(state_path, ident, lambda saved: (
       nsga2.state_from_dict(space, saved["state"]), list(saved["fronts"])))
   state, fronts = loaded if loaded is not None else (nsga2.init(seed), [])
@@ -116,7 +116,7 @@ def search(space, cache: EvalCache, se, *, seed: int, ref_correct=None, state_pa
     if not cheap_ok(cand).all():  # an algorithm bug, never a silent drop
       raise SearchError("NSGA-II: a candidate violates the MACs constraint")
     raw, minimised, correct = fn(cand)
-    feasible = metrics.top1(correct) >= float(se.min_top1)
+    feasible = metrics.top1(correct) >= float(search_config.min_top1)
     state = nsga2.tell(state, cand, minimised, cfg, feasible)
     fronts.append(front_record(space, state, objectives, lambda m: m * signs))
     cache.save()
@@ -192,9 +192,10 @@ class NSGA2Job(Job):
     seconds = time.time() - t0
     ctx.log(f"search done: {cache.scored} distinct subnets scored on "
             f"{len(scorer.labels('val'))} val images in {seconds:.1f} s")
-    return self.report(ctx, tr, scorer, cache, state, fronts, ref, ends_ok, seconds)
+    return self.report(ctx, tr, scorer=scorer, cache=cache, state=state, fronts=fronts, ref=ref,
+                       ends_ok=ends_ok, seconds=seconds)
 
-  def report(self, ctx, tr, scorer, cache, state, fronts, ref, ends_ok, seconds) -> dict:
+  def report(self, ctx, trained, scorer, cache, state, fronts, ref, ends_ok, seconds) -> dict:
     """The K chosen models scored on both splits, exported, tabulated and plotted."""
     space, se = ctx.space, ctx.cfg.search
     objectives = tuple(se.objectives)
@@ -212,10 +213,10 @@ class NSGA2Job(Job):
         r["val_nfr"] = float(metrics.nfr(v_ok, ref[0]))
         r["test_nfr"] = float(metrics.nfr(t_ok, ref[1]))
       rows.append(r)
-    supernet.export_subnets(ctx, tr.variables, scorer.stats(pop), archs, rows,
+    supernet.export_subnets(ctx, trained.variables, scorer.stats(pop), archs, rows,
                             ("val_top1", "test_top1", "macs", "params"))
     evaluated = [{"macs": int(space.macs(a)), "val_top1": t} for a, t in cache.evaluated()]
-    results = run_record(ctx, MACS_NOTE, tr, ends_ok)
+    results = run_record(ctx, MACS_NOTE, trained, ends_ok)
     results.update({
         "search": {"algorithm": "nsga2", "objectives": list(objectives),
                    "seconds": round(seconds, 2), "subnets_scored": cache.scored,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from typing import Any, NamedTuple
 
@@ -83,12 +82,13 @@ def rl_batch_size(cfg) -> int:
   return int(round(m * cfg.train.batch_size)) if m > 0 else int(cfg.search.val_batch_size)
 
 
-def controller_config(se, scale: float = 1.0) -> tunas.ControllerConfig:
+def controller_config(search_config, scale: float = 1.0) -> tunas.ControllerConfig:
   return tunas.ControllerConfig(
-      learning_rate=float(se.rl_learning_rate) * scale,
-      baseline_momentum=float(se.baseline_momentum),
-      delay_fraction=float(se.rl_delay_fraction), increase=float(se.rl_increase),
-      entropy_weight=float(se.entropy_weight))
+      learning_rate=float(search_config.rl_learning_rate) * scale,
+      baseline_momentum=float(search_config.baseline_momentum),
+      delay_fraction=float(search_config.rl_delay_fraction),
+      increase=float(search_config.rl_increase),
+      entropy_weight=float(search_config.entropy_weight))
 
 
 def check_search(cfg, space) -> None:
@@ -267,8 +267,8 @@ def _keys(key, n: int):
   return key[None] if n == 1 else jax.random.split(key, n)
 
 
-def make_search_step(model, space, tx, cost_fn, target: float, total: int, cfg, lc, augment,
-                     val_augment, shards: int = 1, state_sharding=None):
+def make_search_step(model, space, tx, cost_fn, target: float, total: int, cfg, loss_config,
+                     augment, val_augment, shards: int = 1, state_sharding=None):
   """A jit-compiled ``step(state, images, labels, val_images, val_labels, base_key)``.
 
   ``shards`` (S) is TuNAS's one architecture per accelerator core: the training batch ``(B, ...)``
@@ -301,7 +301,8 @@ def make_search_step(model, space, tx, cost_fn, target: float, total: int, cfg, 
       logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                 arch, train=True, average=avg, mutable=["batch_stats"],
                                 rngs={"dropout": k})
-      return training.subnet_losses(logits[None], y, lc)[0], (logits, upd["batch_stats"])
+      return (training.subnet_losses(logits[None], y, loss_config)[0],
+              (logits, upd["batch_stats"]))
 
     def loss_fn(params):
       losses, (logits, stats) = jax.vmap(shard_loss, in_axes=(None, 0, 0, 0, 0, 0))(
@@ -423,8 +424,9 @@ class TunasJob(Job):
     cfg, space, net, ds = ctx.cfg, ctx.space, ctx.net, ctx.dataset
     se, tc = cfg.search, cfg.train
     total = int(tc.steps)
-    phase = training.Phase("tunas", total, (), "policy", 1, "none", None,
-                           float(tc.lr) * lr_scale(cfg), min(int(tc.warmup_steps), total - 1))
+    phase = training.Phase("tunas", steps=total, allowed=(), sampler="policy", num_subnets=1,
+                           distill="none", reorder_keep=None, lr=float(tc.lr) * lr_scale(cfg),
+                           warmup_steps=min(int(tc.warmup_steps), total - 1))
     tx, sched = training.make_optimizer(tc, phase)
     mc = parallel.mesh_config(cfg)
     mesh = ctx.mesh if ctx.mesh is not None else parallel.make_mesh(mc)
@@ -452,8 +454,9 @@ class TunasJob(Job):
       state = parallel.place(jax.tree.map(np.asarray, state), sharding)
       put = lambda b: parallel.put_batch(b, mesh)
     start = int(state.step)
-    step_fn = self._compiled_step(ctx, tx, cost_fn, target, fit, ident, total, shards, mesh, mc,
-                                  sharding)
+    step_fn = self._compiled_step(ctx, tx, cost_fn=cost_fn, target=target, fit=fit, ident=ident,
+                                  total=total, shards=shards, mesh=mesh, mesh_config=mc,
+                                  sharding=sharding)
     n_train, n_val, n_rl = len(ds.train), len(ds.val), rl_batch_size(cfg)
 
     def batch(split, n, size, s, seed):
@@ -490,15 +493,15 @@ class TunasJob(Job):
       ck.close()
     return state, start
 
-  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total, shards, mesh, mc,
-                     sharding=None):
+  def _compiled_step(self, ctx, tx, cost_fn, target, fit, ident, total, shards, mesh,
+                     mesh_config, sharding=None):
     """The search step, compiled once per configuration and layout: the key is the run's
     identity (which holds the shard count), the data statistics, and the mesh's devices with
-    ``mc`` (``config.mesh``; one device: no sharding; several: replicated or FSDP-split
-    state)."""
+    ``mesh_config`` (``config.mesh``; one device: no sharding; several: replicated or
+    FSDP-split state)."""
     ds, tc = ctx.dataset, ctx.cfg.train
-    layout = None if sharding is None else ([d.id for d in mesh.devices.flat], mc.params,
-                                            mc.fsdp_min_size)
+    layout = None if sharding is None else ([d.id for d in mesh.devices.flat],
+                                            mesh_config.params, mesh_config.fsdp_min_size)
     key = json.dumps([ident, target, fit, [np.asarray(ds.mean).tolist(),
                                            np.asarray(ds.std).tolist()], layout],
                      sort_keys=True, default=str)
@@ -508,8 +511,10 @@ class TunasJob(Job):
       aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=r,
                               pad=tc.augment.pad, flip=tc.augment.flip)
       val_aug = functools.partial(data_lib.preprocess, mean=ds.mean, std=ds.std, resolution=r)
-      _STEPS[key] = make_search_step(ctx.net, ctx.space, tx, cost_fn, target, total, ctx.cfg,
-                                     lc, lambda x, k: aug(x, key=k), val_aug, shards, sharding)
+      _STEPS[key] = make_search_step(ctx.net, ctx.space, tx=tx, cost_fn=cost_fn, target=target,
+                                     total=total, cfg=ctx.cfg, loss_config=lc,
+                                     augment=lambda x, k: aug(x, key=k), val_augment=val_aug,
+                                     shards=shards, state_sharding=sharding)
     return _STEPS[key]
 
   def report(self, ctx: JobContext, state, cost_fn, target, unit, fit, seconds) -> dict:

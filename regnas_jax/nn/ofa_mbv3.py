@@ -116,9 +116,11 @@ class OFAMobileNetV3(Supernet):
       if b.se:
         se_mask = jnp.arange(max(b.se_choices)) < jnp.asarray(b.se_choices)[arch.expand[i]]
       branch = functools.partial(
-          ElasticIBN, max(b.mid_choices), b.out_ch, b.stride, b.act, sp.kernel_choices,
-          "elastic", self.kernel_transform, max(b.se_choices) if b.se else 0, "hsigmoid",
-          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
+          ElasticIBN, mid_ch=max(b.mid_choices), out_ch=b.out_ch, stride=b.stride, act=b.act,
+          kernel_sizes=sp.kernel_choices, depthwise="elastic",
+          kernel_transform=self.kernel_transform, se_ch=max(b.se_choices) if b.se else 0,
+          se_gate="hsigmoid", depthwise_impl=self.depthwise_impl, bn_momentum=self.bn_momentum,
+          bn_epsilon=self.bn_epsilon, dtype=self.dtype)
       variants, choice = (), None
       if self.switch:
         n_e = len(sp.expand_choices)
@@ -140,19 +142,22 @@ class OFAMobileNetV3(Supernet):
     out = []
     for i, b in enumerate(space.blocks):
       if active[i]:
-        out.append(IBNSpec(b.name, b.in_ch, b.out_ch, int(mids[i]),
-                           int(space.kernel_choices[a.kernel[i]]), b.stride, b.act,
-                           int(b.se_choices[a.expand[i]]) if b.se else 0, "hsigmoid",
-                           "identity" if b.residual else "none"))
+        out.append(IBNSpec(b.name, in_ch=b.in_ch, out_ch=b.out_ch, mid_ch=int(mids[i]),
+                           kernel=int(space.kernel_choices[a.kernel[i]]), stride=b.stride,
+                           act=b.act, se_ch=int(b.se_choices[a.expand[i]]) if b.se else 0,
+                           se_gate="hsigmoid",
+                           shortcut="identity" if b.residual else "none"))
     return tuple(out)
 
   def exact_module(self, arch: MBV3Arch) -> "MobileNetV3":
     """The standalone exact-shape module of one subnet (no variables; see :meth:`extract`)."""
     sp = self.space
     w = sp.widths
-    return MobileNetV3(w[0], sp.stem_stride, w[1], self.subnet_specs(arch),
-                       w[7], w[8], sp.num_classes, self.depthwise_impl, self.bn_momentum,
-                       self.bn_epsilon, self.dropout_rate, self.dtype)
+    return MobileNetV3(stem_ch=w[0], stem_stride=sp.stem_stride, first_ch=w[1],
+                       blocks=self.subnet_specs(arch), head_ch=w[7], feature_ch=w[8],
+                       num_classes=sp.num_classes, depthwise_impl=self.depthwise_impl,
+                       bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                       dropout_rate=self.dropout_rate, dtype=self.dtype)
 
   def extract(self, variables, arch: MBV3Arch):
     """Slice a supernet's variables to the exact shapes of one subnet.
@@ -237,8 +242,10 @@ class OFAMobileNetV3(Supernet):
 def _head(module, head_ch, feature_ch, num_classes, masked) -> Head:
   """Final expand conv + BN + h-swish, average pool, feature mix (no bias) + h-swish,
   classifier; settings from the (super- or exact) network ``module``."""
-  return Head(num_classes, head_ch, "h_swish", feature_ch, "feature_mix", False, "h_swish",
-              module.dropout_rate, masked, module.bn_momentum, module.bn_epsilon, module.dtype)
+  return Head(num_classes, conv_ch=head_ch, act="h_swish", mix_ch=feature_ch,
+              mix_name="feature_mix", mix_bias=False, mix_act="h_swish",
+              dropout_rate=module.dropout_rate, masked=masked, bn_momentum=module.bn_momentum,
+              bn_epsilon=module.bn_epsilon, dtype=module.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

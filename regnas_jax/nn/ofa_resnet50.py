@@ -30,8 +30,6 @@ from regnas_jax.nn.common import bn_slice, segment_order
 from regnas_jax.nn.supernet import Supernet
 from regnas_jax.spaces.ofa_resnet50 import OFAResNet50Space, ResNetArch
 
-STEM = ("stem_conv1", "stem_bn1", "stem_conv2", "stem_bn2", "stem_conv3", "stem_bn3")
-
 
 # ----------------------------------------------------------------------------------------------
 # The masked supernet
@@ -151,9 +149,11 @@ class OFAResNet50(Supernet):
     sp = self.space
     a = sp.validate(arch, population=False)
     c0, c1 = sp.stem_channels(a)
-    return ResNet(int(c0), int(c1), bool(a.stem_depth), sp.stem_stride, sp.max_pool,
-                  self.subnet_specs(a), sp.num_classes, self.bn_momentum, self.bn_epsilon,
-                  self.dropout_rate, self.dtype, self.zero_init_residual)
+    return ResNet(stem_mid=int(c0), stem_out=int(c1), stem_middle_layer=bool(a.stem_depth),
+                  stem_stride=sp.stem_stride, max_pool=sp.max_pool, blocks=self.subnet_specs(a),
+                  num_classes=sp.num_classes, bn_momentum=self.bn_momentum,
+                  bn_epsilon=self.bn_epsilon, dropout_rate=self.dropout_rate, dtype=self.dtype,
+                  zero_init_residual=self.zero_init_residual)
 
   def extract(self, variables, arch: ResNetArch):
     """Slice a supernet's variables to the exact shapes of one subnet.

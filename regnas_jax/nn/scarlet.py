@@ -147,9 +147,11 @@ class ScarletSupernet(Supernet):
       mid = jnp.asarray(b.mid_choices)[e[i]]
       se_h = jnp.asarray(b.se_choices)[e[i]]
       branch = functools.partial(
-          ElasticIBN, max(b.mid_choices), b.out_ch, b.stride, "h_swish", sp.kernel_choices,
-          "elastic", self.kernel_transform, max(b.se_choices) if sp.has_se else 0, "hsigmoid",
-          self.depthwise_impl, self.bn_momentum, self.bn_epsilon, self.dtype)
+          ElasticIBN, mid_ch=max(b.mid_choices), out_ch=b.out_ch, stride=b.stride, act="h_swish",
+          kernel_sizes=sp.kernel_choices, depthwise="elastic",
+          kernel_transform=self.kernel_transform, se_ch=max(b.se_choices) if sp.has_se else 0,
+          se_gate="hsigmoid", depthwise_impl=self.depthwise_impl, bn_momentum=self.bn_momentum,
+          bn_epsilon=self.bn_epsilon, dtype=self.dtype)
       variants, choice = (), None
       if self.switch:
         n_se = 2 if sp.has_se else 1
@@ -159,8 +161,9 @@ class ScarletSupernet(Supernet):
             for j in range(len(b.mid_choices)) for s_on in range(n_se))
         choice = e[i] * n_se + (se[i] > 0 if sp.has_se else 0)
       x = ChoiceLayer(branch(), b, sp.els, variants, name=b.name)(
-          x, skip[i] > 0, k[i], jnp.arange(max(b.mid_choices)) < mid,
-          jnp.arange(max(b.se_choices)) < se_h, se[i] > 0, train, choice)
+          x, skip=skip[i] > 0, kernel_index=k[i], mid_mask=jnp.arange(max(b.mid_choices)) < mid,
+          se_mask=jnp.arange(max(b.se_choices)) < se_h, se_on=se[i] > 0, train=train,
+          choice=choice)
     return _head(self, sp.widths[2], sp.num_classes, masked=True)(x, train)
 
   def subnet_specs(self, arch: ScarletArch) -> tuple:
@@ -178,18 +181,21 @@ class ScarletSupernet(Supernet):
       if b.residual:
         shortcut = ("conv" if space.els and pending else
                     "identity" if real == b.out_ch else "pad")
-      out.append(IBNSpec(b.name, real, b.out_ch, int(b.mid_choices[e[i]]),
-                         int(space.kernel_choices[k[i]]), b.stride, "h_swish",
-                         int(b.se_choices[e[i]]) if se[i] else 0, "hsigmoid", shortcut))
+      out.append(IBNSpec(b.name, in_ch=real, out_ch=b.out_ch, mid_ch=int(b.mid_choices[e[i]]),
+                         kernel=int(space.kernel_choices[k[i]]), stride=b.stride, act="h_swish",
+                         se_ch=int(b.se_choices[e[i]]) if se[i] else 0, se_gate="hsigmoid",
+                         shortcut=shortcut))
       real, pending = b.out_ch, False
     return tuple(out)
 
   def exact_module(self, arch: ScarletArch) -> "ScarletNet":
     """The standalone exact-shape module of one subnet (no variables; see :meth:`extract`)."""
     sp = self.space
-    return ScarletNet(sp.widths[0], sp.stem_stride, sp.widths[1], self.subnet_specs(arch),
-                      sp.widths[2], sp.num_classes, self.depthwise_impl, self.bn_momentum,
-                      self.bn_epsilon, self.dropout_rate, self.dtype)
+    return ScarletNet(stem_ch=sp.widths[0], stem_stride=sp.stem_stride, sep_ch=sp.widths[1],
+                      layers=self.subnet_specs(arch), head_ch=sp.widths[2],
+                      num_classes=sp.num_classes, depthwise_impl=self.depthwise_impl,
+                      bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                      dropout_rate=self.dropout_rate, dtype=self.dtype)
 
   def extract(self, variables, arch: ScarletArch):
     """Slice a supernet's variables to one subnet's exact shapes and fold its skips' maps.

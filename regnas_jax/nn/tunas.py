@@ -73,9 +73,10 @@ class IBNLayer(nn.Module):
   optional: bool
 
   @nn.compact
-  def __call__(self, x, gate, k_w, mid_mask, se_mask, se_w, out_mask, train: bool):
-    h = self.branch(x, k_w, mid_mask, train, update=gate > 0, se_mask=se_mask,
-                    se_weight=se_w[1] if self.branch.se_ch else None, out_mask=out_mask)
+  def __call__(self, x, gate, kernel_weights, mid_mask, se_mask, se_weights, out_mask,
+               train: bool):
+    h = self.branch(x, kernel_weights, mid_mask, train, update=gate > 0, se_mask=se_mask,
+                    se_weight=se_weights[1] if self.branch.se_ch else None, out_mask=out_mask)
     return x + gate.astype(h.dtype) * h if self.optional else h
 
 
@@ -136,12 +137,15 @@ class TunasSupernet(Supernet):
       se_max = scale_filters(mid_max, 0.25)
       mid = _scale(width[b.in_group] * exp[arch.expand[b.index]])
       gate = on_w[b.optional] if b.optional >= 0 else jnp.float32(1.0)
-      branch = ElasticIBN(mid_max, wmax[b.out_group], b.stride, b.act, ks, "mixed", False,
-                          se_max if sp.v3 else 0, "sigmoid", self.depthwise_impl,
-                          self.bn_momentum, self.bn_epsilon, self.dtype)
+      branch = ElasticIBN(mid_ch=mid_max, out_ch=wmax[b.out_group], stride=b.stride, act=b.act,
+                          kernel_sizes=ks, depthwise="mixed", kernel_transform=False,
+                          se_ch=se_max if sp.v3 else 0, se_gate="sigmoid",
+                          depthwise_impl=self.depthwise_impl, bn_momentum=self.bn_momentum,
+                          bn_epsilon=self.bn_epsilon, dtype=self.dtype)
       x = IBNLayer(branch, b.optional >= 0, name=b.name)(
-          x, gate, k_w[b.index], _first(mid_max, mid), _first(se_max, _scale(mid * 0.25)),
-          se_w[b.index], gmask(b.out_group), train)
+          x, gate=gate, kernel_weights=k_w[b.index], mid_mask=_first(mid_max, mid),
+          se_mask=_first(se_max, _scale(mid * 0.25)), se_weights=se_w[b.index],
+          out_mask=gmask(b.out_group), train=train)
 
     hg = sp.head_groups
     head = _head(self, sp.num_classes, _stem_act(sp), wmax[hg[0]], wmax[hg[1]] if sp.v3 else 0,
@@ -159,15 +163,18 @@ class TunasSupernet(Supernet):
       if not on[b.index]:
         continue
       mid = scale_filters(w[b.in_group], space.expand_choices[a.expand[b.index]])
-      out.append(IBNSpec(b.name, w[b.in_group], w[b.out_group], mid,
-                         space.kernel_choices[a.kernel[b.index]], b.stride, b.act,
-                         scale_filters(mid, 0.25) if a.se[b.index] else 0, "sigmoid",
-                         "identity" if b.optional >= 0 else "none"))
+      out.append(IBNSpec(b.name, in_ch=w[b.in_group], out_ch=w[b.out_group], mid_ch=mid,
+                         kernel=space.kernel_choices[a.kernel[b.index]], stride=b.stride,
+                         act=b.act, se_ch=scale_filters(mid, 0.25) if a.se[b.index] else 0,
+                         se_gate="sigmoid",
+                         shortcut="identity" if b.optional >= 0 else "none"))
     hg = space.head_groups
     sep = bool(space.sep_active(a))
-    return NetSpec(space.stem_kernels[a.stem_kernel], space.stem_stride, w[0], _stem_act(space),
-                   space.kernel_choices[a.sep_kernel] if sep else 0, w[space.sep_group], space.v3,
-                   tuple(out), w[hg[0]], w[hg[1]] if space.v3 else 0)
+    return NetSpec(stem_kernel=space.stem_kernels[a.stem_kernel], stem_stride=space.stem_stride,
+                   stem_ch=w[0], stem_act=_stem_act(space),
+                   sep_kernel=space.kernel_choices[a.sep_kernel] if sep else 0,
+                   sep_ch=w[space.sep_group], sep_residual=space.v3, layers=tuple(out),
+                   head_ch=w[hg[0]], head2_ch=w[hg[1]] if space.v3 else 0)
 
   def exact_module(self, arch: TunasArch) -> "TunasNet":
     """The standalone exact-shape module of one subnet (no variables; see :meth:`extract`)."""
@@ -209,9 +216,7 @@ class TunasSupernet(Supernet):
         s = stats[ls.name]
         st[ls.name] = {"expand_bn": bn_slice(s["expand_bn"], mid),
                        "dw_bn": bn_slice(s["dw_bn"], mid), "proj_bn": bn_slice(s["proj_bn"], cout)}
-    c_last = spec.layers[-1].out_ch if spec.layers else None
-    if c_last is None:  # every layer has a mandatory first IBN; kept for safety
-      raise ValueError("a subnet without IBN layers")
+    c_last = spec.layers[-1].out_ch   # a block's first layer is never off
     p["head_conv"] = {"kernel": params["head_conv"]["kernel"][:, :, :c_last, :spec.head_ch]}
     p["head_bn"] = bn_slice(params["head_bn"], spec.head_ch)
     if stats:
@@ -238,8 +243,9 @@ def _stem_act(space) -> str:
 def _head(module, num_classes, act, head_ch, dense_ch, masked) -> Head:
   """Head conv + BN + ``act``, average pool, on MobileNetV3-Like a dense layer (``head_dense``,
   with bias) + h-swish (``dense_ch`` 0: none), classifier."""
-  return Head(num_classes, head_ch, act, dense_ch, "head_dense", True, "h_swish",
-              module.dropout_rate, masked, module.bn_momentum, module.bn_epsilon, module.dtype)
+  return Head(num_classes, conv_ch=head_ch, act=act, mix_ch=dense_ch, mix_name="head_dense",
+              mix_bias=True, mix_act="h_swish", dropout_rate=module.dropout_rate, masked=masked,
+              bn_momentum=module.bn_momentum, bn_epsilon=module.bn_epsilon, dtype=module.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -104,9 +104,6 @@ def _key(state: SearchState) -> jax.Array:
   return jax.random.fold_in(jax.random.key(state.seed, impl=PRNG_IMPL), state.generation)
 
 
-# old private names, still imported by random_search
-
-
 @functools.lru_cache(maxsize=32)
 def _proposers(space, mutate_prob: float, resolution_prob: float):
   """Jitted proposal functions of a space (one compile per proposal batch size)."""

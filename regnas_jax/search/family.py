@@ -16,6 +16,7 @@ resumes where it stopped, reaches the same family and reports the same scored su
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import time
@@ -181,22 +182,11 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
   if nfr_against not in NFR_AGAINST:
     raise ValueError(f"nfr_against: {nfr_against!r} is not one of {NFR_AGAINST}")
   cfg.check()
-  ident = {"identity": identity or {}, "specs": [s.to_dict() for s in specs],
-           "search": dict(cfg._asdict()), "seed": int(seed), "nfr_against": nfr_against,
-           "reference": None if reference is None else _arch_dict(space.validate(reference))}
-  ident = persist.jsonable(ident)
-  members: list[dict] = []
-  current = None
-  def parse(saved):
-    done = [dict(m, arch=space.validate(m["arch"], population=False)) for m in saved["members"]]
-    cur = saved.get("current")
-    return done, None if cur is None else evolution.state_from_dict(space, cur)
-
-  loaded = persist.read_state(state_path, ident, parse) if state_path else None
-  if loaded is not None:
-    members, current = loaded
-    log(f"resumed the search from {state_path}: {len(members)} member(s) done"
-        + (f", {specs[len(members)].name} at generation {current.generation}" if current else ""))
+  ident = persist.jsonable({
+      "identity": identity or {}, "specs": [s.to_dict() for s in specs],
+      "search": dict(cfg._asdict()), "seed": int(seed), "nfr_against": nfr_against,
+      "reference": None if reference is None else _arch_dict(space.validate(reference))})
+  members, current = _resume(space, specs, state_path, ident, log)
 
   def save(cur):
     if not state_path:
@@ -206,54 +196,88 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
     persist.save_state(state_path, ident, members=ms,
                        current=None if cur is None else evolution.state_to_dict(cur))
 
-  def metrics(correct, refs):
-    top1 = metrics_lib.top1(correct)
-    if not refs:
-      return top1, np.zeros_like(top1)
-    ref_ok = [cache(jax.tree.map(lambda x: np.asarray(x)[None], m["arch"]))[0] for m in refs]
-    per = np.stack([metrics_lib.nfr(correct, r[None]) for r in ref_ok])
-    return top1, (per[-1] if nfr_against == "previous" else per.mean(0))
-
   for i, spec in enumerate(specs):
     if i < len(members):
       continue
     refs = members if nfr_against == "all" else members[-1:]
+    score = functools.partial(_scores, cache, refs=refs, nfr_against=nfr_against)
     if i == 0 and reference is not None:
       arch = space.validate(reference, population=False)
-      top1, _ = metrics(cache(jax.tree.map(lambda x: np.asarray(x)[None], arch)), [])
-      members.append(_record(space, spec, arch, float(top1[0]), 0.0, None, None))
-      log(f"{spec.name}: fixed reference, val top-1 {100 * top1[0]:.2f}%, "
+      top1 = float(metrics_lib.top1(cache(_one(arch)))[0])
+      members.append(_record(space, spec, arch, top1, 0.0, None, None))
+      log(f"{spec.name}: fixed reference, val top-1 {100 * top1:.2f}%, "
           f"{space.macs(arch) / 1e6:.3f} MMACs")
       save(None)
       continue
-    algo = ALGORITHMS[spec.algorithm]
     prev = members[-1]["arch"] if members and spec.inclusion else None
     constraint = Constraint(spec.macs_low, spec.macs_high, prev)
-    state = current if current is not None else algo.init(seed + 1000 * i)
+    state = current if current is not None else ALGORITHMS[spec.algorithm].init(seed + 1000 * i)
     current = None
     log(f"{spec.name}: {spec.algorithm} search, reward {rewards.name(spec.reward)}, "
         f"{constraint.describe()}, {cfg.evaluations} evaluations")
-    while not algo.done(state, cfg):
-      t = time.time()
-      before = cache.scored
-      cand = algo.ask(space, constraint, cfg, state)
-      if not constraint.check(space, cand).all():  # an algorithm bug, never a silent drop
-        raise SearchError(f"{spec.name}: a candidate violates {constraint.describe()}")
-      top1, nfr_ = metrics(cache(cand), refs)
-      fit = rewards.reward(top1, nfr_, spec.reward)
-      state = algo.tell(state, cand, fit, cfg)
-      save(state)
-      b = state.best_index
-      btop, bnfr = metrics(cache(jax.tree.map(lambda x: x[[b]], state.population)), refs)
-      log(f"{spec.name} generation {state.generation - 1}/{cfg.generations}: best reward "
-          f"{state.fitness[b]:.4f} (top-1 {100 * btop[0]:.2f}%, NFR {100 * bnfr[0]:.2f}%), "
-          f"{cache.scored - before} new subnets scored in {time.time() - t:.1f} s")
+    state = _evolve(space, spec, constraint, cache, cfg, state, score=score, save=save, log=log)
     arch, fit = state.best()
-    btop, bnfr = metrics(cache(jax.tree.map(lambda x: np.asarray(x)[None], arch)), refs)
+    btop, bnfr = score(cache(_one(arch)))
     members.append(_record(space, spec, arch, float(btop[0]), float(bnfr[0]) if refs else 0.0,
                            fit, state))
     save(None)
   return members
+
+
+def _one(arch):
+  """A population of the one architecture ``arch``."""
+  return jax.tree.map(lambda x: np.asarray(x)[None], arch)
+
+
+def _scores(cache: EvalCache, correct, refs: list[dict], nfr_against: str):
+  """``(top1, nfr)`` per member of a population whose correctness is ``correct``: NFR against
+  the last of the members ``refs`` (``'previous'``) or their mean (``'all'``); 0 without any."""
+  top1 = metrics_lib.top1(correct)
+  if not refs:
+    return top1, np.zeros_like(top1)
+  ref_ok = [cache(_one(m["arch"]))[0] for m in refs]
+  per = np.stack([metrics_lib.nfr(correct, r[None]) for r in ref_ok])
+  return top1, (per[-1] if nfr_against == "previous" else per.mean(0))
+
+
+def _resume(space, specs: list[MemberSpec], state_path: str | None, ident: dict, log):
+  """``(members done, state of the member in progress or None)`` saved at ``state_path`` for
+  the search ``ident``; ``([], None)`` for a new search."""
+  def parse(saved):
+    done = [dict(m, arch=space.validate(m["arch"], population=False)) for m in saved["members"]]
+    cur = saved.get("current")
+    return done, None if cur is None else evolution.state_from_dict(space, cur)
+
+  loaded = persist.read_state(state_path, ident, parse) if state_path else None
+  if loaded is None:
+    return [], None
+  members, current = loaded
+  log(f"resumed the search from {state_path}: {len(members)} member(s) done"
+      + (f", {specs[len(members)].name} at generation {current.generation}" if current else ""))
+  return members, current
+
+
+def _evolve(space, spec: MemberSpec, constraint: Constraint, cache: EvalCache,
+            cfg: EvolutionConfig, state, *, score, save, log):
+  """One member's search from ``state`` to its last generation: each generation's candidates
+  scored (``score(correct) -> (top1, nfr)``), told to the algorithm, saved and logged."""
+  algo = ALGORITHMS[spec.algorithm]
+  while not algo.done(state, cfg):
+    t = time.time()
+    before = cache.scored
+    cand = algo.ask(space, constraint, cfg, state)
+    if not constraint.check(space, cand).all():  # an algorithm bug, never a silent drop
+      raise SearchError(f"{spec.name}: a candidate violates {constraint.describe()}")
+    top1, nfr_ = score(cache(cand))
+    fit = rewards.reward(top1, nfr_, spec.reward)
+    state = algo.tell(state, cand, fit, cfg)
+    save(state)
+    b = state.best_index
+    btop, bnfr = score(cache(jax.tree.map(lambda x: x[[b]], state.population)))
+    log(f"{spec.name} generation {state.generation - 1}/{cfg.generations}: best reward "
+        f"{state.fitness[b]:.4f} (top-1 {100 * btop[0]:.2f}%, NFR {100 * bnfr[0]:.2f}%), "
+        f"{cache.scored - before} new subnets scored in {time.time() - t:.1f} s")
+  return state
 
 
 def _record(space, spec: MemberSpec, arch, top1, nfr_, fit, state) -> dict:

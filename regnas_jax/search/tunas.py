@@ -203,17 +203,17 @@ def baseline(state: ControllerState) -> jax.Array:
                                                                              1e-12), 0.0)
 
 
-def update(space, state: ControllerState, arch, rew, total_steps: int,
+def update(space, state: ControllerState, arch, reward, total_steps: int,
            cfg: ControllerConfig = ControllerConfig()):
-  """One REINFORCE step for the sampled ``arch`` and its scalar reward ``rew``.
+  """One REINFORCE step for the sampled ``arch`` and its scalar reward ``reward``.
 
-  The advantage is ``rew`` minus the baseline of the *previous* rewards (then the baseline takes
-  ``rew`` in); with a zero learning rate (the delay) the policy does not move but the baseline
-  still learns.  Returns ``(state, metrics)``; pure, jit it with ``space``/``total_steps``/
-  ``cfg`` static.  :func:`update_shards` with one shard.
+  The advantage is ``reward`` minus the baseline of the *previous* rewards (then the baseline
+  takes ``reward`` in); with a zero learning rate (the delay) the policy does not move but the
+  baseline still learns.  Returns ``(state, metrics)``; pure, jit it with ``space``/
+  ``total_steps``/``cfg`` static.  :func:`update_shards` with one shard.
   """
   return update_shards(space, state, jax.tree.map(lambda x: jnp.asarray(x)[None], arch),
-                       jnp.asarray(rew)[None], total_steps, cfg)
+                       jnp.asarray(reward)[None], total_steps, cfg)
 
 
 def update_shards(space, state: ControllerState, archs, rewards, total_steps: int,

@@ -136,8 +136,10 @@ class OFAMobileNetV3Space(base.SearchSpace):
       for j in range(self.blocks_per_stage):
         mids = tuple(base.make_divisible(round(c_in * e), 8) for e in self.expand_choices)
         ses = tuple(base.make_divisible(m // SE_REDUCTION, 8) if STAGE_SE[s] else 0 for m in mids)
-        out.append(BlockLayout(s, j, c_in, c_out, self.stage_strides[s] if j == 0 else 1,
-                               STAGE_ACTS[s], STAGE_SE[s], mids, ses))
+        out.append(BlockLayout(stage=s, index=j, in_ch=c_in, out_ch=c_out,
+                               stride=self.stage_strides[s] if j == 0 else 1,
+                               act=STAGE_ACTS[s], se=STAGE_SE[s], mid_choices=mids,
+                               se_choices=ses))
         c_in = c_out
     return tuple(out)
 

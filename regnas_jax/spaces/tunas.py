@@ -492,8 +492,9 @@ class TunasSpace(base.SearchSpace):
         opts = list(allowed) + (["zero"] if b.optional >= 0 else [])
         raise InvalidArchError(f"layers[{i}]: {v!r} is not one of ({', '.join(opts)})")
       kernel[i], expand[i], se[i] = allowed[v]
-    return TunasArch(np.int32(res), np.int32(stem_k), np.int32(sep_k), np.int32(sep_on),
-                     filters, on, kernel, expand, se)
+    return TunasArch(resolution=np.int32(res), stem_kernel=np.int32(stem_k),
+                     sep_kernel=np.int32(sep_k), sep_on=np.int32(sep_on), filters=filters, on=on,
+                     kernel=kernel, expand=expand, se=se)
 
   def format(self, arch: TunasArch) -> str:
     """One-line summary, e.g. ``r32 w[8,8|8,16,...]: e3_k5 zero ... | e6_k7 ...`` (blocks by |)."""

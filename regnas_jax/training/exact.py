@@ -112,8 +112,9 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
     raise ConfigError("config.input.augment: exact-network training supports 'pad_crop' only")
   if fd is not None:
     fd.check()
-  phase = Phase("exact", steps, (), "max", 1, "none", None, float(tc.lr),
-                min(int(tc.warmup_steps), steps - 1))
+  phase = Phase("exact", steps=steps, allowed=(), sampler="max", num_subnets=1, distill="none",
+                reorder_keep=None, lr=float(tc.lr),
+                warmup_steps=min(int(tc.warmup_steps), steps - 1))
   tx, sched = make_optimizer(tc, phase)
   t_res = int(resolution if teacher_resolution is None else teacher_resolution)
   ident = identity_lib.exact(cfg, steps=steps, seed=seed, resolution=resolution,
@@ -126,7 +127,8 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
   state = fresh if resumed is None else state
   metrics = MetricsLog(f"{workdir}/metrics.jsonl")
   metrics.truncate_after(int(state[0]))
-  step_fn = _make_step(module, tx, tc, dataset, resolution, fd, teacher, t_res)
+  step_fn = _make_step(module, tx, tc, dataset, resolution=resolution, fd=fd, teacher=teacher,
+                       t_res=t_res)
   base = jax.random.key(seed)
   n = len(dataset.train)
 

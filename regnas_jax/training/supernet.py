@@ -98,8 +98,9 @@ def _count(n_total: int, fractions) -> list[int]:
   return [int(x) for x in out]
 
 
-def build_phases(tc, space) -> list[Phase]:
-  """The training schedule of config section ``tc`` (``config.train``) for ``space``."""
+def build_phases(train_config, space) -> list[Phase]:
+  """The training schedule of ``train_config`` (``config.train``) for ``space``."""
+  tc = train_config
   if tc.method not in METHODS:
     raise ConfigError(f"config.train.method: {tc.method!r} is not one of {METHODS}")
   if not (isinstance(tc.steps, int) and tc.steps >= 1):
@@ -110,9 +111,9 @@ def build_phases(tc, space) -> list[Phase]:
     if s < (2 if tc.method == "sandwich" else 1):
       raise ConfigError(f"config.train.num_subnets: {tc.method} needs at least "
                              f"{2 if tc.method == 'sandwich' else 1}, got {s}")
-    return [Phase(tc.method, tc.steps, (), tc.method, s,
-                  "inplace" if tc.method == "sandwich" and tc.kd_ratio > 0 else "none", None,
-                  float(tc.lr), min(warm, tc.steps - 1))]
+    return [Phase(tc.method, steps=tc.steps, allowed=(), sampler=tc.method, num_subnets=s,
+                  distill="inplace" if tc.method == "sandwich" and tc.kd_ratio > 0 else "none",
+                  reorder_keep=None, lr=float(tc.lr), warmup_steps=min(warm, tc.steps - 1))]
 
   # Progressive shrinking (OFA): full -> kernel -> depth (one choice at a time) -> expand.
   names = {f.name: f for f in space.fields()}
@@ -151,10 +152,11 @@ def build_phases(tc, space) -> list[Phase]:
       name = gname if len(allowed_list) == 1 else f"{gname}-{j + 1}"
       sampler = "max" if gname == "full" else "uniform"
       phases.append(Phase(
-          name, per[j], tuple(sorted(allowed.items())), sampler,
-          1 if gname == "full" else int(subs[gi]),
-          "none" if gname == "full" or tc.kd_ratio <= 0 else "teacher", reorder,
-          float(tc.lr) * float(lrs[gi]), min(warm, per[j] - 1)))
+          name, steps=per[j], allowed=tuple(sorted(allowed.items())), sampler=sampler,
+          num_subnets=1 if gname == "full" else int(subs[gi]),
+          distill="none" if gname == "full" or tc.kd_ratio <= 0 else "teacher",
+          reorder_keep=reorder, lr=float(tc.lr) * float(lrs[gi]),
+          warmup_steps=min(warm, per[j] - 1)))
   return phases
 
 
@@ -170,7 +172,7 @@ def _decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(tc, phase: Phase) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(train_config, phase: Phase) -> tuple[optax.GradientTransformation, Callable]:
   """``(tx, schedule)`` for one phase: clipping, weight decay, SGD-Nesterov or RMSProp."""
   steps = max(phase.steps, 1)
   warm = min(phase.warmup_steps, steps - 1)
@@ -178,18 +180,18 @@ def make_optimizer(tc, phase: Phase) -> tuple[optax.GradientTransformation, Call
     sched = optax.warmup_cosine_decay_schedule(0.0, phase.lr, warm, steps, 0.0)
   else:
     sched = optax.cosine_decay_schedule(phase.lr, steps)
-  if tc.optimizer == "sgd":
-    opt = optax.sgd(sched, momentum=tc.momentum, nesterov=tc.nesterov)
-  elif tc.optimizer == "rmsprop":
-    opt = optax.rmsprop(sched, decay=0.9, eps=1e-3, momentum=tc.momentum)
+  if train_config.optimizer == "sgd":
+    opt = optax.sgd(sched, momentum=train_config.momentum, nesterov=train_config.nesterov)
+  elif train_config.optimizer == "rmsprop":
+    opt = optax.rmsprop(sched, decay=0.9, eps=1e-3, momentum=train_config.momentum)
   else:
-    raise ConfigError(f"config.train.optimizer: {tc.optimizer!r} is not one of "
+    raise ConfigError(f"config.train.optimizer: {train_config.optimizer!r} is not one of "
                            f"('sgd', 'rmsprop')")
   parts = []
-  if tc.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(tc.grad_clip_norm))
-  if tc.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(tc.weight_decay, _decay_mask))
+  if train_config.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
+  if train_config.weight_decay > 0:
+    parts.append(optax.add_decayed_weights(train_config.weight_decay, _decay_mask))
   return optax.chain(*parts, opt), sched
 
 
@@ -202,7 +204,7 @@ class LossConfig(NamedTuple):
   student_label_loss: bool
 
 
-def subnet_losses(logits, labels, lc: LossConfig, teacher_probs=None):
+def subnet_losses(logits, labels, loss_config: LossConfig, teacher_probs=None):
   """Per-subnet losses ``(S,)`` from logits ``(S, B, C)`` and labels ``(B,)``.
 
   The largest subnet (member 0 with ``distill='inplace'``) and every subnet without
@@ -210,19 +212,20 @@ def subnet_losses(logits, labels, lc: LossConfig, teacher_probs=None):
   member 0's detached softmax (``'inplace'``) or ``teacher_probs`` (``'teacher'``) -- with weight
   ``kd_ratio``, plus the label loss when ``student_label_loss``.
   """
-  onehot = optax.smooth_labels(jax.nn.one_hot(labels, lc.num_classes), lc.label_smoothing)
+  onehot = optax.smooth_labels(jax.nn.one_hot(labels, loss_config.num_classes),
+                               loss_config.label_smoothing)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
   ce = -(onehot[None] * logp).sum(-1).mean(-1)
-  if lc.distill == "none":
+  if loss_config.distill == "none":
     return ce
-  if lc.distill == "inplace":
+  if loss_config.distill == "inplace":
     soft = jax.lax.stop_gradient(jnp.exp(logp[0]))
     student = jnp.arange(logits.shape[0]) > 0
   else:
     soft = jax.lax.stop_gradient(teacher_probs)
     student = jnp.ones(logits.shape[0], bool)
   kd = -(soft[None] * logp).sum(-1).mean(-1)
-  student_loss = lc.kd_ratio * kd + (ce if lc.student_label_loss else 0.0)
+  student_loss = loss_config.kd_ratio * kd + (ce if loss_config.student_label_loss else 0.0)
   return jnp.where(student, student_loss, ce)
 
 
@@ -297,8 +300,8 @@ def switch_model(model, loop: str, enabled: bool = True):
   return model
 
 
-def subnet_grads(model, params, batch_stats, images, labels, archs, key, lc: LossConfig,
-                 teacher_probs=None, loop: str = "vmap"):
+def subnet_grads(model, params, batch_stats, images, labels, archs, key,
+                 loss_config: LossConfig, teacher_probs=None, loop: str = "vmap"):
   """Gradient of the summed subnet losses w.r.t. the shared ``params``.
 
   ``loop='vmap'`` runs the ``S`` subnets as one vmapped program (parallel work for an
@@ -319,19 +322,20 @@ def subnet_grads(model, params, batch_stats, images, labels, archs, key, lc: Los
   if resolve_subnet_loop(loop, model) == "vmap":
     def loss_fn(p):
       logits, stats = jax.vmap(lambda a, k: member(p, a, k))(archs, keys)
-      losses = subnet_losses(logits, labels, lc, teacher_probs)
+      losses = subnet_losses(logits, labels, loss_config, teacher_probs)
       return losses.sum(), (losses, logits, stats)
 
     return jax.grad(loss_fn, has_aux=True)(params)
 
   # One loop body for every member keeps the compiled program one subnet long.  The carry holds
   # the soft targets: the teacher's, or (in-place) those member 0 produces in iteration 0.
-  inplace = lc.distill == "inplace"
-  nc = lc.num_classes
-  soft0 = (teacher_probs if lc.distill == "teacher" else
+  inplace = loss_config.distill == "inplace"
+  nc = loss_config.num_classes
+  soft0 = (teacher_probs if loss_config.distill == "teacher" else
            jnp.full((labels.shape[0], nc), 1.0 / nc, jnp.float32))
-  student_lc = lc._replace(distill="teacher" if lc.distill != "none" else "none")
-  label_lc = lc._replace(distill="none")
+  student_lc = loss_config._replace(
+      distill="teacher" if loss_config.distill != "none" else "none")
+  label_lc = loss_config._replace(distill="none")
 
   def body(carry, xs):
     acc, soft = carry
@@ -364,9 +368,9 @@ class TrainState(NamedTuple):
   teacher: Any           # frozen {'params','batch_stats'} for distill='teacher', else None
 
 
-def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = "vmap", *,
-                    augment: Callable | None = None, shardings: Any = None,
-                    resolution: int | None = None):
+def make_train_step(model, space, tx, phase: Phase, loss_config: LossConfig,
+                    loop: str = "vmap", *, augment: Callable | None = None,
+                    shardings: Any = None, resolution: int | None = None):
   """A jit-compiled ``step(state, images, labels, base_key) -> (state, metrics)`` for one phase.
 
   The step's archs (and the teacher's) carry ``resolution`` (default: the side of the images it
@@ -391,12 +395,12 @@ def make_train_step(model, space, tx, phase: Phase, lc: LossConfig, loop: str = 
     archs = space.at_resolution(sample_subnets(space, phase, k_arch), resolution or side)
     space.check_resolution(archs, side, "train step")
     teacher_probs = None
-    if lc.distill == "teacher":
+    if loss_config.distill == "teacher":
       teacher = space.at_resolution(max_arch, side)
       teacher_probs = jax.nn.softmax(model.apply(state.teacher, images, teacher, train=False))
     grads, (losses, logits, stats) = subnet_grads(
-        model, state.params, state.batch_stats, images, labels, archs, k_drop, lc, teacher_probs,
-        loop)
+        model, state.params, state.batch_stats, images=images, labels=labels, archs=archs,
+        key=k_drop, loss_config=loss_config, teacher_probs=teacher_probs, loop=loop)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     acc = (jnp.argmax(logits, -1) == labels[None]).mean(-1)
@@ -433,9 +437,9 @@ def phase_at(phases, step: int) -> tuple[int, int]:
   return len(phases), 0
 
 
-def check_resolutions(tc, space) -> tuple:
+def check_resolutions(train_config, space) -> tuple:
   """The training resolutions of ``config.train`` (default: all of the space's)."""
-  res = tuple(tc.resolutions) if tc.resolutions else tuple(space.resolutions)
+  res = tuple(train_config.resolutions) if train_config.resolutions else tuple(space.resolutions)
   bad = [r for r in res if r not in space.resolutions]
   if bad:
     raise ConfigError(f"config.train.resolutions: {bad[0]} is not a resolution of the "
@@ -443,11 +447,11 @@ def check_resolutions(tc, space) -> tuple:
   return res
 
 
-def check_schedule(tc, model, space) -> tuple[list[Phase], tuple]:
+def check_schedule(train_config, model, space) -> tuple[list[Phase], tuple]:
   """``(phases, resolutions)`` of ``config.train`` for ``model``: raises :class:`ConfigError`
   for a schedule this space or supernet cannot run (before anything is written)."""
-  phases = build_phases(tc, space)
-  res = check_resolutions(tc, space)
+  phases = build_phases(train_config, space)
+  res = check_resolutions(train_config, space)
   if any(p.reorder_keep is not None for p in phases) and not model.can_reorder:
     raise ConfigError("config.train.method: progressive shrinking needs channel re-ordering, "
                       "which this supernet does not provide")
@@ -495,7 +499,8 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
   ck = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), ident,
                              max_to_keep=tc.max_to_keep)
   k_init, k_steps = jax.random.split(jax.random.key(cfg.seed))
-  state, resumed, extra = _initial_state(ck, init_fn, k_init, tc, phases, log, mesh, mc)
+  state, resumed, extra = _initial_state(ck, init_fn, k_init, tc, phases=phases, log=log,
+                                         mesh=mesh, mc=mc)
   start = int(state.step)
   metrics = MetricsLog(fs.join(workdir, "metrics.jsonl"), runtime.tensorboard_dir(cfg, workdir))
   metrics.truncate_after(start)   # lines of steps after the checkpoint (or of an older run)
@@ -503,8 +508,9 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
     ck.close()
     return _result(state, ck.recorded_identity, total, 0.0, resumed, phases)
 
-  steps = _StepRunner(cfg, model, space, dataset, phases, res_list, lc_base, k_steps, log,
-                      mesh, mc, put=put, input_state=extra.get("input_state"))
+  steps = _StepRunner(cfg, model, space, dataset, phases=phases, res_list=res_list,
+                      lc_base=lc_base, k_steps=k_steps, log=log, mesh=mesh, mc=mc, put=put,
+                      input_state=extra.get("input_state"))
   if on_start is not None:
     on_start()
   log(f"training {total} steps in {len(phases)} phase(s) "

@@ -3,6 +3,11 @@
 * ``compilation_cache_dir``: XLA's persistent compilation cache (local or ``gs://``), set once
   at job start by :func:`setup`; a second run of the same programs loads them instead of
   compiling (programs that compiled in under ``compilation_cache_min_compile_s`` are not kept).
+  On by default: ``'auto'`` is ``$REGNAS_JAX_CACHE_DIR`` when set, else the directory JAX's own
+  ``JAX_COMPILATION_CACHE_DIR`` names (left as JAX set it up), else
+  ``$XDG_CACHE_HOME/regnas-jax/xla`` (``~/.cache/regnas-jax/xla``); ``'off'`` (or ``''``)
+  turns it off, as does ``REGNAS_JAX_CACHE_DIR=off``.  A directory that cannot be written is
+  a warning and the run goes on without the cache (:func:`cache_dir`).
 * ``tensorboard``: metrics also as TensorBoard events in ``<workdir>/tensorboard``
   (:class:`regnas_jax.progress.EventWriter`, no TensorFlow needed).
 * ``profile_steps``: ``(start, stop)``, a ``jax.profiler`` trace of the training steps
@@ -18,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -46,9 +52,10 @@ def check(cfg) -> None:
   unknown = sorted(set(rt) - set(KEYS))
   if unknown:
     raise ConfigError(f"config.runtime.{unknown[0]}: no such setting (known: {', '.join(KEYS)})")
-  d = rt.get("compilation_cache_dir", "")
+  d = rt.get("compilation_cache_dir", "auto")
   if not isinstance(d, str):
-    raise ConfigError(f"config.runtime.compilation_cache_dir: must be a path or '', got {d!r}")
+    raise ConfigError(f"config.runtime.compilation_cache_dir: must be a path, 'auto' or 'off', "
+                      f"got {d!r}")
   t = rt.get("compilation_cache_min_compile_s", 1.0)
   if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
     raise ConfigError(f"config.runtime.compilation_cache_min_compile_s: must be a number >= 0, "
@@ -65,30 +72,84 @@ def check(cfg) -> None:
                       f"0 <= start < stop, got {ps!r}")
 
 
+CACHE_ENV = "REGNAS_JAX_CACHE_DIR"   # overrides the default cache directory ('off': none)
+JAX_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+OFF = ("off", "")
+
+
+def default_cache_dir(environ=os.environ) -> str:
+  """``$XDG_CACHE_HOME/regnas-jax/xla``, or ``~/.cache/regnas-jax/xla`` without it."""
+  base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "regnas-jax", "xla")
+
+
+def cache_dir(cfg, environ=os.environ) -> tuple[str | None, str]:
+  """``(directory or None, where it comes from)`` of the compilation cache of ``cfg``.
+
+  The sources, first that applies: ``'config'`` (``config.runtime.compilation_cache_dir`` a
+  path), ``'off'`` (it, or ``$REGNAS_JAX_CACHE_DIR``, is ``'off'``/``''``), ``'env'``
+  (``$REGNAS_JAX_CACHE_DIR``), ``'jax'`` (JAX's own ``$JAX_COMPILATION_CACHE_DIR``: JAX has set
+  itself up from it, :func:`setup` leaves it so -- the test suite's per-run cache), ``'default'``
+  (:func:`default_cache_dir`)."""
+  d = settings(cfg)["compilation_cache_dir"]
+  if d in OFF:
+    return None, "off"
+  if d != "auto":
+    return d, "config"
+  env = environ.get(CACHE_ENV)
+  if env is not None:
+    return (None, "off") if env.strip() in OFF else (env, "env")
+  if environ.get(JAX_CACHE_ENV):
+    return environ[JAX_CACHE_ENV], "jax"
+  return default_cache_dir(environ), "default"
+
+
+def _writable(d: str) -> str | None:
+  """None when the local directory ``d`` exists (made if need be) and takes a file, else why
+  not (os.access is no answer for root, nor on a read-only mount)."""
+  try:
+    os.makedirs(d, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=d, prefix=".probe-"):
+      pass
+  except OSError as e:
+    return e.strerror or type(e).__name__
+  return None
+
+
 _CACHE: dict = {}
 
 
-def setup(cfg, log: Callable[[str], None] = print) -> None:
-  """Apply the process-wide settings of ``config.runtime`` (the compilation cache) before the
-  first compile.  JAX reads the cache directory once, at its first compile: a later call with
-  another directory keeps the first one and says so."""
+def setup(cfg, log: Callable[[str], None] = print, environ=os.environ) -> str | None:
+  """Apply the process-wide settings of ``config.runtime`` (the compilation cache,
+  :func:`cache_dir`) before the first compile; returns the cache directory in use, or None.
+
+  JAX reads the cache directory once, at its first compile: a later call with another
+  directory keeps the first one and says so.  A local directory that cannot be created or
+  written is a warning, and the run goes on without the cache."""
   import jax
 
-  rt = settings(cfg)
-  d = rt["compilation_cache_dir"]
-  if not d:
-    return
+  d, source = cache_dir(cfg, environ)
+  if source in ("off", "jax"):
+    return d
+  if fs.is_local(d):
+    d = os.path.abspath(os.path.expanduser(d))
   if _CACHE.get("dir") not in (None, d):
     log(f"warning: config.runtime.compilation_cache_dir: this process already uses "
         f"{_CACHE['dir']}; {d} is not used")
-    return
+    return _CACHE["dir"]
   if fs.is_local(d):
-    d = os.path.abspath(os.path.expanduser(d))
+    why = _writable(d)
+    if why is not None:
+      name = CACHE_ENV if source == "env" else "config.runtime.compilation_cache_dir"
+      log(f"warning: the compilation cache {d} cannot be written ({why}); running without it "
+          f"(set {name} to a writable directory, or 'off')")
+      return None
   jax.config.update("jax_compilation_cache_dir", d)
   jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                    float(rt["compilation_cache_min_compile_s"]))
+                    float(settings(cfg)["compilation_cache_min_compile_s"]))
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  _CACHE["dir"] = rt["compilation_cache_dir"]
+  _CACHE["dir"] = d
+  return d
 
 
 def tensorboard_dir(cfg, workdir: str) -> str | None:

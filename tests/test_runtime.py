@@ -53,9 +53,65 @@ def test_an_unknown_runtime_key_is_refused_before_anything_is_written(tmp_path):
 def test_a_config_without_a_runtime_section_runs_with_the_defaults():
   cfg = ml_collections.ConfigDict({"name": "x"})
   runtime.check(cfg)
-  assert runtime.settings(cfg) == {"compilation_cache_dir": "", "tensorboard": False,
+  assert runtime.settings(cfg) == {"compilation_cache_dir": "auto", "tensorboard": False,
                                    "compilation_cache_min_compile_s": 1.0, "profile_steps": ()}
   assert runtime.tensorboard_dir(cfg, "/w") is None
+
+
+def cfg_with_cache(value):
+  return ml_collections.ConfigDict({"runtime": {"compilation_cache_dir": value}})
+
+
+def test_the_cache_directory_is_on_by_default_moved_by_the_env_or_config_and_switched_off():
+  auto = cfg_with_cache("auto")
+  home = os.path.join(os.path.expanduser("~"), ".cache", "regnas-jax", "xla")
+  assert runtime.cache_dir(auto, {}) == (home, "default")
+  assert runtime.cache_dir(ml_collections.ConfigDict({"name": "no runtime section"}), {}) == (
+      home, "default")
+  assert runtime.cache_dir(auto, {"XDG_CACHE_HOME": "/xdg"}) == ("/xdg/regnas-jax/xla",
+                                                                  "default")
+  env = {"REGNAS_JAX_CACHE_DIR": "/mine", "XDG_CACHE_HOME": "/xdg",
+         "JAX_COMPILATION_CACHE_DIR": "/jax"}
+  assert runtime.cache_dir(auto, env) == ("/mine", "env")
+  assert runtime.cache_dir(auto, dict(env, REGNAS_JAX_CACHE_DIR="off")) == (None, "off")
+  del env["REGNAS_JAX_CACHE_DIR"]       # JAX's own variable: JAX's set-up is kept
+  assert runtime.cache_dir(auto, env) == ("/jax", "jax")
+  assert runtime.cache_dir(cfg_with_cache("/cfg"), dict(env, REGNAS_JAX_CACHE_DIR="/mine")) == (
+      "/cfg", "config")
+  for off in ("off", ""):
+    assert runtime.cache_dir(cfg_with_cache(off), {"REGNAS_JAX_CACHE_DIR": "/mine"}) == (
+        None, "off")
+  assert runtime.setup(cfg_with_cache("off"), environ={}) is None
+
+
+def test_the_suite_keeps_its_own_cache():
+  """conftest.py's per-run cache (JAX_COMPILATION_CACHE_DIR): a job's default set-up leaves it
+  in place, and never touches the user's cache directory."""
+  import jax
+
+  before = jax.config.jax_compilation_cache_dir
+  assert "REGNAS_JAX_CACHE_DIR" not in os.environ and before
+  assert before == os.environ["JAX_COMPILATION_CACHE_DIR"]
+  logs = []
+  assert runtime.setup(cfg_with_cache("auto"), logs.append) == before
+  assert jax.config.jax_compilation_cache_dir == before and logs == []
+
+
+def test_a_cache_directory_that_cannot_be_written_is_a_warning(tmp_path):
+  import jax
+
+  before = jax.config.jax_compilation_cache_dir
+  (tmp_path / "file").write_text("not a folder")
+  bad = str(tmp_path / "file" / "xla")
+  logs = []
+  assert runtime.setup(cfg_with_cache(bad), logs.append, environ={}) is None
+  assert runtime.setup(cfg_with_cache("auto"), logs.append,
+                       environ={"REGNAS_JAX_CACHE_DIR": bad}) is None
+  assert [ln.split(" (")[0] for ln in logs] == [
+      f"warning: the compilation cache {bad} cannot be written"] * 2
+  assert "config.runtime.compilation_cache_dir" in logs[0]
+  assert "REGNAS_JAX_CACHE_DIR" in logs[1]
+  assert jax.config.jax_compilation_cache_dir == before
 
 
 _CACHED_PROGRAM = """
@@ -73,12 +129,21 @@ print(len(hits))
 """
 
 
-def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path):
-  cache = str(tmp_path / "cache")
+@pytest.mark.parametrize("where", ["config", "default"])
+def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path, where):
+  """``config``: a directory named in the config; ``default``: 'auto' with neither
+  REGNAS_JAX_CACHE_DIR nor JAX's variable set, i.e. $XDG_CACHE_HOME/regnas-jax/xla (here in
+  tmp_path, not the user's)."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("JAX_COMPILATION_CACHE_DIR", "REGNAS_JAX_CACHE_DIR")}
+  env.update(PYTHONPATH=ROOT, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+  cache = str(tmp_path / "cache") if where == "config" else str(tmp_path / "xdg" / "regnas-jax"
+                                                                / "xla")
 
   def run():
-    out = subprocess.run([sys.executable, "-c", _CACHED_PROGRAM, cache], capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    out = subprocess.run([sys.executable, "-c", _CACHED_PROGRAM,
+                          cache if where == "config" else "auto"], capture_output=True,
+                         text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.split()[-1])
 

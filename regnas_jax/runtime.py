@@ -200,30 +200,36 @@ class ProfileWindow:
 
 class CompileClock:
   """Splits the time of a loop's steps into compiling and running: a step that runs a program
-  for the first time (:meth:`first`) is compile-bound, so its time -- the compile plus one run,
-  waited for -- is counted apart.  :meth:`take` returns ``(compile seconds, run seconds, items
-  of the run steps)`` since the last call."""
+  for the first time (:meth:`timed_first`) is compile-bound, so its time -- the compile plus
+  one run, waited for -- is counted apart.  :meth:`take` returns ``(compile seconds, run
+  seconds, items of the run steps)`` since the last call; ``spent_s`` and ``spent_steps`` are
+  the compile-bound seconds and steps since the start (the progress bar's time left leaves them
+  out).  ``clock``: the time source (seconds)."""
 
-  def __init__(self):
-    self.compile_s, self.items, self.first_items, self.t0 = 0.0, 0, 0, time.time()
+  def __init__(self, clock: Callable[[], float] = time.time):
+    self.clock = clock
+    self.compile_s, self.items, self.first_items, self.t0 = 0.0, 0, 0, clock()
+    self.spent_s, self.spent_steps = 0.0, 0
 
   def timed_first(self, fn: Callable[[], Any], items: int) -> Any:
     """``(fn(), seconds)``: run ``fn()`` (a program's first call), wait for its results and
     count its time and ``items`` as compile."""
     import jax
 
-    t = time.time()
+    t = self.clock()
     out = jax.block_until_ready(fn())
-    secs = time.time() - t
+    secs = self.clock() - t
     self.compile_s += secs
     self.first_items += items
+    self.spent_s += secs
+    self.spent_steps += 1
     return out, secs
 
   def count(self, items: int) -> None:
     self.items += items
 
   def take(self) -> tuple[float, float, int]:
-    now = time.time()
+    now = self.clock()
     total = now - self.t0
     out = (self.compile_s, max(total - self.compile_s, 0.0), self.items - self.first_items)
     self.compile_s, self.items, self.first_items, self.t0 = 0.0, 0, 0, now

@@ -10,6 +10,7 @@ import sys
 
 import ml_collections
 import pytest
+import tbevents
 
 from regnas_jax import runtime
 from regnas_jax.errors import ConfigError
@@ -178,6 +179,14 @@ def test_a_three_step_run_traces_logs_events_and_keeps_compile_time_apart(tmp_pa
   assert sum("compiled and run once" in ln for ln in lines) == 1
   events = os.listdir(os.path.join(work, "tensorboard"))
   assert len(events) == 1 and events[0].startswith("events.out.tfevents.")
+  # Named per subnet role of the sandwich rule (3 subnets: largest, smallest, one random);
+  # compile seconds and the resolution are in metrics.jsonl only.
+  tags = tbevents.scalars(os.path.join(work, "tensorboard"))
+  roles = [f"{m}/{r}" for m in ("acc", "loss") for r in ("largest", "smallest", "random")]
+  assert set(tags) == {"loss", "grad_norm", "lr", "images_per_s", *roles}
+  assert [s for s, _ in tags["acc/largest"]] == [1, 2, 3]
+  assert [v for _, v in tags["acc/smallest"]] == pytest.approx([r["acc/smallest"] for r in recs])
+  assert all("resolution" in r and "compile_s" in r for r in recs)
 
 
 def test_run_metadata_names_the_devices_and_the_code():

@@ -460,9 +460,13 @@ class TunasJob(Job):
       idx = data_lib.epoch_batch_indices(n, size, s, seed)
       return put(split.get(idx[parallel.process_slice(len(idx))]))
 
+    clock = runtime.CompileClock()
+
     def step(s, st):
       x, y = batch(ds.train, n_train, tc.batch_size, s, cfg.seed)
       vx, vy = batch(ds.val, n_val, n_rl, s, cfg.seed + 1)
+      if s == start:   # compiles (or loads) the step: not part of the time left
+        return clock.timed_first(lambda: step_fn(st, x, y, vx, vy, k_steps), 1)[0]
       return step_fn(st, x, y, vx, vy, k_steps)
 
     def record(s, host):
@@ -484,7 +488,7 @@ class TunasJob(Job):
           log_every=tc.log_every, progress_every=tc.progress_every,
           max_nonfinite=int(tc.get("max_nonfinite_steps", 0)),
           lr_hint=f"; a smaller config.train.lr (now {tc.lr}) may help",
-          profile=runtime.ProfileWindow(cfg, ctx.workdir, ctx.log))
+          profile=runtime.ProfileWindow(cfg, ctx.workdir, ctx.log), compile_clock=clock)
     finally:
       traj.close()
       ck.close()

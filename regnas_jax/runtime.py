@@ -2,12 +2,18 @@
 
 * ``compilation_cache_dir``: XLA's persistent compilation cache (local or ``gs://``), set once
   at job start by :func:`setup`; a second run of the same programs loads them instead of
-  compiling (programs that compiled in under ``compilation_cache_min_compile_s`` are not kept).
+  compiling (programs that compiled in under ``compilation_cache_min_compile_s`` are not kept;
+  JAX keys entries by the program, its compile options -- which name the cache directory -- and
+  the JAX version, so a moved directory starts afresh and a stale entry is never used).
   On by default: ``'auto'`` is ``$REGNAS_JAX_CACHE_DIR`` when set, else the directory JAX's own
   ``JAX_COMPILATION_CACHE_DIR`` names (left as JAX set it up), else
   ``$XDG_CACHE_HOME/regnas-jax/xla`` (``~/.cache/regnas-jax/xla``); ``'off'`` (or ``''``)
   turns it off, as does ``REGNAS_JAX_CACHE_DIR=off``.  A directory that cannot be written is
   a warning and the run goes on without the cache (:func:`cache_dir`).
+* ``xla_flags``: XLA flags the run adds to ``XLA_FLAGS`` before JAX starts its backend
+  (:func:`apply_xla_flags`; a flag already in the environment keeps its value there), e.g. the
+  digits default's ``--xla_llvm_disable_expensive_passes=true``: its programs are tiny and
+  compile-bound, and compile faster without LLVM's expensive passes, to the same weights.
 * ``tensorboard``: metrics also as TensorBoard events in ``<workdir>/tensorboard``
   (:class:`regnas_jax.progress.EventWriter`, no TensorFlow needed).
 * ``profile_steps``: ``(start, stop)``, a ``jax.profiler`` trace of the training steps
@@ -30,7 +36,7 @@ from typing import Any, Callable
 from regnas_jax import fs
 from regnas_jax.errors import ConfigError
 
-KEYS = ("compilation_cache_dir", "compilation_cache_min_compile_s", "tensorboard",
+KEYS = ("compilation_cache_dir", "compilation_cache_min_compile_s", "xla_flags", "tensorboard",
         "profile_steps")
 
 
@@ -56,10 +62,14 @@ def check(cfg) -> None:
   if not isinstance(d, str):
     raise ConfigError(f"config.runtime.compilation_cache_dir: must be a path, 'auto' or 'off', "
                       f"got {d!r}")
-  t = rt.get("compilation_cache_min_compile_s", 1.0)
+  t = rt.get("compilation_cache_min_compile_s", 0.0)
   if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
     raise ConfigError(f"config.runtime.compilation_cache_min_compile_s: must be a number >= 0, "
                       f"got {t!r}")
+  xf = rt.get("xla_flags", "")
+  if not isinstance(xf, str) or not all(f.startswith("--xla_") for f in xf.split()):
+    raise ConfigError(f"config.runtime.xla_flags: must be '' or XLA flags ('--xla_...=...' "
+                      f"separated by spaces), got {xf!r}")
   if not isinstance(rt.get("tensorboard", False), bool):
     raise ConfigError(f"config.runtime.tensorboard: must be True or False, got "
                       f"{rt['tensorboard']!r}")
@@ -116,18 +126,48 @@ def _writable(d: str) -> str | None:
   return None
 
 
+def _backend_started() -> bool:
+  """Whether JAX has started its backend in this process (then XLA has read ``XLA_FLAGS``)."""
+  try:
+    from jax._src import xla_bridge
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):   # another JAX version: assume not
+    return False
+
+
+def apply_xla_flags(cfg, log: Callable[[str], None] = print, environ=os.environ,
+                    started: bool | None = None) -> list[str]:
+  """Add the flags of ``config.runtime.xla_flags`` that ``XLA_FLAGS`` lacks (by name: one
+  already there keeps its value) to it; returns the flags added.  Once JAX's backend has
+  started (``started``, default: asked of JAX) XLA has read its flags: nothing is added, and a
+  warning says so (the results are the same, compiles may be slower)."""
+  have = environ.get("XLA_FLAGS", "").split()
+  names = {f.split("=")[0] for f in have}
+  missing = [f for f in settings(cfg)["xla_flags"].split() if f.split("=")[0] not in names]
+  if not missing:
+    return []
+  if _backend_started() if started is None else started:
+    log(f"warning: config.runtime.xla_flags: JAX has started its backend in this process, "
+        f"{' '.join(missing)} not applied")
+    return []
+  environ["XLA_FLAGS"] = " ".join(have + missing)
+  return missing
+
+
 _CACHE: dict = {}
 
 
 def setup(cfg, log: Callable[[str], None] = print, environ=os.environ) -> str | None:
-  """Apply the process-wide settings of ``config.runtime`` (the compilation cache,
-  :func:`cache_dir`) before the first compile; returns the cache directory in use, or None.
+  """Apply the process-wide settings of ``config.runtime`` before the first compile: the XLA
+  flags (:func:`apply_xla_flags`) and the compilation cache (:func:`cache_dir`); returns the
+  cache directory in use, or None.
 
   JAX reads the cache directory once, at its first compile: a later call with another
   directory keeps the first one and says so.  A local directory that cannot be created or
   written is a warning, and the run goes on without the cache."""
   import jax
 
+  apply_xla_flags(cfg, log, environ)
   d, source = cache_dir(cfg, environ)
   if source in ("off", "jax"):
     return d

@@ -33,6 +33,7 @@ def smoke_config():
     ("compilation_cache_min_compile_s", -1.0,
      "config.runtime.compilation_cache_min_compile_s: must be a number >= 0"),
     ("compilation_cache_dir", None, "config.runtime.compilation_cache_dir: must be a path"),
+    ("xla_flags", "-O3", "config.runtime.xla_flags: must be '' or XLA flags"),
 ])
 def test_bad_runtime_values_are_one_line_errors(key, value, message):
   cfg = smoke_config()
@@ -55,7 +56,8 @@ def test_a_config_without_a_runtime_section_runs_with_the_defaults():
   cfg = ml_collections.ConfigDict({"name": "x"})
   runtime.check(cfg)
   assert runtime.settings(cfg) == {"compilation_cache_dir": "auto", "tensorboard": False,
-                                   "compilation_cache_min_compile_s": 1.0, "profile_steps": ()}
+                                   "compilation_cache_min_compile_s": 0.0, "xla_flags": "",
+                                   "profile_steps": ()}
   assert runtime.tensorboard_dir(cfg, "/w") is None
 
 
@@ -113,6 +115,55 @@ def test_a_cache_directory_that_cannot_be_written_is_a_warning(tmp_path):
   assert "config.runtime.compilation_cache_dir" in logs[0]
   assert "REGNAS_JAX_CACHE_DIR" in logs[1]
   assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_xla_flags_join_the_environment_before_the_backend_starts():
+  cfg = ml_collections.ConfigDict({"runtime": {
+      "xla_flags": "--xla_llvm_disable_expensive_passes=true --xla_cpu_use_thunk_runtime=true"}})
+  env, logs = {"XLA_FLAGS": "--xla_cpu_use_thunk_runtime=false"}, []
+  assert runtime.apply_xla_flags(cfg, logs.append, env, started=False) == [
+      "--xla_llvm_disable_expensive_passes=true"]        # the environment's value of a flag wins
+  assert env["XLA_FLAGS"] == ("--xla_cpu_use_thunk_runtime=false "
+                              "--xla_llvm_disable_expensive_passes=true")
+  assert runtime.apply_xla_flags(cfg, logs.append, env, started=True) == [] and logs == []
+  env = {}
+  assert runtime.apply_xla_flags(cfg, logs.append, env, started=True) == [] and env == {}
+  assert logs == ["warning: config.runtime.xla_flags: JAX has started its backend in this "
+                  "process, --xla_llvm_disable_expensive_passes=true "
+                  "--xla_cpu_use_thunk_runtime=true not applied"]
+  import jax
+
+  jax.devices()      # this process's backend has started: asked of JAX, nothing is added
+  env = {}
+  assert runtime.apply_xla_flags(cfg, lambda m: None, env) == [] and env == {}
+  assert runtime.apply_xla_flags(ml_collections.ConfigDict({}), environ=env, started=False) == []
+  assert smoke_config().runtime.xla_flags == "--xla_llvm_disable_expensive_passes=true"
+
+
+_PREPARE = """
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("cfg", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+from regnas_jax import jobs
+logs = []
+jobs.prepare(mod.get_config("smoke"), sys.argv[2], "train", log=logs.append)
+import jax
+jax.devices()
+print(os.environ.get("XLA_FLAGS"), [m for m in logs if "warn" in m])
+"""
+
+
+def test_a_job_sets_its_xla_flags_before_jax_starts(tmp_path):
+  """The digits default's flag reaches XLA_FLAGS in a process that runs its job: the job's
+  set-up comes before anything starts JAX's backend (no warning)."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", _PREPARE, os.path.join(ROOT, "configs",
+                                                                     "digits_mbv3.py"),
+                        str(tmp_path / "w")], capture_output=True, text=True,
+                       env=dict(env, PYTHONPATH=ROOT), timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ["--xla_llvm_disable_expensive_passes=true", "[]"]
 
 
 _CACHED_PROGRAM = """

@@ -36,6 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       progress_every=20))
   c.score = score_defaults("digits")
   c.runtime = runtime_defaults()
+  # Tiny, compile-bound programs: without LLVM's expensive passes they compile ~25% faster on 2
+  # cores, to bit-identical weights and the same family (measured; README, "Runtime settings").
+  c.runtime.xla_flags = "--xla_llvm_disable_expensive_passes=true"
   # A family of three under 35%, 60% and 90% of the largest subnet's MACs, each searched with a
   # small evolution (OFA's default is population 100, 500 generations): fits a 2-core CPU.
   c.search = search_defaults()

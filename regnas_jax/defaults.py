@@ -158,8 +158,13 @@ def runtime_defaults() -> ml_collections.ConfigDict:
   """How a run uses its machine: none of these change a result, so no saved state's identity
   reads this section (a run may resume with other values; regnas_jax/runtime.py)."""
   return ml_collections.ConfigDict(dict(
-      compilation_cache_dir="",         # XLA's persistent compilation cache ('' = off; gs:// works)
-      compilation_cache_min_compile_s=1.0,  # cache programs that took at least this to compile
+      compilation_cache_dir="auto",     # XLA's persistent compilation cache: 'auto' (on, in
+                                        # $REGNAS_JAX_CACHE_DIR or ~/.cache/regnas-jax/xla), a
+                                        # path (gs:// works) or 'off' (regnas_jax/runtime.py)
+      compilation_cache_min_compile_s=0.0,  # cache programs that took at least this to compile
+                                        # (0: all; JAX's 1 s would leave ~230 small ones of a
+                                        # digits run to compile again, ~5 s on 2 cores)
+      xla_flags="",                     # XLA flags added to XLA_FLAGS before JAX starts its backend
       tensorboard=False,                # also write metrics as TensorBoard events (workdir/tensorboard)
       profile_steps=(),                 # (start, stop): jax.profiler trace of steps start..stop-1
   ))

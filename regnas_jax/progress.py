@@ -35,25 +35,45 @@ def fmt_time(s: float) -> str:
 
 
 class Progress:
-  """``with Progress(total, 'train') as p: p.update(step, loss=..., acc=...)``."""
+  """``with Progress(total, 'train') as p: p.update(step, loss=..., acc=...)``.
+
+  The time left is the steps left at the rate of the steps that ran an already compiled
+  program: the seconds and steps :meth:`compiled` reports (a program's first, compile-bound
+  steps) are left out of the rate, so a run whose first step compiled for a minute does not
+  promise minutes more than it needs.  ``clock``: the time source (seconds)."""
 
   def __init__(self, total: int, desc: str, start: int = 0, every: int = 10, stream=None,
-               width: int = 24):
+               width: int = 24, clock=time.time):
     self.total, self.desc, self.start, self.every, self.width = total, desc, start, every, width
     self.stream = stream or sys.stderr
     self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-    self.t0 = time.time()
+    self.clock = clock
+    self.t0 = clock()
+    self.compile_s, self.compile_steps = 0.0, 0
     self._last = None
+
+  def compiled(self, seconds: float, steps: int) -> None:
+    """Seconds and steps since the start spent compiling (totals, not increments)."""
+    self.compile_s, self.compile_steps = float(seconds), int(steps)
+
+  def eta(self, n: int) -> float | None:
+    """Seconds left after ``n`` steps (class docstring); None while no step has run without a
+    compile."""
+    run_steps = n - self.start - self.compile_steps
+    run_s = self.clock() - self.t0 - self.compile_s
+    if run_steps <= 0 or run_s <= 0:
+      return None
+    return (self.total - n) * run_s / run_steps
 
   def line(self, n: int, **fields) -> str:
     frac = n / max(self.total, 1)
     done = int(round(frac * self.width))
-    el = time.time() - self.t0
-    rate = (n - self.start) / el if el > 0 else 0.0
-    eta = (self.total - n) / rate if rate > 0 else 0.0
+    el = self.clock() - self.t0
+    eta = self.eta(n)
+    left = "?" if eta is None and n < self.total else fmt_time(eta or 0.0)
     info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
     return (f"{self.desc} [{'#' * done}{'.' * (self.width - done)}] {n}/{self.total} "
-            f"{fmt_time(el)}<{fmt_time(eta)} {info}").rstrip()
+            f"{fmt_time(el)}<{left} {info}").rstrip()
 
   def update(self, n: int, **fields) -> None:
     self._last = (n, fields)
@@ -136,12 +156,17 @@ class MetricsLog:
       self.tb.close()
 
 
+NOT_SCALARS = ("step", "time", "compile_s", "resolution")   # kept in the JSON lines only
+
+
 def scalars_of(record: dict) -> dict[str, float]:
-  """The numbers of a metrics record as TensorBoard scalars: ``{key: x}`` and ``{key/i: x[i]}``
-  for lists of numbers (``step``, strings and the wall-clock ``time`` left out)."""
+  """The numbers of a metrics record as TensorBoard scalars: ``{key: x}`` (a key such as
+  ``acc/largest`` is the tag as it is) and ``{key/i: x[i]}`` for lists of numbers.  Left out:
+  strings, booleans and :data:`NOT_SCALARS` -- the step, the wall-clock time, compile seconds
+  and the step's resolution, which are facts about a record, not curves to chart."""
   out = {}
   for k, v in record.items():
-    if k in ("step", "time") or isinstance(v, bool):
+    if k in NOT_SCALARS or isinstance(v, bool):
       continue
     if isinstance(v, (int, float)):
       out[k] = float(v)
@@ -217,13 +242,15 @@ def tfrecord(data: bytes) -> bytes:
 
 class EventWriter:
   """Scalars as a TensorBoard event file in ``logdir`` (module docstring), one file per process
-  start (``events.out.tfevents.<time>.<host>.<pid>``, as TensorFlow names them; TensorBoard
-  reads all files of a directory).  Locally every write is appended and flushed; on an object
+  start (``events.out.tfevents.<time>.<host>.<pid><suffix>``, as TensorFlow names them, the
+  suffix telling apart the writers of one process; TensorBoard reads all files of a
+  directory).  Locally every write is appended and flushed; on an object
   store the object is replaced with everything written so far."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, suffix: str = ""):
     fs.makedirs(logdir)
-    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+    name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+            f"{suffix}")
     self.path = fs.join(logdir, name)
     self._data = bytearray()
     self._append(tfrecord(encode_event(time.time(), file_version="brain.Event:2")))

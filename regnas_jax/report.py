@@ -269,31 +269,121 @@ def tunas_table(rows: list[dict], summary: dict, retrained: bool) -> str:
   return "\n".join(lines)
 
 
+def trajectory_panels(records: list[dict], target: float, unit: str) -> list[tuple]:
+  """The four panels of a TuNAS trajectory (:func:`line_panels`): reward with its baseline,
+  Q, the sampled and the argmax architecture's cost against the target, policy entropy."""
+  steps = [r["step"] for r in records]
+  line = lambda k: (k, steps, [r[k] for r in records], {})
+  return [("reward", [line("reward"), line("baseline")]),
+          ("quality Q (val batch top-1)", [line("quality")]),
+          (f"cost ({unit})", [line("cost"), line("argmax_cost"),
+                              ("target", steps[:1] + steps[-1:], [target, target],
+                               {"color": "k", "ls": "--", "lw": 0.8})]),
+          ("policy entropy (nats)", [line("policy_entropy")])]
+
+
+def trajectory_figure(records: list[dict], target: float, unit: str, title: str = ""):
+  """The figure of :func:`plot_trajectory` (its panels: :func:`trajectory_panels`)."""
+  return line_panels(trajectory_panels(records, target, unit), xlabel="search step", title=title)
+
+
 def plot_trajectory(path: str, records: list[dict], target: float, unit: str,
                     title: str = "") -> None:
   """Reward, Q, cost (sampled and argmax) against the target and policy entropy per step."""
+  save_panels(trajectory_figure(records, target, unit, title), path, dpi=110)
+
+
+def line_panels(panels: list[tuple], *, xlabel: str, title: str = "", ncols: int = 2):
+  """A figure of line panels: ``panels`` is ``[(panel title, [(label, xs, ys, style)])]``;
+  a legend where a panel has several lines; ``title`` above them all.  Returns the figure."""
   plt = _plt()
-  steps = [r["step"] for r in records]
-  fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
-  panels = [("reward", ["reward", "baseline"]), ("quality Q (val batch top-1)", ["quality"]),
-            (f"cost ({unit})", ["cost", "argmax_cost"]), ("policy entropy (nats)",
-                                                          ["policy_entropy"])]
-  for ax, (title, keys) in zip(axes.flat, panels):
-    for k in keys:
-      ax.plot(steps, [r[k] for r in records], lw=1.2, label=k)
-    if "cost" in keys:
-      ax.axhline(target, color="k", ls="--", lw=0.8, label="target")
-    ax.set_title(title, fontsize=10)
+  nrows = -(-len(panels) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.1 * nrows), squeeze=False)
+  for ax, (name, lines) in zip(axes.flat, panels):
+    for label, xs, ys, style in lines:
+      ax.plot(xs, ys, **{"lw": 1.2, "label": label, **style})
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.grid(alpha=0.3)
-    if len(keys) > 1 or "cost" in keys:
-      ax.legend(fontsize=8)
-  for ax in axes[1]:
-    ax.set_xlabel("search step")
+    if len(lines) > 1:
+      ax.legend(fontsize=7)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.set_visible(False)
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  save_figure(fig, path, dpi=110)
-  plt.close(fig)
+  return fig
+
+
+def save_panels(fig, path: str, dpi: int = 110) -> None:
+  """Write a figure of :func:`line_panels` to ``path`` and close it."""
+  save_figure(fig, path, dpi=dpi)
+  _plt().close(fig)
+
+
+# -- training curves and search progress (every job: training.png, search.png) ----------------
+def training_panels(records: list[dict]) -> list[tuple]:
+  """Panels of a training run's metric records (``metrics.jsonl``, or TuNAS's trajectory):
+  the loss (the step's total and per subnet role, ``loss/<role>``), the training batch's top-1
+  (``acc/<role>``, or TuNAS's ``train_acc``) and the learning rate, over steps."""
+  def lines(keys):
+    return [(k.split("/")[-1] if "/" in k else k, [r["step"] for r in records if k in r],
+             [r[k] for r in records if k in r], {}) for k in keys]
+
+  keys = list(dict.fromkeys(k for r in records for k in r))
+  loss = [k for k in keys if k == "loss" or k.startswith("loss/")]
+  acc = [k for k in keys if k.startswith("acc/") or k == "train_acc"]
+  panels = [("loss (step total and per subnet)" if len(loss) > 1 else "loss", lines(loss)),
+            ("training batch top-1 per subnet" if len(acc) > 1 else "training batch top-1",
+             lines(acc)),
+            ("learning rate", lines(["lr"]))]
+  return [p for p in panels if p[1]]
+
+
+def plot_training(path: str, records: list[dict], title: str = "") -> None:
+  """``training.png``: :func:`training_panels` of ``records``."""
+  save_panels(line_panels(training_panels(records), xlabel="training step", title=title,
+                          ncols=3), path)
+
+
+def family_search_panels(members: list[dict]) -> list[tuple]:
+  """Panels of a family search's progress, one line per searched member (its
+  ``search.progress``): the best and the mean reward, the best member's validation top-1 and
+  NFR per generation, and the subnets scored so far."""
+  searched = [m for m in members if (m.get("search") or {}).get("progress")]
+
+  def lines(key, scale=1.0, style=None):
+    return [(m["name"] + (" mean" if key == "mean_reward" else ""),
+             [g["generation"] for g in m["search"]["progress"]],
+             [scale * g[key] for g in m["search"]["progress"]],
+             dict(style or {}, color=f"C{i}")) for i, m in enumerate(searched)]
+
+  return [("reward: best (solid), generation mean (dashed)",
+           lines("best_reward") + lines("mean_reward", style={"ls": "--", "lw": 0.9})),
+          ("best candidate's val top-1 (%)", lines("best_top1", 100.0)),
+          ("best candidate's val NFR (%)", lines("best_nfr", 100.0)),
+          ("subnets scored so far", lines("scored"))]
+
+
+def nsga2_search_panels(progress: list[dict]) -> list[tuple]:
+  """Panels of an NSGA-II search's progress per generation: the first front's size, its area
+  (:func:`front_area`, when Top-1 and MACs are objectives), the best validation top-1 and the
+  subnets scored so far."""
+  gens = [g["generation"] for g in progress]
+  line = lambda k, scale=1.0: [(k, gens, [scale * g[k] for g in progress], {})]
+  panels = [("first front: models", line("front_size"))]
+  if progress and progress[0].get("front_area") is not None:
+    panels.append(("first front: area under top-1 vs. MACs", line("front_area")))
+  if progress and progress[0].get("best_top1") is not None:
+    panels.append(("best val top-1 (%)", line("best_top1", 100.0)))
+  panels.append(("subnets scored so far", line("scored")))
+  return panels
+
+
+def plot_search(path: str, panels: list[tuple], title: str = "") -> None:
+  """``search.png``: a search's progress panels (:func:`family_search_panels`,
+  :func:`nsga2_search_panels`) over generations."""
+  save_panels(line_panels(panels, xlabel="generation", title=title), path)
 
 
 # -- REG-NAS's tables (regnas_jax.experiments.regnas_tables) -----------------------------------

@@ -4,7 +4,9 @@ The suite is dominated by XLA compiles, and many programs recur: in both pytest-
 in test parametrizations, and in the ``run_search.py`` subprocesses.  The controller creates a
 fresh persistent compilation cache directory for the run and exports it, so every worker and
 subprocess compiles a given program once.  Results are unaffected (the cache stores compiled
-executables keyed by the program, its options and the jax version); a run starts empty.
+executables keyed by the program, its options and the jax version); a run starts empty.  The
+user's own cache (``~/.cache/regnas-jax/xla``, ``REGNAS_JAX_CACHE_DIR``) is never read or
+written: runs in the suite keep the cache JAX set up from ``JAX_COMPILATION_CACHE_DIR``.
 """
 
 import os
@@ -23,6 +25,9 @@ import pytest
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _OWN_CACHE = []
+# The suite never uses the user's cache (runtime.cache_dir: with REGNAS_JAX_CACHE_DIR unset and
+# JAX_COMPILATION_CACHE_DIR set, a run keeps JAX's own set-up, i.e. this run's cache below).
+os.environ.pop("REGNAS_JAX_CACHE_DIR", None)
 
 
 def pytest_configure(config):

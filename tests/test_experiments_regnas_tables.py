@@ -164,4 +164,10 @@ def test_committed_cifar10_tables_come_from_the_committed_results_and_config():
     assert got[section].pop("envelopes", 0) == 0
   assert want["data"].pop("download") is False
   assert want["search"].pop("export_formats") == []
+  # and the run-time options the job sets up before it starts (a compile cache, XLA flags)
+  assert want["runtime"].pop("compilation_cache_dir") == "auto"
+  assert got["runtime"].pop("compilation_cache_dir") == ""
+  assert want["runtime"].pop("xla_flags") == ""
+  for c in (want, got):
+    c["runtime"].pop("compilation_cache_min_compile_s")
   assert got == want

@@ -7,6 +7,7 @@ import json
 import ml_collections
 import numpy as np
 import pytest
+import tbevents
 
 from regnas_jax import report
 from regnas_jax.defaults import nsga2_defaults
@@ -41,7 +42,7 @@ class Killed(Exception):
   pass
 
 
-def run(tmp_path, se, kill_after=None, ref_correct=None):
+def run(tmp_path, se, kill_after=None, ref_correct=None, **kw):
   cache = EvalCache(SP, synthetic_correct, str(tmp_path / "search" / "cache.npz"), {"test": 1})
   logs = []
 
@@ -52,8 +53,38 @@ def run(tmp_path, se, kill_after=None, ref_correct=None):
 
   state, fronts = job.search(SP, cache, se, seed=3, ref_correct=ref_correct,
                                 state_path=str(tmp_path / "search" / "nsga2.json"),
-                                identity={"test": 1}, log=log)
+                                identity={"test": 1}, log=log, **kw)
   return state, fronts, logs, cache
+
+
+def test_progress_per_generation_to_tensorboard_and_kept_on_resume(tmp_path):
+  """Each generation's record (front size and area, best Top-1, subnets scored) is saved with
+  the state and written as ``search/<key>`` scalars; a search killed after generation 2
+  resumes with the records before the kill."""
+  from regnas_jax.jobs.base import JobContext, SearchEvents
+
+  se = config(max_macs=0.6)
+  work = tmp_path / "w"
+  cfg = ml_collections.ConfigDict({"runtime": {"tensorboard": True}})
+  events = SearchEvents(JobContext(cfg, str(work), SP, None, None))
+  progress = []
+  state, fronts, _, cache = run(work, se, events=events, progress=progress)
+  events.close()
+  assert [g["generation"] for g in progress] == list(range(se.generations + 1))
+  mx = float(SP.macs(SP.max_arch()))
+  for g, fr in zip(progress, fronts):
+    assert g["front_size"] == len(fr) and g["best_top1"] == max(r["top1"] for r in fr)
+    assert g["front_area"] == report.front_area(fr, mx) and g["infeasible"] == 0
+  assert progress[-1]["scored"] == cache.scored
+  tags = tbevents.scalars(str(work / "tensorboard"))
+  assert set(tags) == {f"search/{k}" for k in ("front_size", "front_area", "best_top1",
+                                                "scored", "infeasible")}
+  assert tags["search/front_size"] == [(g["generation"], g["front_size"]) for g in progress]
+  with pytest.raises(Killed):
+    run(tmp_path / "b", se, kill_after=2)
+  again = []
+  run(tmp_path / "b", se, progress=again)
+  assert again == progress
 
 
 def test_constraints_fronts_and_equispaced_choice(tmp_path):

@@ -7,6 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+import tbevents
 
 from regnas_jax import export, identity, jobs, spaces
 from regnas_jax.errors import ConfigError
@@ -29,7 +30,9 @@ def smoke_config(variants="smoke"):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   work = str(tmp_path_factory.mktemp("tunas") / "w")
-  results = jobs.run(smoke_config(), work, "search")
+  cfg = smoke_config()
+  cfg.runtime.tensorboard = True
+  results = jobs.run(cfg, work, "search")
   return work, results
 
 
@@ -52,6 +55,11 @@ def test_outputs(run_dir):
     mid = np.mean([max(0.0, 1 - s / (0.25 * total)) for s in range(r["step"] - 2, r["step"])])
     assert abs(r["warmup_p"] - mid) < 1e-5
   assert os.path.getsize(os.path.join(work, "trajectory.png")) > 1000
+  assert os.path.getsize(os.path.join(work, "training.png")) > 1000
+  # TensorBoard: the trajectory's numbers per logged step, the wall-clock time left out
+  tags = tbevents.scalars(os.path.join(work, "tensorboard"))
+  assert set(tags) == set(traj[0]) - {"step", "time"}
+  assert tags["reward"] == [(r["step"], pytest.approx(r["reward"], abs=1e-6)) for r in traj]
   # The argmax model: the argmax of the saved policy, its cost as reported, exported.
   ck = ckpt_lib.Checkpointer(os.path.join(work, "checkpoints"), {})
   saved = ck.restore_arrays()

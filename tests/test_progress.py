@@ -3,10 +3,11 @@
 import io
 import json
 import os
-import struct
 
 import pytest
+import tbevents
 
+from regnas_jax import runtime
 from regnas_jax.progress import MetricsLog, Progress, crc32c
 
 
@@ -45,73 +46,68 @@ def test_metrics_log_truncates_after_a_resume_step(tmp_path):
   assert [json.loads(ln)["step"] for ln in open(log.path)] == [2, 4, 6]
 
 
-# -- TensorBoard event files, read back with protobuf's own decoder ----------------------------
-def _event_class():
-  """``tensorflow.Event`` (the fields TensorBoard reads for scalars) from a descriptor built
-  here: decoding goes through protobuf, not through our encoder's mirror image."""
-  pytest.importorskip("google.protobuf")
-  from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-  F = descriptor_pb2.FieldDescriptorProto
-  f = descriptor_pb2.FileDescriptorProto(name="regnas_test_event.proto", package="tbtest")
-  value = f.message_type.add(name="Value")
-  value.field.add(name="tag", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-  value.field.add(name="simple_value", number=2, type=F.TYPE_FLOAT, label=F.LABEL_OPTIONAL)
-  summary = f.message_type.add(name="Summary")
-  summary.field.add(name="value", number=1, type=F.TYPE_MESSAGE, type_name=".tbtest.Value",
-                    label=F.LABEL_REPEATED)
-  event = f.message_type.add(name="Event")
-  event.field.add(name="wall_time", number=1, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
-  event.field.add(name="step", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
-  event.field.add(name="file_version", number=3, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-  event.field.add(name="summary", number=5, type=F.TYPE_MESSAGE, type_name=".tbtest.Summary",
-                  label=F.LABEL_OPTIONAL)
-  pool = descriptor_pool.DescriptorPool()
-  pool.Add(f)
-  return message_factory.GetMessageClass(pool.FindMessageTypeByName("tbtest.Event"))
-
-
-def _crc32c_bitwise(data: bytes) -> int:
-  c = 0xFFFFFFFF
-  for b in data:
-    c ^= b
-    for _ in range(8):
-      c = (c >> 1) ^ (0x82F63B78 * (c & 1))
-  return c ^ 0xFFFFFFFF
-
-
-def _records(path):
-  """The TFRecord payloads of ``path``, each CRC checked (TFRecord's masked CRC-32C)."""
-  def masked(d):
-    c = _crc32c_bitwise(d)
-    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-  data, out, i = open(path, "rb").read(), [], 0
-  while i < len(data):
-    n = struct.unpack("<Q", data[i:i + 8])[0]
-    assert struct.unpack("<I", data[i + 8:i + 12])[0] == masked(data[i:i + 8])
-    payload = data[i + 12:i + 12 + n]
-    assert struct.unpack("<I", data[i + 12 + n:i + 16 + n])[0] == masked(payload)
-    out.append(payload)
-    i += 16 + n
-  return out
-
-
+# -- TensorBoard event files, read back with protobuf's own decoder (tests/tbevents.py) ----
 def test_crc32c_matches_the_standard_check_value():
-  assert crc32c(b"123456789") == 0xE3069283 == _crc32c_bitwise(b"123456789")
+  assert crc32c(b"123456789") == 0xE3069283 == tbevents.crc32c_bitwise(b"123456789")
 
 
 def test_the_event_file_holds_the_logged_scalars(tmp_path):
-  Event = _event_class()
+  """Numbers become scalars under their keys (``acc/largest`` as it is, lists as ``key/i``);
+  the step, the time, compile seconds and the resolution stay in the JSON lines only."""
   log = MetricsLog(str(tmp_path / "metrics.jsonl"), str(tmp_path / "tb"))
-  log.write({"step": 2, "phase": "sandwich", "loss": 1.5, "acc": [0.25, 0.5], "time": 1e9})
-  log.write({"step": 4, "phase": "sandwich", "loss": 0.75, "acc": [0.5, 0.75], "time": 1e9,
-             "images_per_s": None})
+  log.write({"step": 2, "phase": "sandwich", "loss": 1.5, "acc/largest": 0.25, "time": 1e9,
+             "compile_s": 12.5, "resolution": 8, "grads": [0.5, 0.75]})
+  log.write({"step": 4, "phase": "sandwich", "loss": 0.75, "acc/largest": 0.5, "time": 1e9,
+             "images_per_s": None, "compile_s": 0.0, "resolution": 8})
   log.close()
   (name,) = os.listdir(tmp_path / "tb")
-  events = [Event.FromString(r) for r in _records(str(tmp_path / "tb" / name))]
+  events = tbevents.events(str(tmp_path / "tb" / name))
   assert events[0].file_version == "brain.Event:2"
   got = {(e.step, v.tag): v.simple_value for e in events[1:] for v in e.summary.value}
-  assert got == {(2, "loss"): 1.5, (2, "acc/0"): 0.25, (2, "acc/1"): 0.5,
-                 (4, "loss"): 0.75, (4, "acc/0"): 0.5, (4, "acc/1"): 0.75}
-  assert [r["step"] for r in log.read()] == [2, 4]   # the JSON lines beside the events
+  assert got == {(2, "loss"): 1.5, (2, "acc/largest"): 0.25, (2, "grads/0"): 0.5,
+                 (2, "grads/1"): 0.75, (4, "loss"): 0.75, (4, "acc/largest"): 0.5}
+  assert [r["step"] for r in log.read()] == [2, 4]   # the JSON lines as before
+  assert log.read()[0]["compile_s"] == 12.5 and log.read()[0]["resolution"] == 8
+
+
+class FakeClock:
+  """Seconds that pass only when a test says so."""
+
+  def __init__(self):
+    self.now = 1000.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_time_left_leaves_the_compile_bound_steps_out():
+  """A 60 s compile in the first step, then 1 s per step: after 10 of 100 steps 90 s are
+  left (at the rate of the 9 compiled steps), not the 7 min that 70 s per 10 steps would
+  give; a second program's first step (another compile) is left out as well."""
+  clock = FakeClock()
+  compiles = runtime.CompileClock(clock=clock)
+  out = io.StringIO()
+  bar = Progress(100, "train", every=10, stream=out, clock=clock)
+  assert bar.eta(0) is None
+
+  def step(seconds, first=False):
+    def run():
+      clock.now += seconds
+    if first:
+      compiles.timed_first(run, items=32)
+    else:
+      run()
+
+  n = 0
+  for i in range(10):
+    step(60.0 if i == 0 else 1.0, first=i == 0)
+    n += 1
+    bar.compiled(compiles.spent_s, compiles.spent_steps)
+    bar.update(n)
+  assert compiles.spent_s == 60.0 and compiles.spent_steps == 1
+  assert bar.eta(10) == pytest.approx(90.0)
+  assert out.getvalue().splitlines()[-1].split()[3] == "1:09<1:30"
+  step(30.0, first=True)     # step 11 compiles another program (e.g. the next phase)
+  bar.compiled(compiles.spent_s, compiles.spent_steps)
+  assert bar.eta(11) == pytest.approx(89.0)
+  assert Progress(10, "x", clock=clock).eta(0) is None

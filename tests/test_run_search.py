@@ -23,6 +23,7 @@ import zipfile
 import jax
 import numpy as np
 import pytest
+import tbevents
 
 from regnas_jax.checkpoint import Checkpointer
 
@@ -80,14 +81,14 @@ def wheel_venv(tmp):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-  """``(workdir, CompletedProcess)`` of one uninterrupted smoke run with the comparison variants:
-  ``regnas-search --config digits_mbv3:smoke`` of the installed wheel, run in an empty folder
-  (default work dir ``runs/digits_mbv3_smoke`` there)."""
+  """``(workdir, CompletedProcess)`` of one uninterrupted smoke run with the comparison variants
+  and TensorBoard events: ``regnas-search --config digits_mbv3:smoke`` of the installed wheel,
+  run in an empty folder (default work dir ``runs/digits_mbv3_smoke`` there)."""
   venv, wheel = wheel_venv(tmp_path_factory.mktemp("wheel"))
   cwd = tmp_path_factory.mktemp("elsewhere")
   out = subprocess.run([venv / "bin" / "regnas-search", "--config", "digits_mbv3:smoke",
-                        "--config.search.compare=True"], cwd=cwd, capture_output=True, text=True,
-                       timeout=600)
+                        "--config.search.compare=True", "--config.runtime.tensorboard=True"],
+                       cwd=cwd, capture_output=True, text=True, timeout=600)
   out.venv, out.wheel = venv, wheel
   return cwd / "runs" / "digits_mbv3_smoke", out
 
@@ -154,6 +155,39 @@ def test_smoke_config_searches_a_family_and_compares(smoke_run):
   assert len(lines) == 1 and "belongs to another run (space.width_mult: saved 0.25, now 0.5)" \
       in lines[0], out.stderr
   assert sorted(os.listdir(work / "checkpoints")) == before
+
+
+def test_the_run_reads_well_named_scalars_progress_plots_and_scored_archs(smoke_run):
+  """TensorBoard: training metrics named per subnet role (no index tags, no compile seconds or
+  resolution), the search's progress per member and generation (the comparison variants under
+  their names); training.png and search.png; every scored subnet with its architecture."""
+  work, out = smoke_run
+  assert out.returncode == 0, out.stderr
+  res = json.loads((work / "results.json").read_text())
+  tags = tbevents.scalars(str(work / "tensorboard"))
+  train = {t for t in tags if not t.startswith("search/")}
+  roles = {f"{m}/{r}" for m in ("acc", "loss") for r in ("largest", "smallest", "random")}
+  assert train == {"loss", "grad_norm", "lr", "images_per_s"} | roles
+  assert [s for s, _ in tags["acc/largest"]] == list(range(2, TOTAL + 1, 2))
+  for label, fam in res["compare"].items():
+    prefix = "search/" + label.replace(" ", "_").replace("+", "_")
+    for m in fam["members"][1:]:         # A1 is the reference searched once, below
+      prog = m["search"]["progress"]
+      got = tags[f"{prefix}/{m['name']}/best_reward"]
+      assert [s for s, _ in got] == [g["generation"] for g in prog]
+      assert [v for _, v in got] == pytest.approx([g["best_reward"] for g in prog], abs=1e-6)
+      assert {f"{prefix}/{m['name']}/{k}" for k in ("best_top1", "best_nfr", "mean_reward",
+                                                     "scored")} <= set(tags)
+  assert "search/reference/A1/best_top1" in tags
+  for name in ("training.png", "search.png"):
+    assert (work / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+  from regnas_jax import spaces
+
+  sp = spaces.get_space("ofa_mbv3", **{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in res["space"].items() if k != "space"})
+  for e in res["evaluated"]:
+    a = sp.arch_from_dict(e["arch"])
+    assert sp.arch_to_dict(a) == e["arch"] and sp.macs(a) == e["macs"]
 
 
 # -- preemption: kill -9 at a random step or SIGTERM, restart, end with the same parameters ------

@@ -34,7 +34,9 @@ def specs(reward=(1.0, 1.0), inclusion=True, algorithm="evolution"):
 
 
 def search(path=None, **kw):
-  cache = family.EvalCache(SP, kw.pop("fn", correct_fn))
+  """A family search; with ``path`` its evaluation cache is saved beside the state, as the
+  jobs keep it (``path`` + ``.cache.npz``)."""
+  cache = family.EvalCache(SP, kw.pop("fn", correct_fn), path and path + ".cache.npz", {"t": 1})
   return family.search_family(SP, kw.pop("specs", specs()), cache, CFG, seed=kw.pop("seed", 0),
                               state_path=path, log=lambda m: None, **kw), cache
 
@@ -53,6 +55,20 @@ def test_members_respect_windows_and_contain_each_other():
       assert m["val_nfr"] == metrics.nfr(ok[i], ok[i - 1])
       assert m["reward"] == pytest.approx(m["val_top1"] - m["val_nfr"])
   assert cache.scored == len(cache.evaluated()) <= 3 * CFG.evaluations
+  # one progress record per generation; the last one's best is the member's
+  for m in members:
+    prog = m["search"]["progress"]
+    assert [g["generation"] for g in prog] == list(range(CFG.generations + 1))
+    assert [g["best_reward"] for g in prog] == m["search"]["best_per_generation"]
+    assert (prog[-1]["best_top1"], prog[-1]["best_nfr"]) == (m["val_top1"], m["val_nfr"])
+    assert all(g["mean_reward"] <= g["best_reward"] for g in prog)
+  assert members[-1]["search"]["progress"][-1]["scored"] == cache.scored
+  rec = cache.records()
+  assert len(rec) == cache.scored and list(rec[0]) == ["macs", "val_top1", "arch"]
+  for (a, t), r in zip(cache.evaluated(), rec):   # readable archs that read back (canonical)
+    back = SP.arch_from_dict(r["arch"])
+    assert cache.key(back) == cache.key(a) and SP.arch_to_dict(back) == r["arch"]
+    assert r["macs"] == SP.macs(back) == SP.macs(a) and r["val_top1"] == t
 
 
 def test_reward_picks_the_best_candidate_by_its_lambdas():
@@ -109,7 +125,7 @@ def test_same_seed_same_family_and_killed_search_resumes(tmp_path):
   for a, b in zip(whole, resumed):
     jax.tree.map(np.testing.assert_array_equal, a["arch"], b["arch"])
     assert a["val_top1"] == b["val_top1"] and a["reward"] == b["reward"]
-    assert a["search"] == b["search"]
+    assert a["search"] == b["search"]   # its progress too: generations before the kill kept
   # another search in the same file is refused, the file is kept
   before = open(path).read()
   with pytest.raises(StateError, match=r"belongs to another run \(seed: saved 0, now 1\)"):

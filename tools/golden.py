@@ -36,7 +36,9 @@ MEMBER_KEYS = ("name", "arch", "macs", "params", "val_top1", "test_top1", "rewar
 
 def extract(results: dict) -> dict:
   """The decisions and measurements of one run's results.json (no timings, no config)."""
-  out = {"test_top1": results.get("test_top1"), "evaluated": results.get("evaluated")}
+  evaluated = results.get("evaluated")   # recorded: MACs and Top-1 of every scored subnet
+  out = {"test_top1": results.get("test_top1"), "evaluated": None if evaluated is None else [
+      {k: e[k] for k in ("macs", "val_top1")} for e in evaluated]}
   pick = lambda rows: [{k: r[k] for k in MEMBER_KEYS if k in r} for r in rows]
   if "family" in results:
     fam = results["family"]

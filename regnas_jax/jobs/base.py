@@ -28,8 +28,9 @@ from typing import Any, Callable
 
 import jax
 
-from regnas_jax import fs, persist, runtime, stopping
+from regnas_jax import fs, persist, report, runtime, stopping
 from regnas_jax.errors import ConfigError
+from regnas_jax.progress import EventWriter, MetricsLog, scalars_of
 
 STAGES = ("train", "search")
 
@@ -128,3 +129,35 @@ def write_results(ctx: JobContext, results: dict, table: str,
   print(table)
   names = ["results.json", "results.md", *plots, *also]
   ctx.log(f"wrote {', '.join(names)} to {ctx.workdir}")
+
+
+class SearchEvents:
+  """A search's progress as TensorBoard scalars in ``<workdir>/tensorboard`` (a file of its own
+  next to the training's) when ``config.runtime.tensorboard`` is on; otherwise, and in the
+  processes other than the writer, :meth:`write` does nothing."""
+
+  def __init__(self, ctx: JobContext):
+    d = runtime.tensorboard_dir(ctx.cfg, ctx.workdir)
+    self.writer = EventWriter(d, ".search") if d and fs.is_writer() else None
+
+  def write(self, step: int, prefix: str, record: dict, skip: tuple = ("generation",)) -> None:
+    """The numbers of ``record`` (:func:`~regnas_jax.progress.scalars_of`, less ``skip``) as
+    ``<prefix>/<key>`` at ``step``."""
+    if self.writer is not None:
+      self.writer.write_scalars(int(step), {f"{prefix}/{k}": v for k, v in
+                                            scalars_of(record).items() if k not in skip})
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def training_plot(ctx: JobContext, metrics_file: str = "metrics.jsonl") -> dict:
+  """``{'training.png': fn}`` for :func:`write_results`: the training curves of the work dir's
+  ``metrics_file`` (:func:`regnas_jax.report.plot_training`); nothing when it holds no record
+  (e.g. imported weights, no training)."""
+  records = MetricsLog(ctx.path(metrics_file)).read()
+  if not records:
+    return {}
+  title = f"{ctx.cfg.name} ({ctx.dataset.name}): training"
+  return {"training.png": lambda p: report.plot_training(p, records, title)}

@@ -18,7 +18,8 @@ from regnas_jax import convert, evaluate, fs, metrics, persist, report, search, 
 from regnas_jax import identity as identity_lib
 from regnas_jax.errors import ConfigError, InvalidArchError
 from regnas_jax.jobs import supernet
-from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
+from regnas_jax.jobs.base import (Job, JobContext, SearchEvents, register_job, run_record,
+                                  training_plot, write_results)
 from regnas_jax.search import family as family_lib
 
 BUDGET_UNITS = ("mmacs", "fraction")
@@ -112,23 +113,31 @@ class FamilyJob(Job):
     cache = family_lib.EvalCache(ctx.space, lambda pop: scorer.correct(pop, "val"),
                                  ctx.path("search", "eval_cache_val.npz"), ident)
     t_search = time.time()
-    families = self.search(ctx, cache, ident)
+    events = SearchEvents(ctx)
+    try:
+      families = self.search(ctx, cache, ident, events)
+    finally:
+      events.close()
     seconds = time.time() - t_search
     ctx.log(f"search done: {cache.scored} distinct subnets scored on "
             f"{len(scorer.labels('val'))} val images in {seconds:.1f} s")
     return self.report(ctx, tr, scorer, cache, families, ends_ok, seconds)
 
-  def search(self, ctx: JobContext, cache, identity) -> dict[str, list[dict]]:
-    """The families to report: ``{label: members}``, the proposed (or only) one first."""
+  def search(self, ctx: JobContext, cache, identity, events=None) -> dict[str, list[dict]]:
+    """The families to report: ``{label: members}``, the proposed (or only) one first; each
+    generation's progress goes to ``events`` (a :class:`SearchEvents`) as
+    ``search/<member>/<key>`` (``search/<variant>/<member>/<key>`` for the others)."""
     cfg, space = ctx.cfg, ctx.space
     reward = search.parse_reward(cfg.search.reward)
     reference = load_reference(cfg, space)
 
     def run_family(tag, specs, ref):
+      prefix = "search" if tag == "family" else f"search/{tag}"
       return family_lib.search_family(
           space, specs, cache, evolution_config(cfg), seed=cfg.seed, reference=ref,
           nfr_against=cfg.search.nfr_against, state_path=ctx.path("search", f"{tag}.json"),
-          identity=identity, log=ctx.log)
+          identity=identity, log=ctx.log, on_generation=None if events is None else (
+              lambda member, rec: events.write(rec["generation"], f"{prefix}/{member}", rec)))
 
     if not cfg.search.compare:
       label = (f"{search.rewards.name(reward)}{'+inclusion' if cfg.search.inclusion else ''}"
@@ -159,7 +168,7 @@ class FamilyJob(Job):
                             ("val_top1", "test_top1", "macs", "params"))
     names = [m["name"] for m in main]
     deployed = export_members(ctx, names)
-    evaluated = [{"macs": int(space.macs(a)), "val_top1": t} for a, t in cache.evaluated()]
+    evaluated = cache.records()
     results = run_record(ctx, MACS_NOTE, trained, ends_ok)
     results.update({
         "search": {"seconds": round(seconds, 2), "subnets_scored": cache.scored,
@@ -176,7 +185,11 @@ class FamilyJob(Job):
         "top1_vs_macs.png": lambda p: report.plot_family(
             p, evaluated, records, title=title, windows=budget_windows(ctx.cfg, space)),
         "nfr_matrix.png": lambda p: report.plot_nfr_matrix(p, records[main_label],
-                                                           f"{title}: {main_label}")},
+                                                           f"{title}: {main_label}"),
+        **training_plot(ctx),
+        "search.png": lambda p: report.plot_search(
+            p, report.family_search_panels(records[main_label]["members"]),
+            f"{title}: {main_label} family search")},
         also=(f"subnets/{{{','.join(names)}}}",) + tuple(
             f"subnets/{{{','.join(names)}}}{convert.DEPLOY_SUFFIXES[f]}" for f in deployed))
     return results

@@ -27,7 +27,8 @@ from regnas_jax import evaluate, metrics, persist, report, spaces
 from regnas_jax import identity as identity_lib
 from regnas_jax.errors import ConfigError, SearchError
 from regnas_jax.jobs import supernet
-from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
+from regnas_jax.jobs.base import (Job, JobContext, SearchEvents, register_job, run_record,
+                                  training_plot, write_results)
 from regnas_jax.jobs.family import load_reference
 from regnas_jax.search import nsga2
 from regnas_jax.search.family import EvalCache
@@ -88,12 +89,31 @@ def chosen(state: nsga2.NSGA2State, objectives, k: int) -> np.ndarray:
   return nsga2.equispaced(state.objectives, k, axis)
 
 
+def generation_record(space, generation: int, front: list[dict], scored: int,
+                      infeasible: int) -> dict:
+  """One generation's progress: its number, the first front's size and (with Top-1 and MACs
+  among the objectives) its :func:`~regnas_jax.report.front_area` over the space's MACs, the
+  best validation Top-1 on it, the subnets scored so far and the candidates below
+  ``min_top1``."""
+  rec = {"generation": generation, "front_size": len(front)}
+  if front and "top1" in front[0]:
+    if "macs" in front[0]:
+      rec["front_area"] = report.front_area(front, float(space.macs(space.max_arch())))
+    rec["best_top1"] = max(r["top1"] for r in front)
+  rec.update(scored=scored, infeasible=infeasible)
+  return rec
+
+
 def search(space, cache: EvalCache, search_config, *, seed: int, ref_correct=None, state_path: str,
-           identity: dict, log=print):
+           identity: dict, log=print, events=None, progress: list | None = None):
   """Run (or resume) the NSGA-II search; returns ``(state, fronts)``.
 
   ``fronts[g]`` is the first front after generation ``g`` (see :func:`front_record`).
+  ``progress`` (a list) receives one :func:`generation_record` per generation, those of a
+  resumed search's earlier generations first (they are saved with the state); each new one also
+  goes to ``events`` (a :class:`~regnas_jax.jobs.base.SearchEvents`) as ``search/<key>``.
   """
+  progress = [] if progress is None else progress
   cfg = nsga2_config(search_config)
   objectives = tuple(search_config.objectives)
   signs = np.array([SIGNS[o] for o in objectives])
@@ -105,8 +125,10 @@ def search(space, cache: EvalCache, search_config, *, seed: int, ref_correct=Non
                             "max_macs": limit if np.isfinite(limit) else None,
                             "min_top1": float(search_config.min_top1)})
   loaded = persist.read_state(state_path, ident, lambda saved: (
-      nsga2.state_from_dict(space, saved["state"]), list(saved["fronts"])))
-  state, fronts = loaded if loaded is not None else (nsga2.init(seed), [])
+      nsga2.state_from_dict(space, saved["state"]), list(saved["fronts"]),
+      list(saved.get("progress") or [])))
+  state, fronts, done = loaded if loaded is not None else (nsga2.init(seed), [], [])
+  progress[:] = done
   if loaded is not None:
     log(f"resumed the NSGA-II search from {state_path} at generation {state.generation}")
   top_col = objectives.index("top1") if "top1" in objectives else None
@@ -119,8 +141,13 @@ def search(space, cache: EvalCache, search_config, *, seed: int, ref_correct=Non
     feasible = metrics.top1(correct) >= float(search_config.min_top1)
     state = nsga2.tell(state, cand, minimised, cfg, feasible)
     fronts.append(front_record(space, state, objectives, lambda m: m * signs))
+    progress.append(generation_record(space, state.generation - 1, fronts[-1], cache.scored,
+                                      int((~feasible).sum())))
     cache.save()
-    persist.save_state(state_path, ident, state=nsga2.state_to_dict(state), fronts=fronts)
+    persist.save_state(state_path, ident, state=nsga2.state_to_dict(state), fronts=fronts,
+                       progress=progress)
+    if events is not None:
+      events.write(progress[-1]["generation"], "search", progress[-1])
     best = (f", best val top-1 {100 * -state.objectives[:, top_col].min():.2f}%"
             if top_col is not None else "")
     log(f"NSGA-II generation {state.generation - 1}/{cfg.generations}: first front "
@@ -185,19 +212,23 @@ class NSGA2Job(Job):
     if reference is not None:
       ref_pop = spaces.stack([reference])
       ref = (cache(ref_pop)[0], scorer.correct(ref_pop, "test")[0])
-    t0 = time.time()
-    state, fronts = search(space, cache, se, seed=cfg.seed, ref_correct=ref and ref[0],
-                           state_path=ctx.path("search", "nsga2.json"), identity=identity,
-                           log=ctx.log)
+    t0, events, progress = time.time(), SearchEvents(ctx), []
+    try:
+      state, fronts = search(space, cache, se, seed=cfg.seed, ref_correct=ref and ref[0],
+                             state_path=ctx.path("search", "nsga2.json"), identity=identity,
+                             log=ctx.log, events=events, progress=progress)
+    finally:
+      events.close()
     seconds = time.time() - t0
     ctx.log(f"search done: {cache.scored} distinct subnets scored on "
             f"{len(scorer.labels('val'))} val images in {seconds:.1f} s")
-    return self.report(ctx, tr, scorer=scorer, cache=cache, state=state, fronts=fronts, ref=ref,
-                       ends_ok=ends_ok, seconds=seconds)
+    return self.report(ctx, tr, scorer=scorer, cache=cache, searched=(state, fronts, progress),
+                       ref=ref, ends_ok=ends_ok, seconds=seconds)
 
-  def report(self, ctx, trained, scorer, cache, state, fronts, ref, ends_ok, seconds) -> dict:
+  def report(self, ctx, trained, scorer, cache, searched, ref, ends_ok, seconds) -> dict:
     """The K chosen models scored on both splits, exported, tabulated and plotted."""
     space, se = ctx.space, ctx.cfg.search
+    state, fronts, progress = searched
     objectives = tuple(se.objectives)
     idx = chosen(state, objectives, int(se.num_models))
     archs = [space.validate(spaces.member(state.population, int(i)), population=False)
@@ -215,18 +246,22 @@ class NSGA2Job(Job):
       rows.append(r)
     supernet.export_subnets(ctx, trained.variables, scorer.stats(pop), archs, rows,
                             ("val_top1", "test_top1", "macs", "params"))
-    evaluated = [{"macs": int(space.macs(a)), "val_top1": t} for a, t in cache.evaluated()]
+    evaluated = cache.records()
     results = run_record(ctx, MACS_NOTE, trained, ends_ok)
     results.update({
         "search": {"algorithm": "nsga2", "objectives": list(objectives),
                    "seconds": round(seconds, 2), "subnets_scored": cache.scored,
                    "generations": state.generation - 1, "evaluations": state.evaluations,
                    "val_images": int(len(scorer.labels("val"))),
-                   "test_images": int(len(scorer.labels("test")))},
+                   "test_images": int(len(scorer.labels("test"))), "progress": progress},
         "chosen": rows, "pareto_fronts": fronts, "evaluated": evaluated})
+    title = f"{ctx.cfg.name} ({ctx.dataset.name})"
     write_results(ctx, results, report.pareto_table(rows, objectives),
-                  plots={"pareto.png": lambda p: report.plot_pareto(
-                      p, evaluated, fronts, rows, f"{ctx.cfg.name} ({ctx.dataset.name})")},
+                  plots={"pareto.png": lambda p: report.plot_pareto(p, evaluated, fronts, rows,
+                                                                    title),
+                         **training_plot(ctx),
+                         "search.png": lambda p: report.plot_search(
+                             p, report.nsga2_search_panels(progress), f"{title}: NSGA-II")},
                   also=(f"subnets/{{{','.join(r['name'] for r in rows)}}}",))
     return results
 

@@ -40,8 +40,9 @@ def trained(ctx: JobContext, warm: Callable[[], Any] | None = None) -> training.
   """The supernet of ``ctx`` trained as ``config.train`` says (resumed from the work dir), or
   with ``train.steps = 0`` the imported weights of ``config.supernet.init_from`` as they are.
 
-  ``warm`` runs in a background thread while the training step compiles (see :func:`warm_up`);
-  it is joined before this returns.
+  ``warm`` runs in a background thread from the start, while the supernet's initialisation and
+  then the training step compile (see :func:`warm_up`; on 2 cores the initialisation's compile
+  alone would leave one idle); it is joined before this returns.
   """
   init, init_ident = initial_weights(ctx)
   if int(ctx.cfg.train.steps) == 0:
@@ -53,16 +54,11 @@ def trained(ctx: JobContext, warm: Callable[[], Any] | None = None) -> training.
     return training.TrainResult(v, 0, 0.0, None, [], persist.fingerprint(
         {"init_from": init_ident, "arrays": persist.array_fingerprint(v)}))
   threads: list[threading.Thread] = []
-
-  def start():
-    if warm is not None:
-      t = threading.Thread(target=warm, name="regnas-warm-up", daemon=True)
-      t.start()
-      threads.append(t)
-
+  if warm is not None and ctx.stop_after == "search":
+    threads.append(threading.Thread(target=warm, name="regnas-warm-up", daemon=True))
+    threads[0].start()
   result = training.train(ctx.cfg, ctx.net, ctx.space, ctx.dataset, ctx.workdir, init_fn=init,
-                          init_identity=init_ident, log=ctx.log,
-                          on_start=start if ctx.stop_after == "search" else None)
+                          init_identity=init_ident, log=ctx.log)
   for t in threads:
     t.join()
   return result

@@ -16,9 +16,11 @@ One jit-compiled step does what one step of TuNAS's search does (facts in ``sear
 The steps run in the shared resumable loop (:func:`regnas_jax.training.run_loop`): the state
 (weights, BN statistics, both optimiser states, the policy and its baseline; all randomness
 derives from the step number) is checkpointed, so a killed search resumes exactly.  Outputs:
-``trajectory.jsonl`` / ``trajectory.png``, ``results.json`` / ``results.md`` (the argmax
-architecture, its cost against the target, the policy, and the random-search baseline inside the
-same cost window, all scored with re-calibrated BN, optionally also trained from scratch),
+``trajectory.jsonl`` / ``trajectory.png`` (the search's progress), ``training.png`` (the
+weights' loss, training-batch top-1 and learning rate), ``results.json`` / ``results.md`` (the
+argmax architecture, its cost against the target, the policy, and the random-search baseline
+inside the same cost window, all scored with re-calibrated BN, optionally also trained from
+scratch),
 ``subnets/tunas`` and, for the latency cost, ``latency.json``.
 """
 
@@ -41,7 +43,8 @@ from regnas_jax.data import pipeline
 from regnas_jax import evaluate, latency, parallel, persist, report, runtime, spaces, training
 from regnas_jax.errors import ConfigError
 from regnas_jax.jobs import supernet
-from regnas_jax.jobs.base import Job, JobContext, register_job, run_record, write_results
+from regnas_jax.jobs.base import (Job, JobContext, register_job, run_record, training_plot,
+                                  write_results)
 from regnas_jax.nn.common import init_variables
 from regnas_jax.nn.supernet import SUPERNETS
 from regnas_jax.progress import MetricsLog
@@ -463,9 +466,13 @@ class TunasJob(Job):
       idx = data_lib.epoch_batch_indices(n, size, s, seed)
       return put(split.get(idx[parallel.process_slice(len(idx))]))
 
+    clock = runtime.CompileClock()
+
     def step(s, st):
       x, y = batch(ds.train, n_train, tc.batch_size, s, cfg.seed)
       vx, vy = batch(ds.val, n_val, n_rl, s, cfg.seed + 1)
+      if s == start:   # compiles (or loads) the step: not part of the time left
+        return clock.timed_first(lambda: step_fn(st, x, y, vx, vy, k_steps), 1)[0]
       return step_fn(st, x, y, vx, vy, k_steps)
 
     def record(s, host):
@@ -487,7 +494,7 @@ class TunasJob(Job):
           log_every=tc.log_every, progress_every=tc.progress_every,
           max_nonfinite=int(tc.get("max_nonfinite_steps", 0)),
           lr_hint=f"; a smaller config.train.lr (now {tc.lr}) may help",
-          profile=runtime.ProfileWindow(cfg, ctx.workdir, ctx.log))
+          profile=runtime.ProfileWindow(cfg, ctx.workdir, ctx.log), compile_clock=clock)
     finally:
       traj.close()
       ck.close()
@@ -565,7 +572,8 @@ class TunasJob(Job):
                                "final": records[-1] if records else None}})
     write_results(ctx, results, report.tunas_table(rows, summary, bool(se.retrain_steps)),
                   plots={"trajectory.png": lambda p: report.plot_trajectory(
-                      p, records, target, unit, f"{cfg.name} ({ctx.dataset.name}): TuNAS search")},
+                      p, records, target, unit, f"{cfg.name} ({ctx.dataset.name}): TuNAS search"),
+                         **training_plot(ctx, "trajectory.jsonl")},
                   also=("trajectory.jsonl", "subnets/tunas"))
     return results
 

@@ -113,6 +113,13 @@ class EvalCache:
     """``(arch, top1)`` of every architecture scored so far, in order."""
     return [(self.archs[k], float(self.table[k].mean())) for k in self.archs]
 
+  def records(self) -> list[dict]:
+    """Every architecture scored so far, in order, as ``results.json`` lists them: its MACs,
+    its Top-1 on this split and the architecture in readable form (``space.arch_to_dict``;
+    ``space.arch_from_dict`` reads it back)."""
+    return [{"macs": int(self.space.macs(a)), "val_top1": t, "arch": self.space.arch_to_dict(a)}
+            for a, t in self.evaluated()]
+
   def save(self) -> None:
     """Write the cache to ``path`` (atomically) if it has entries not saved yet."""
     if not self.path or len(self.table) == self._saved:
@@ -160,7 +167,8 @@ def _arch_dict(arch) -> dict:
 def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: EvolutionConfig, *,
                   seed: int, reference=None, nfr_against: str = "previous",
                   state_path: str | None = None, identity: dict | None = None,
-                  log: Callable[[str], None] = print) -> list[dict]:
+                  log: Callable[[str], None] = print,
+                  on_generation: Callable[[str, dict], None] | None = None) -> list[dict]:
   """Search the members of ``specs`` in order; returns one record per member.
 
   Args:
@@ -175,9 +183,13 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
     state_path: JSON file the search is saved to after every generation (and resumed from).
     identity: JSON-able description of everything the result depends on; a saved search with
       another identity is refused.
+    on_generation: called with ``(member name, record)`` after every generation (the record of
+      the member's ``search.progress``), e.g. to log it to TensorBoard.
   Returns:
     Per member: ``name``, ``arch`` (numpy arch), ``val_top1``, ``val_nfr`` (against its
-    reference members), ``reward``, ``macs``, ``spec`` and the search summary.
+    reference members), ``reward``, ``macs``, ``spec`` and the search summary (with
+    ``progress``: one record per generation, saved with the state so a resumed search keeps
+    the generations before the restart).
   """
   if nfr_against not in NFR_AGAINST:
     raise ValueError(f"nfr_against: {nfr_against!r} is not one of {NFR_AGAINST}")
@@ -186,7 +198,7 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
       "identity": identity or {}, "specs": [s.to_dict() for s in specs],
       "search": dict(cfg._asdict()), "seed": int(seed), "nfr_against": nfr_against,
       "reference": None if reference is None else _arch_dict(space.validate(reference))})
-  members, current = _resume(space, specs, state_path, ident, log)
+  members, current, progress = _resume(space, specs, state_path, ident, log)
 
   def save(cur):
     if not state_path:
@@ -194,7 +206,8 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
     ms = [dict(m, arch=_arch_dict(m["arch"])) for m in members]
     cache.save()   # first: the state never refers to scores the cache lacks
     persist.save_state(state_path, ident, members=ms,
-                       current=None if cur is None else evolution.state_to_dict(cur))
+                       current=None if cur is None else evolution.state_to_dict(cur),
+                       progress=progress if cur is not None else [])
 
   for i, spec in enumerate(specs):
     if i < len(members):
@@ -215,11 +228,13 @@ def search_family(space, specs: list[MemberSpec], cache: EvalCache, cfg: Evoluti
     current = None
     log(f"{spec.name}: {spec.algorithm} search, reward {rewards.name(spec.reward)}, "
         f"{constraint.describe()}, {cfg.evaluations} evaluations")
-    state = _evolve(space, spec, constraint, cache, cfg, state, score=score, save=save, log=log)
+    state = _evolve(space, spec, constraint, cache, cfg, state, score=score, save=save, log=log,
+                    progress=progress, on_generation=on_generation)
     arch, fit = state.best()
     btop, bnfr = score(cache(_one(arch)))
     members.append(_record(space, spec, arch, float(btop[0]), float(bnfr[0]) if refs else 0.0,
-                           fit, state))
+                           fit, state, progress=progress))
+    progress = []
     save(None)
   return members
 
@@ -241,26 +256,29 @@ def _scores(cache: EvalCache, correct, refs: list[dict], nfr_against: str):
 
 
 def _resume(space, specs: list[MemberSpec], state_path: str | None, ident: dict, log):
-  """``(members done, state of the member in progress or None)`` saved at ``state_path`` for
-  the search ``ident``; ``([], None)`` for a new search."""
+  """``(members done, state of the member in search or None, its generations' records)``
+  saved at ``state_path`` for the search ``ident``; ``([], None, [])`` for a new search."""
   def parse(saved):
     done = [dict(m, arch=space.validate(m["arch"], population=False)) for m in saved["members"]]
     cur = saved.get("current")
-    return done, None if cur is None else evolution.state_from_dict(space, cur)
+    return (done, None if cur is None else evolution.state_from_dict(space, cur),
+            list(saved.get("progress") or []) if cur is not None else [])
 
   loaded = persist.read_state(state_path, ident, parse) if state_path else None
   if loaded is None:
-    return [], None
-  members, current = loaded
+    return [], None, []
+  members, current, _ = loaded
   log(f"resumed the search from {state_path}: {len(members)} member(s) done"
       + (f", {specs[len(members)].name} at generation {current.generation}" if current else ""))
-  return members, current
+  return loaded
 
 
 def _evolve(space, spec: MemberSpec, constraint: Constraint, cache: EvalCache,
-            cfg: EvolutionConfig, state, *, score, save, log):
+            cfg: EvolutionConfig, state, *, score, save, log, progress: list, on_generation=None):
   """One member's search from ``state`` to its last generation: each generation's candidates
-  scored (``score(correct) -> (top1, nfr)``), told to the algorithm, saved and logged."""
+  scored (``score(correct) -> (top1, nfr)``), told to the algorithm, its record (best reward,
+  its top-1 and NFR, the mean reward, subnets scored so far) appended to ``progress``, then
+  saved, passed to ``on_generation(member name, record)`` and logged."""
   algo = ALGORITHMS[spec.algorithm]
   while not algo.done(state, cfg):
     t = time.time()
@@ -271,19 +289,26 @@ def _evolve(space, spec: MemberSpec, constraint: Constraint, cache: EvalCache,
     top1, nfr_ = score(cache(cand))
     fit = rewards.reward(top1, nfr_, spec.reward)
     state = algo.tell(state, cand, fit, cfg)
-    save(state)
     b = state.best_index
-    btop, bnfr = score(cache(jax.tree.map(lambda x: x[[b]], state.population)))
-    log(f"{spec.name} generation {state.generation - 1}/{cfg.generations}: best reward "
-        f"{state.fitness[b]:.4f} (top-1 {100 * btop[0]:.2f}%, NFR {100 * bnfr[0]:.2f}%), "
+    btop, bnfr = score(cache(jax.tree.map(lambda x: x[[b]], state.population)))  # scored before
+    rec = {"generation": state.generation - 1, "best_reward": float(state.fitness[b]),
+           "best_top1": float(btop[0]), "best_nfr": float(bnfr[0]),
+           "mean_reward": float(np.mean(fit)), "scored": cache.scored}
+    progress.append(rec)
+    save(state)
+    if on_generation is not None:
+      on_generation(spec.name, rec)
+    log(f"{spec.name} generation {rec['generation']}/{cfg.generations}: best reward "
+        f"{rec['best_reward']:.4f} (top-1 {100 * btop[0]:.2f}%, NFR {100 * bnfr[0]:.2f}%), "
         f"{cache.scored - before} new subnets scored in {time.time() - t:.1f} s")
   return state
 
 
-def _record(space, spec: MemberSpec, arch, top1, nfr_, fit, state) -> dict:
+def _record(space, spec: MemberSpec, arch, top1, nfr_, fit, state, progress=()) -> dict:
   arch = space.validate(jax.tree.map(np.asarray, arch), population=False)
   return {"name": spec.name, "arch": arch, "val_top1": top1, "val_nfr": nfr_, "reward": fit,
           "macs": int(space.macs(arch)), "spec": spec.to_dict(),
           "search": None if state is None else {
               "algorithm": state.algorithm, "generations": state.generation - 1,
-              "evaluations": state.evaluations, "best_per_generation": list(state.history)}}
+              "evaluations": state.evaluations, "best_per_generation": list(state.history),
+              "progress": list(progress)}}

@@ -60,7 +60,7 @@ def run_loop(state, step: Callable[[int, Any], tuple[Any, dict]], *, start: int,
              params_of: Callable[[Any], Any] = lambda st: st.params,
              checkpoint_every: int = 100, log_every: int = 10, progress_every: int = 50,
              max_nonfinite: int = 0, loss_key: str = "loss", lr_hint: str = "",
-             profile=None):
+             profile=None, compile_clock=None):
   """Run steps ``start .. total - 1`` (module docstring); returns the final state.
 
   Args:
@@ -79,6 +79,8 @@ def run_loop(state, step: Callable[[int, Any], tuple[Any, dict]], *, start: int,
     lr_hint: appended to the non-finite error (e.g. the learning rate in use).
     profile: a :class:`~regnas_jax.runtime.ProfileWindow` (``before(s)`` / ``after(s, state)``
       around each step), or None.
+    compile_clock: the :class:`~regnas_jax.runtime.CompileClock` that ``step`` times its
+      compile-bound steps with: the progress bar's time left leaves them out.
   Raises:
     Preempted: after SIGTERM, once the state is saved.
     NonFiniteError: too many non-finite steps, or non-finite parameters at a save.
@@ -98,6 +100,8 @@ def run_loop(state, step: Callable[[int, Any], tuple[Any, dict]], *, start: int,
       if profile is not None:
         profile.after(s, state)
       pending.append(m)
+      if compile_clock is not None:
+        bar.compiled(compile_clock.spent_s, compile_clock.spent_steps)
       save = s % checkpoint_every == 0 or s == total or must_save(s) or stop.requested
       if s % log_every == 0 or s == total or must_save(s):
         host = jax.device_get(pending)

@@ -525,7 +525,7 @@ def train(cfg, model, space, dataset: data_lib.Dataset, workdir: str,
         log_every=tc.log_every, progress_every=tc.progress_every,
         max_nonfinite=int(tc.get("max_nonfinite_steps", 0)),
         lr_hint=f"; a smaller config.train.lr (now {tc.lr}) may help",
-        profile=runtime.ProfileWindow(cfg, workdir, log))
+        profile=runtime.ProfileWindow(cfg, workdir, log), compile_clock=steps.clock)
   finally:
     steps.close()
     metrics.close()
@@ -562,9 +562,28 @@ def _initial_state(ck, init_fn, k_init, tc, phases, log, mesh, mc):
   return state, resumed, extra or {}
 
 
+def subnet_roles(phase: Phase) -> list[str]:
+  """The role of each of a phase's ``S`` subnets per step, as its metrics are named
+  (``acc/largest``, ``loss/random``, ...): ``largest`` (member 0 of the sandwich rule and the
+  ``max`` sampler), ``smallest`` (member 1 of the sandwich rule) or ``random``."""
+  n = phase.num_subnets
+  if phase.sampler == "max":
+    return ["largest"] * n
+  if phase.sampler == "sandwich":
+    return ["largest", "smallest"] + ["random"] * (n - 2)
+  return ["random"] * n
+
+
+def by_role(name: str, values, roles: list[str], digits: int) -> dict:
+  """``{name/role: mean of the values of the subnets in that role}`` in the roles' order."""
+  v = np.asarray(values, np.float64)
+  return {f"{name}/{r}": round(float(v[[i for i, x in enumerate(roles) if x == r]].mean()), digits)
+          for r in dict.fromkeys(roles)}
+
+
 def _bar_fields(rec: dict) -> dict:
-  return dict(phase=rec["phase"], loss=rec["loss"], acc_max=float(rec["acc"][0]),
-              acc_last=float(rec["acc"][-1]),
+  accs = {f"acc_{k[4:]}": v for k, v in rec.items() if k.startswith("acc/")}
+  return dict(phase=rec["phase"], loss=rec["loss"], **accs,
               img_s=round(rec["images_per_s"]) if rec["images_per_s"] is not None else "-")
 
 
@@ -693,14 +712,14 @@ class _StepRunner:
     pi, local = phase_at(self.phases, s - 1)
     m = host[-1]
     compile_s, run_s, images = self.clock.take()   # images/s without the compile-bound steps
-    rec = {"phase": self.phases[pi].name, "loss": float(m["loss"]),
-           "losses": np.asarray(m["losses"]).round(5).tolist(),
-           "acc": np.asarray(m["acc"]).round(4).tolist(), "grad_norm": float(m["grad_norm"]),
-           "lr": float(self.lr_tables[pi][local]),
-           "images_per_s": images / max(run_s, 1e-9) if images else None,
-           "compile_s": round(compile_s, 3),
-           "resolution": self.res_at(s - 1), "time": time.time()}
-    return rec
+    roles = subnet_roles(self.phases[pi])
+    # compile_s and resolution: facts of the record, not TensorBoard scalars (progress.py)
+    return {"phase": self.phases[pi].name, "loss": float(m["loss"]),
+            **by_role("loss", m["losses"], roles, 5), **by_role("acc", m["acc"], roles, 4),
+            "grad_norm": float(m["grad_norm"]), "lr": float(self.lr_tables[pi][local]),
+            "images_per_s": images / max(run_s, 1e-9) if images else None,
+            "compile_s": round(compile_s, 3), "resolution": self.res_at(s - 1),
+            "time": time.time()}
 
   def close(self):
     self.pool.shutdown(wait=False, cancel_futures=True)

@@ -68,6 +68,8 @@ def case_train(n: int) -> dict:
   cfg = digits_mbv3.get_config("smoke")
   cfg.train.update(dict(steps=3, checkpoint_every=3, log_every=1, progress_every=100,
                         batch_size=16))
+  # one block per stage and two kernel sizes: every elastic dimension, a third of the compiles
+  cfg.space.update(dict(depth_choices=(1,), kernel_choices=(3, 5)))
   space = build.build_space(cfg)
   net = build.build_supernet(cfg, space)
   ds = build.load_dataset(cfg, space)

@@ -134,7 +134,11 @@ def test_imagenet_tunas_is_tunas_search_setting():
   assert float(space.macs(arch)) / 1e6 == pytest.approx(se.target, rel=0.01)
 
 
+@pytest.mark.slow
 def test_imagenet_tunas_smoke_end_to_end(tmp_path):
+  """The TuNAS job on the ImageNet config's layout (tfds mock data).  Slow: the same job runs end
+  to end on the digits config in tests/test_jobs_tunas.py, and this config's values are
+  checked above."""
   tfds = pytest.importorskip("tensorflow_datasets")
   cfg = load(os.path.join(ROOT, "configs", "imagenet_tunas.py"), "smoke")
   with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):

@@ -460,28 +460,22 @@ def one_error(out, *parts):
 
 
 def test_bad_files_through_the_command_line(tmp_path, c10):
-  """Each malformed kind: one ``error:`` line naming the file, status 2, no work dir."""
+  """A malformed file of each kind (binary, python, image folder; the other faults of each are
+  checked in-process above): one ``error:`` line naming the file, status 2, no work dir, and the
+  pickle that would run code is refused unrun."""
   sentinel = tmp_path / "ran"
   b = write_cifar(str(tmp_path / "b"), c10, "cifar10", "binary")
   with open(os.path.join(b, "test_batch.bin"), "r+b") as f:
     f.truncate(3073 * 7 + 11)
-  p = write_cifar(str(tmp_path / "p"), c10, "cifar10", "python")
-  open(os.path.join(p, "data_batch_1"), "wb").write(py2_pickle({"images": [1]}))
   e = write_cifar(str(tmp_path / "e"), c10, "cifar10", "python")
   evil = (b"\x80\x02cos\nsystem\nX" + struct.pack("<I", len(f"touch {sentinel}"))
           + f"touch {sentinel}".encode() + b"\x85R.")
   open(os.path.join(e, "data_batch_4"), "wb").write(evil)
-  (tmp_path / "nothing").mkdir()
-  (tmp_path / "nothing" / "train").mkdir()
-  (tmp_path / "nothing" / "val").mkdir()
   write_image_folder(str(tmp_path / "img"))
   open(os.path.join(tmp_path, "img", "train", "cat", "000.png"), "wb").write(b"\xff\xd8junk")
   cases = [
       ("cifar10", b, "test_batch.bin: 21522 bytes are not a whole number of 3073-byte records"),
-      ("cifar10", p, "data_batch_1: not a CIFAR batch: b'data' is NoneType"),
       ("cifar10", e, "data_batch_4: the pickle asks for os.system"),
-      ("folder", tmp_path / "empty-missing", "no such folder"),
-      ("folder", tmp_path / "nothing", "train has no class folders"),
       ("folder", tmp_path / "img", "cat/000.png cannot be decoded"),
   ]
   for name, path, msg in cases:
@@ -503,21 +497,21 @@ def test_smoke_search_through_the_command_line(tmp_path, c10, source):
   if source == "cifar10_binary_archive":
     path = tar_gz(write_cifar(str(tmp_path), c10, "cifar10", "binary"),
                   str(tmp_path / "cifar-10-binary.tar.gz"))
-    args = ["--config.data.name=cifar10"]
-    classes = 10
+    args, name = ["--config.data.name=cifar10"], "cifar10"
   else:
     path = str(tmp_path / "imgs")
-    write_image_folder(path, classes=("a", "b", "c", "d"), per_class=(20, 5), size=(36, 30),
+    # ten classes, as in the CIFAR run: the scoring programs are that run's, from the cache
+    write_image_folder(path, classes=tuple("abcdefghij"), per_class=(10, 3), size=(36, 30),
                        ext=".jpg")
     args = ["--config.data.name=folder", "--config.data.image_size=32",
             "--config.input.augment=inception"]
-    classes = 4
+    name = "folder"
   work = tmp_path / "work"
   out = cli("--config", SMOKE, "--workdir", str(work), f"--config.data.path={path}",
-            "--config.data.val_size=20", f"--config.space.num_classes={classes}", *args)
+            "--config.data.val_size=20", "--config.space.num_classes=10", *args)
   assert out.returncode == 0, out.stderr[-3000:]
   assert os.path.isfile(work / "results.json")
-  assert f"data {'cifar10' if classes == 10 else 'folder'} (" in out.stdout + out.stderr
+  assert f"data {name} (" in out.stdout + out.stderr
 
 
 def test_jobs_run_on_a_dataset_from_python(tmp_path, c10):

@@ -122,8 +122,11 @@ def test_train_variant_is_ofas_progressive_shrinking():
     load("imagenet_ofa_mbv3.py", "train,nope")
 
 
+@pytest.mark.slow
 def test_train_smoke_end_to_end_from_scratch(tmp_path):
-  """``:train,smoke`` trains from scratch through every phase on tfds mock data, then searches."""
+  """``:train,smoke`` trains from scratch through every phase on tfds mock data, then searches.
+  Slow (four training programs of the ImageNet layout): the phases' order and settings are
+  checked on this config above, and trained through on a small space in tests/test_train.py."""
   tfds = pytest.importorskip("tensorflow_datasets")
   cfg = load("imagenet_ofa_mbv3.py", "train,smoke")
   assert cfg.name == "imagenet_ofa_mbv3_train_smoke" and cfg.supernet.init_from == ""

@@ -81,13 +81,15 @@ def wheel_venv(tmp):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-  """``(workdir, CompletedProcess)`` of one uninterrupted smoke run with the comparison variants
-  and TensorBoard events: ``regnas-search --config digits_mbv3:smoke`` of the installed wheel,
-  run in an empty folder (default work dir ``runs/digits_mbv3_smoke`` there)."""
+  """``(workdir, CompletedProcess)`` of one uninterrupted smoke run with the comparison variants,
+  TensorBoard events and the members exported as ONNX and StableHLO: ``regnas-search --config
+  digits_mbv3:smoke`` of the installed wheel, run in an empty folder (default work dir
+  ``runs/digits_mbv3_smoke`` there)."""
   venv, wheel = wheel_venv(tmp_path_factory.mktemp("wheel"))
   cwd = tmp_path_factory.mktemp("elsewhere")
   out = subprocess.run([venv / "bin" / "regnas-search", "--config", "digits_mbv3:smoke",
-                        "--config.search.compare=True", "--config.runtime.tensorboard=True"],
+                        "--config.search.compare=True", "--config.runtime.tensorboard=True",
+                        "--config.search.export_formats=onnx,stablehlo"],
                        cwd=cwd, capture_output=True, text=True, timeout=600)
   out.venv, out.wheel = venv, wheel
   return cwd / "runs" / "digits_mbv3_smoke", out
@@ -188,6 +190,37 @@ def test_the_run_reads_well_named_scalars_progress_plots_and_scored_archs(smoke_
   for e in res["evaluated"]:
     a = sp.arch_from_dict(e["arch"])
     assert sp.arch_to_dict(a) == e["arch"] and sp.macs(a) == e["macs"]
+
+
+def test_every_member_ships_as_onnx_and_stablehlo(smoke_run):
+  """``config.search.export_formats``: every member's files carry the dataset's normalisation and
+  class names, and one member (A2) agrees with its saved subnet in JAX under onnxruntime and
+  under ``jax.export`` (relative error below 1e-4)."""
+  ort = pytest.importorskip("onnxruntime")
+  from regnas_jax import data, export
+
+  work, out = smoke_run
+  assert out.returncode == 0, out.stderr
+  names = [m["name"] for m in json.loads((work / "results.json").read_text())["family"]["members"]]
+  assert names == ["A1", "A2", "A3"]
+  digits = data.load_digits()
+  for name in names:
+    for suffix in (".onnx", ".stablehlo", ".stablehlo.json"):
+      assert (work / "subnets" / f"{name}{suffix}").is_file(), f"{name}{suffix}"
+    meta = json.loads((work / "subnets" / f"{name}.stablehlo.json").read_text())
+    assert (meta["name"], meta["dataset"], meta["resolution"]) == (name, "digits", 8)
+    np.testing.assert_allclose(meta["mean"], digits.mean)
+    np.testing.assert_allclose(meta["std"], digits.std)
+    assert meta["class_names"] == list(digits.class_names)
+  module, variables, _, _ = export.load_subnet(str(work / "subnets" / "A2"))
+  images = np.random.default_rng(3).normal(size=(5, 8, 8, 3)).astype(np.float32)
+  ref = np.asarray(jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, images),
+                   np.float64)
+  sess = ort.InferenceSession(str(work / "subnets" / "A2.onnx"),
+                              providers=["CPUExecutionProvider"])
+  exp = jax.export.deserialize(bytearray((work / "subnets" / "A2.stablehlo").read_bytes()))
+  for got in (sess.run(None, {"images": images})[0], exp.call(images)):
+    assert np.abs(np.asarray(got, np.float64) - ref).max() / np.abs(ref).max() < 1e-4
 
 
 # -- preemption: kill -9 at a random step or SIGTERM, restart, end with the same parameters ------
@@ -324,6 +357,8 @@ def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(smoke_run, tmp_pat
     (["--config", "configs/digits_scarlet.py", "--config.search.p_re=0.9"],
      "config.search.p_rm + p_re + p_pr: must sum to 1"),
     (["--config", "configs/digits_scarlet.py:s3"], "unknown variant 's3'"),
+    (["--config.search.export_formats=onnx,tflite"],
+     "config.search.export_formats: 'tflite' is not one of ('onnx', 'stablehlo')"),
 ])
 def test_bad_input_one_error_line_and_nothing_written(tmp_path, args, message):
   work = tmp_path / "work"

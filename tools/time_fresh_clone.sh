@@ -17,8 +17,9 @@ git clone --quiet "$repo" "$out/clone"
 python3 -m venv "$out/venv"
 . "$out/venv/bin/activate"
 cd "$out/clone"
-python -m pip install --quiet --upgrade pip
-/usr/bin/time -f "%e %U %S" -o "$out/install.time" python -m pip install --quiet -e ".[test]"
+python -m pip install --quiet --upgrade pip > "$out/pip.log" 2>&1
+/usr/bin/time -f "%e %U %S" -o "$out/install.time" \
+  python -m pip install --quiet -e ".[test]" >> "$out/pip.log" 2>&1
 export XDG_CACHE_HOME="$out/cache"
 unset REGNAS_JAX_CACHE_DIR JAX_COMPILATION_CACHE_DIR
 timed() {  # timed NAME CMD...: run CMD, keep its output and "wall user sys" in $out/NAME.*

@@ -60,7 +60,7 @@ FILE_COSTS = {
     "test_runtime.py": 50, "test_parallel.py": 800, "test_data_pipeline.py": 60,
     "test_data_formats.py": 300,
     "test_ofa_configs.py": 150, "test_configs.py": 90, "test_family_export.py": 130,
-    "test_convert_deploy.py": 90,
+    "test_convert_deploy.py": 90, "test_data_synthetic.py": 40,
 }
 FILE_COST_DEFAULT = 30
 

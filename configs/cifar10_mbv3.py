@@ -3,8 +3,8 @@
   regnas-search --config cifar10_mbv3 --config.data.path=/data/cifar10_jpeg.npz
   regnas-search --config cifar10_mbv3:smoke --config.data.path=...  # minutes, CPU
 
-The data file is the packed JPEG format described in ``regnas_jax/data.py`` (never looked up at a
-fixed place: give its path).  A tfds-prepared CIFAR-10 works too:
+The data file is the packed JPEG format described in ``regnas_jax/data/__init__.py`` (never
+looked up at a fixed place: give its path).  A tfds-prepared CIFAR-10 works too:
 ``--config.data.name=tfds --config.data.tfds_name=cifar10``.  5,000 training images form the
 holdout-validation split that scoring and search use; the test split is only reported.
 

@@ -24,9 +24,13 @@ images (OFA's ``valid_size``); the test split is ImageNet's validation set.  Dat
 prepared for TensorFlow Datasets (``imagenet2012``; ``tfds build imagenet2012`` with the archives
 in its manual dir), read through ``tfds.data_source``.
 
-``:smoke`` runs the same job on a CPU in a minute on tfds mock data (``imagenette``, 10 classes:
-the e2e test wraps it in ``tfds.testing.mock_data``) from the random-weight OFA checkpoint of the
-test fixtures (width 0.35, 10 classes, 40 px), with a population of 4 for one generation.
+``:smoke`` runs the same job on a CPU without ImageNet: on a small image folder of 10 classes
+named by ``--config.data.path`` (``python -m regnas_jax.data.synthetic DIR`` generates one; a
+missing path is an error naming that command), from the random-weight OFA checkpoint of the test
+fixtures (width 0.35, 10 classes, 40 px), with a population of 4 for one generation:
+
+  python -m regnas_jax.data.synthetic /tmp/tiny_imagenet
+  regnas-search --config imagenet_ofa_mbv3:smoke --config.data.path=/tmp/tiny_imagenet
 
 ``:train`` trains the supernet itself from scratch with OFA's progressive shrinking (Cai et al.,
 "Once-for-All", ICLR 2020; OFA's ``train_ofa_net.py``), then searches it as above:
@@ -62,7 +66,7 @@ the paper (OFA did not release that script).  What the schedule keys cannot say 
   the full-network phase's is not published).
 
 ``:train,smoke`` trains a width-0.35 supernet with two blocks per stage (depth 1 or 2, expand 4
-or 6) from scratch on tfds mock data for 4 steps, one per phase of its schedule,
+or 6) from scratch on the same small image folder for 4 steps, one per phase of its schedule,
 then searches it as ``:smoke`` does.
 """
 
@@ -122,7 +126,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.name += "_smoke"
     c.space.update(dict(width_mult=0.35, num_classes=10, resolutions=(40,)))
     c.supernet.init_from = os.path.join(FIXTURES, "ofa_mbv3_tiny.pth")
-    c.data.update(dict(tfds_name="imagenette", image_size=40, val_size=16))
+    # A small image folder named by --config.data.path (python -m regnas_jax.data.synthetic DIR
+    # writes one): no ImageNet, no tfds.  (--config.data.name=tfds reads imagenette instead.)
+    c.data.update(dict(name="folder", tfds_name="imagenette", image_size=40, val_size=16))
     c.train.update(dict(batch_size=8, resolutions=(), calib_images=16, calib_batch_size=8,
                         checkpoint_every=1, log_every=1, progress_every=1))
     c.score.update(dict(block_size=2, chunk_size=1, batch_size=16, max_images=16))

@@ -19,9 +19,10 @@ Evolution, scoring, data and splits as in ``imagenet_ofa_mbv3.py``: OFA's evolut
 BN re-calibrated on 2,000 training images, a fixed holdout of 10,000 ImageNet training images
 for the search, ImageNet's validation set as the test split (tfds ``imagenet2012``).
 
-``:smoke`` runs the same job on a CPU on tfds mock data (``imagenette``, 10 classes) from the
-random-weight OFA checkpoint of the test fixtures (an eighth of ResNet50's widths, 10 classes,
-40 px), with a population of 4 for one generation.
+``:smoke`` runs the same job on a CPU without ImageNet: on a small image folder of 10 classes
+named by ``--config.data.path`` (``python -m regnas_jax.data.synthetic DIR`` generates one), from
+the random-weight OFA checkpoint of the test fixtures (an eighth of ResNet50's widths, 10
+classes, 40 px), with a population of 4 for one generation.
 """
 
 import os
@@ -67,7 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.name = "imagenet_ofa_resnet50_smoke"
     c.space.update(dict(width_mult=0.125, num_classes=10, resolutions=(40,)))
     c.supernet.init_from = os.path.join(FIXTURES, "ofa_resnet50_tiny.pth")
-    c.data.update(dict(tfds_name="imagenette", image_size=40, val_size=16))
+    # A small image folder named by --config.data.path (python -m regnas_jax.data.synthetic DIR
+    # writes one): no ImageNet, no tfds.  (--config.data.name=tfds reads imagenette instead.)
+    c.data.update(dict(name="folder", tfds_name="imagenette", image_size=40, val_size=16))
     c.train.update(dict(batch_size=8, calib_images=16, calib_batch_size=8, checkpoint_every=1,
                         log_every=1, progress_every=1))
     c.score.update(dict(block_size=2, chunk_size=1, batch_size=16, max_images=16))

@@ -1,7 +1,8 @@
 """TuNAS on ImageNet in the ProxylessNAS space, with TuNAS's own search settings.
 
   regnas-search --config imagenet_tunas                 # accelerators; ImageNet prepared for tfds
-  regnas-search --config imagenet_tunas:smoke           # CPU, seconds (tfds mock data in the test)
+  python -m regnas_jax.data.synthetic /tmp/tiny_imagenet   # a small generated image folder
+  regnas-search --config imagenet_tunas:smoke --config.data.path=/tmp/tiny_imagenet   # CPU
 
 TuNAS (Bender et al., "Can weight sharing outperform random architecture search?", CVPR 2020)
 searched the ProxylessNAS space at 224 px for 90 epochs.  The values below are those of TuNAS's
@@ -44,9 +45,10 @@ Where this differs from TuNAS:
 ``search.retrain_steps=27050`` also trains the argmax and the random architectures from scratch
 with the same optimiser for 90 epochs, as TuNAS's stand-alone training did (expensive).
 
-``:smoke`` runs the same job on a CPU in seconds on tfds mock data (``imagenette``; the e2e test
-wraps it in ``tfds.testing.mock_data``): a quarter-width ProxylessNAS supernet on 32 px images,
-10 classes, 4 search steps, the target at half the largest subnet's MACs.
+``:smoke`` runs the same job on a CPU without ImageNet, on a small image folder of 10 classes
+named by ``--config.data.path`` (``python -m regnas_jax.data.synthetic DIR`` generates one): a
+quarter-width ProxylessNAS supernet on 32 px images, 4 search steps, the target at half the
+largest subnet's MACs.
 """
 
 import ml_collections
@@ -96,7 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "smoke":
     c.name = "imagenet_tunas_smoke"
     c.space.update(dict(width_mult=0.25, num_classes=10, resolutions=(32,)))
-    c.data.update(dict(tfds_name="imagenette", image_size=32, val_size=16))
+    # A small image folder named by --config.data.path (python -m regnas_jax.data.synthetic DIR
+    # writes one): no ImageNet, no tfds.  (--config.data.name=tfds reads imagenette instead.)
+    c.data.update(dict(name="folder", tfds_name="imagenette", image_size=32, val_size=16))
     c.train.update(dict(steps=4, batch_size=8, lr=0.1 * 256 / 8, warmup_steps=1,
                         checkpoint_every=2, log_every=1, progress_every=1, calib_images=16,
                         calib_batch_size=8))

@@ -59,7 +59,7 @@ FILE_COSTS = {
     "test_spaces_ofa_mbv3.py": 50, "test_export.py": 45, "test_spaces_ofa_resnet50.py": 40,
     "test_runtime.py": 50, "test_parallel.py": 400, "test_data_pipeline.py": 60,
     "test_data_formats.py": 230, "test_ofa_configs.py": 60, "test_configs.py": 40,
-    "test_convert_deploy.py": 130, "test_lowering.py": 40,
+    "test_convert_deploy.py": 130, "test_lowering.py": 40, "test_data_synthetic.py": 40,
 }
 FILE_COST_DEFAULT = 30
 

@@ -1,6 +1,6 @@
 """Every config file and its smoke variant loads, builds its space and training schedule;
-TuNAS's ImageNet setting (configs/imagenet_tunas.py) checked against TuNAS's numbers and run end
-to end on tfds mock data (needs ``tensorflow-datasets``, not TensorFlow; skipped without it)."""
+TuNAS's ImageNet setting (configs/imagenet_tunas.py) checked against TuNAS's numbers and its
+smoke variant run end to end on a generated image folder (``regnas_jax.data.synthetic``)."""
 
 import glob
 import importlib.util
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from regnas_jax import jobs, training
+from regnas_jax.data import synthetic
 from regnas_jax.defaults import DATASETS, data_defaults, score_defaults, train_defaults
 from regnas_jax.jobs import build
 from regnas_jax.jobs import tunas as tunas_job
@@ -136,24 +137,25 @@ def test_imagenet_tunas_is_tunas_search_setting():
 
 @pytest.mark.slow
 def test_imagenet_tunas_smoke_end_to_end(tmp_path):
-  """The TuNAS job on the ImageNet config's layout (tfds mock data).  Slow: the same job runs end
-  to end on the digits config in tests/test_jobs_tunas.py, and this config's values are
-  checked above."""
-  tfds = pytest.importorskip("tensorflow_datasets")
+  """The TuNAS job on the ImageNet config's layout, on a generated image folder.  Slow: the same
+  job runs end to end on the digits config in tests/test_jobs_tunas.py, and this config's values
+  are checked above."""
   cfg = load(os.path.join(ROOT, "configs", "imagenet_tunas.py"), "smoke")
-  with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
-    results = jobs.run(cfg, str(tmp_path))
+  cfg.data.path = str(tmp_path / "images")
+  synthetic.generate(cfg.data.path)
+  work = tmp_path / "work"
+  results = jobs.run(cfg, str(work))
   assert results["search"]["steps"] == cfg.train.steps == 4
   final = results["search"]["final"]
   assert final["step"] == 4
   for k in ("reward", "quality", "cost", "loss", "baseline", "policy_entropy", "rl_lr"):
     assert np.isfinite(final[k]), k
-  traj = [json.loads(line) for line in open(tmp_path / "trajectory.jsonl")]
+  traj = [json.loads(line) for line in open(work / "trajectory.jsonl")]
   assert [r["step"] for r in traj] == [1, 2, 3, 4]
   assert traj[0]["warmup_p"] > traj[-1]["warmup_p"]          # filter / op warmup decays
   rows = results["models"]
   assert rows[0]["name"] == "TuNAS argmax" and 0 <= rows[0]["test_top1"] <= 1
   assert results["tunas"]["unit"] == "MMACs" and results["tunas"]["target"] > 0
-  assert os.path.isdir(tmp_path / "subnets" / "tunas")
-  with open(tmp_path / "results.json") as f:
+  assert os.path.isdir(work / "subnets" / "tunas")
+  with open(work / "results.json") as f:
     assert json.load(f)["search"]["steps"] == 4

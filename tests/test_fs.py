@@ -12,6 +12,7 @@ are not tested here).
 import io
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -51,6 +52,22 @@ def gcs():
   FakeGcs.pseudo_dirs[:] = [""]
   yield FakeGcs()
   FakeGcs.store.clear()
+
+
+def test_a_work_dir_on_a_store_without_its_file_system_is_one_error(monkeypatch):
+  """``gs://`` without gcsfs installed: fsspec's ImportError becomes one error line naming the
+  work dir and the package, before anything is written."""
+  from regnas_jax import jobs
+  from regnas_jax.configs import digits_mbv3
+
+  registry = sys.modules["fsspec.registry"]                 # (both restored after the test)
+  monkeypatch.delitem(registry._registry, "gs", raising=False)
+  monkeypatch.setitem(registry.known_implementations, "gs", {
+      "class": "no_such_gcsfs_module.GCSFileSystem",
+      "err": "Please install gcsfs to access Google Storage"})
+  with pytest.raises(StateError, match=r"^--workdir: cannot create gs://bucket/run \(Please "
+                                       r"install gcsfs"):
+    jobs.run(digits_mbv3.get_config("smoke"), "gs://bucket/run")
 
 
 def test_paths_tell_local_from_object_stores(tmp_path):

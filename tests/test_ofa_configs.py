@@ -1,7 +1,7 @@
 """The paper's setting as configs (configs/imagenet_ofa_*.py) and their smoke variants end to end
-on imported random-weight OFA supernets (CPU, tfds mock data; ``config.supernet.init_from`` with
-``train.steps=0``).  The end-to-end test needs ``tensorflow-datasets`` (TensorFlow itself is not
-needed; the CI installs it) and is skipped without it.
+on imported random-weight OFA supernets (CPU, ``config.supernet.init_from`` with
+``train.steps=0``), on a small generated image folder (``regnas_jax.data.synthetic``, what the
+smoke variants read; no ImageNet, no tfds).
 """
 
 import importlib.util
@@ -15,6 +15,7 @@ import pytest
 from regnas_jax import export, jobs, training
 from regnas_jax.jobs import build
 from regnas_jax.jobs.family import budget_windows
+from regnas_jax.data import synthetic
 from regnas_jax.io import ofa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,16 +58,18 @@ def test_paper_setting(name):
 
 
 def run_job(cfg, workdir):
-  """The job behind the regnas-search command."""
+  """The job behind the regnas-search command, on a generated 10-class image folder (the smoke
+  variants' data) beside ``workdir``."""
+  images = os.path.join(os.path.dirname(workdir), "images")
+  synthetic.generate(images)
+  cfg.data.path = images
   return jobs.run(cfg, workdir)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_smoke_end_to_end_on_imported_weights(tmp_path, name):
-  tfds = pytest.importorskip("tensorflow_datasets")
   cfg = load(name, "smoke")
-  with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
-    results = run_job(cfg, str(tmp_path))
+  results = run_job(cfg, str(tmp_path / "work"))
   assert results["training"]["steps"] == 0
   members = results["family"]["members"]
   assert len(members) == len(cfg.search.budgets)
@@ -76,7 +79,7 @@ def test_smoke_end_to_end_on_imported_weights(tmp_path, name):
   net = build.build_supernet(cfg, space)
   imported = ofa.load_supernet_variables(cfg.supernet.init_from, net)
   for m in members:
-    _, v, arch, _ = export.load_subnet(os.path.join(tmp_path, "subnets", m["name"]))
+    _, v, arch, _ = export.load_subnet(os.path.join(tmp_path, "work", "subnets", m["name"]))
     _, want = net.extract(imported, arch)
     jax.tree.map(np.testing.assert_allclose, v["params"], jax.tree.map(np.asarray, want["params"]))
 
@@ -124,21 +127,20 @@ def test_train_variant_is_ofas_progressive_shrinking():
 
 @pytest.mark.slow
 def test_train_smoke_end_to_end_from_scratch(tmp_path):
-  """``:train,smoke`` trains from scratch through every phase on tfds mock data, then searches.
-  Slow (four training programs of the ImageNet layout): the phases' order and settings are
-  checked on this config above, and trained through on a small space in tests/test_train.py."""
-  tfds = pytest.importorskip("tensorflow_datasets")
+  """``:train,smoke`` trains from scratch through every phase on a generated image folder, then
+  searches.  Slow (four training programs of the ImageNet layout): the phases' order and settings
+  are checked on this config above, and trained through on a small space in tests/test_train.py."""
   cfg = load("imagenet_ofa_mbv3.py", "train,smoke")
   assert cfg.name == "imagenet_ofa_mbv3_train_smoke" and cfg.supernet.init_from == ""
-  with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
-    results = run_job(cfg, str(tmp_path))
+  work = tmp_path / "work"
+  results = run_job(cfg, str(work))
   tr = results["training"]
   assert tr["steps"] == 4 and tr["resumed_from"] is None
   assert [p["name"] for p in tr["phases"]] == ["full", "kernel", "depth", "expand"]
   assert [p["steps"] for p in tr["phases"]] == [1, 1, 1, 1]
   assert [p["distill"] for p in tr["phases"]] == ["none", "teacher", "teacher", "teacher"]
   assert list(tr["phases"][-1]["reorder_keep"]) == []   # re-ordered, no earlier width kept
-  metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  metrics = [json.loads(line) for line in open(work / "metrics.jsonl")]
   assert [(m["step"], m["phase"]) for m in metrics] == [
       (1, "full"), (2, "kernel"), (3, "depth"), (4, "expand")]
   assert all(np.isfinite(m["loss"]) for m in metrics)
@@ -147,6 +149,6 @@ def test_train_smoke_end_to_end_from_scratch(tmp_path):
   assert len(members) == len(cfg.search.budgets)
   for m in members:
     assert 0 <= m["test_top1"] <= 1 and m["macs"] > 0
-    assert os.path.isdir(os.path.join(tmp_path, "subnets", m["name"]))
-  with open(tmp_path / "results.json") as f:
+    assert os.path.isdir(os.path.join(work, "subnets", m["name"]))
+  with open(work / "results.json") as f:
     assert json.load(f)["training"]["steps"] == 4

@@ -15,7 +15,8 @@ reporting.  Sources (``config.data.name``; ``jobs/build.py`` maps the config ont
   (below); which one is told by the file's content.
 * ``folder`` -- :func:`load_folder`: ``DIR/train/<class>/*.jpg`` and ``DIR/val/<class>/*.jpg``
   (ImageNet as usually unpacked), classes sorted by folder name, decoded image by image
-  (:mod:`.folder`).
+  (:mod:`.folder`); ``python -m regnas_jax.data.synthetic DIR`` writes a small generated one
+  (:mod:`.synthetic`: the ImageNet configs' smoke variants read it).
 * ``npz`` -- :func:`load_packed_npz`: a packed ``.npz`` of any dataset.
 * ``tfds`` -- :func:`load_tfds`: a dataset prepared with TensorFlow Datasets, read through
   ``tfds.data_source`` (array_record; TensorFlow itself is not needed), never downloaded unless

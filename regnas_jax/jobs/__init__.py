@@ -62,8 +62,9 @@ def run(cfg, workdir: str, stop_after: str = "search", log=log_line, dataset=Non
   try:
     if fs.is_writer():
       fs.makedirs(workdir)
-  except OSError as e:
-    raise StateError(f"--workdir: cannot create {workdir} ({e.strerror or e})") from None
+  except (OSError, ImportError) as e:   # ImportError: fsspec lacks the URI's file system (gcsfs)
+    raise StateError(f"--workdir: cannot create {workdir} "
+                     f"({getattr(e, 'strerror', None) or e})") from None
   lock = persist.WorkdirLock(workdir, warn=log)
   with lock, stopping.GracefulStop():   # SIGTERM: exit 143 at a safe point, in every stage
     stopping.on_exit(lock.release)

@@ -102,9 +102,9 @@ def build_supernet(cfg, space):
     raise ConfigError(f"config.supernet: {e}") from None
 
 
-def _need_path(dc, what: str) -> str:
+def _need_path(dc, what: str, hint: str = "") -> str:
   if not dc.path:
-    raise ConfigError(f"config.data.path: give {what} (--config.data.path=PATH)")
+    raise ConfigError(f"config.data.path: give {what} (--config.data.path=PATH{hint})")
   return dc.path
 
 
@@ -126,7 +126,8 @@ def _read_dataset(cfg, space, decode: str) -> data_lib.Dataset:
                                     decode=decode)
   if dc.name == "folder":
     path = _need_path(dc, "the image folder DIR holding DIR/train/<class>/*.jpg and "
-                          "DIR/val/<class>/*.jpg")
+                          "DIR/val/<class>/*.jpg", "; for a smoke run, `python -m "
+                          "regnas_jax.data.synthetic DIR` writes a small one")
     return data_lib.load_folder(path, size, val_size=val, seed=dc.split_seed)
   if not dc.tfds_name:
     raise ConfigError("config.data.tfds_name: name the tfds dataset (e.g. cifar10)")

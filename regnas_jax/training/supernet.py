@@ -551,8 +551,9 @@ def _initial_state(ck, init_fn, k_init, tc, phases, log, mesh, mc):
   tx0, _ = make_optimizer(tc, phases[0])
   teacher = (jax.tree.map(jnp.copy, {"params": v["params"], "batch_stats": v["batch_stats"]})
              if any(p.distill == "teacher" for p in phases) else None)
+  # The optimizer state in one program (eagerly, each parameter shape compiles its own zeros).
   fresh = TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
-                     tx0.init(v["params"]), teacher)
+                     jax.jit(tx0.init)(v["params"]), teacher)
   fresh = parallel.place(fresh, parallel.state_shardings(fresh, mesh, mc))
   state, extra, resumed = ck.restore_latest(fresh, warn=log)
   if resumed is None:

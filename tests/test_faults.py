@@ -105,6 +105,21 @@ def test_bad_numbers_are_refused_before_anything_is_written(tmp_path):
     assert not work.exists()
 
 
+def test_missing_weights_to_start_from_are_refused_before_anything_is_written(tmp_path):
+  """``config.supernet.init_from`` naming nothing: one error naming the path, no work dir."""
+  from regnas_jax import jobs
+  from regnas_jax.configs import digits_mbv3
+  from regnas_jax.errors import ConfigError
+
+  cfg = digits_mbv3.get_config("smoke")
+  cfg.supernet.init_from = str(tmp_path / "no_such_ofa.pth")
+  work = tmp_path / "w"
+  with pytest.raises(ConfigError, match=r"^config.supernet.init_from: .*no_such_ofa.pth: no such "
+                                        r"file or directory"):
+    jobs.run(cfg, str(work))
+  assert not work.exists()
+
+
 @pytest.mark.slow
 def test_a_diverging_run_stops_naming_the_step_and_saves_nothing(tmp_path):
   work = tmp_path / "w"

@@ -5,6 +5,7 @@ supernet and the dataset.  Every fault is a :class:`~regnas_jax.errors.ConfigErr
 from __future__ import annotations
 
 import math
+import os
 
 import jax.numpy as jnp
 
@@ -96,6 +97,10 @@ def build_supernet(cfg, space):
   if "depthwise_impl" in opts and opts["depthwise_impl"] not in nets.ops.DEPTHWISE_IMPLS:
     raise ConfigError(f"config.supernet.depthwise_impl: {opts.get('depthwise_impl')!r} is not one "
                       f"of {nets.ops.DEPTHWISE_IMPLS}")
+  path = cfg.supernet.get("init_from", "")
+  if path and not os.path.exists(path):   # checked before the work dir is created
+    raise ConfigError(f"config.supernet.init_from: {path}: no such file or directory (an OFA "
+                      f"checkpoint file or a directory written by regnas_jax.convert)")
   try:
     return nets.build_supernet(space, **opts)
   except TypeError as e:

@@ -12,7 +12,13 @@ changes none of the numerics must reproduce it exactly on the same machine class
   python tools/golden.py record --runs DIR     # write the record from finished runs
 
 Floating-point results are compared exactly by default (``--tol`` relaxes it): runs are
-deterministic on one machine, but another CPU or JAX version may round differently.
+deterministic on one machine, but another CPU or JAX version may round differently, and so may
+the same machine with another number of cores (XLA:CPU splits its work by thread count: a run
+pinned to one core of a 2-core VM chose other subnets).  Small rounding differences grow: a
+TuNAS search of 600 steps follows its sampled rewards, so 2e-5 in a step's logits (vmapping the
+model over one shard, commit f4a8e44) ends in another policy.  The record is therefore one
+machine class's: record on the machine you check on, from a commit you trust (the record in
+the repository: this project's 2-core AMD EPYC VM, jax 0.10.2, at the commit that wrote it).
 """
 
 from __future__ import annotations

@@ -662,7 +662,7 @@ class _StepRunner:
       params, stats = v["params"], v["batch_stats"]
       self.log(f"phase {phase.name}: channels re-ordered by importance "
                f"(kept widths of expand {list(phase.reorder_keep)})")
-    new = TrainState(state.step, params, stats, tx.init(params), teacher)
+    new = TrainState(state.step, params, stats, jax.jit(tx.init)(params), teacher)
     return jax.device_put(new, parallel.state_shardings(new, self.mesh, self.mc))
 
   def _fn(self, pi, res, tx, state):

@@ -9,7 +9,8 @@ it):
   persist, stopping, progress, metrics   state files and the work-dir lock; SIGTERM; progress
             lines and metrics.jsonl; Top-1 and negative flip rates
   nn        masked supernets over one parameter tree (the Supernet contract), exact subnets
-  data, costs, latency, checkpoint   datasets; MACs counted off programs; latency model; orbax
+  data, costs, latency, latency_tunas, checkpoint   datasets; MACs counted off programs; latency
+            models (fitted here; TuNAS's released Pixel-1 models); orbax
   evaluate, training, search, export, io   scoring populations; the resumable training loop,
             supernet and exact-network training; search algorithms; saved subnets; OFA weights
   report    tables and plots
@@ -29,13 +30,13 @@ __version__ = "0.1.0"
 
 # Subpackages and modules reachable as attributes of the package, imported on first access.
 _LAZY = ("costs", "data", "errors", "evaluate", "experiments", "export", "jobs", "latency",
-         "metrics", "nn", "report", "search", "spaces", "training")
+         "latency_tunas", "metrics", "nn", "report", "search", "spaces", "training")
 
 __all__ = list(_LAZY)
 
 if TYPE_CHECKING:  # what static checkers see of the lazy attributes
   from regnas_jax import (costs, data, errors, evaluate, experiments, export, jobs, latency,
-                          metrics, nn, report, search, spaces, training)
+                          latency_tunas, metrics, nn, report, search, spaces, training)
 
 
 def __getattr__(name: str):

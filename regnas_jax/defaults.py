@@ -245,9 +245,11 @@ def tunas_defaults() -> ml_collections.ConfigDict:
       algorithm="tunas",
       reward="abs",               # 'abs' Q + beta |T/T0 - 1| | 'soft' Q (T/T0)^beta | 'hard'
       beta=-0.1,                  # cost exponent / penalty (TuNAS: -0.1)
-      cost="macs",                # 'macs' (analytic) | 'latency' (linear model fitted on this machine)
+      cost="macs",                # 'macs' (analytic) | 'tunas' (TuNAS's Pixel-1 latency model, ms)
+                                  # | 'latency' (linear model fitted on this machine)
       target=0.5,                 # T0 in target_unit
-      target_unit="fraction",     # 'fraction' of the largest subnet's MACs | 'mmacs' | 'ms' (latency)
+      target_unit="fraction",     # 'fraction' of the largest subnet's cost | 'mmacs' | 'ms' (tunas,
+                                  # latency)
       rl_learning_rate=0.0048,    # Adam (b1 = 0); TuNAS: 0.0003 per 256 images at batch 4096
       rl_delay_fraction=0.25,     # policy frozen for the first 25% (the baseline still learns)
       rl_increase=10.0,           # RL learning rate grows exponentially to 10x by the end

@@ -4,7 +4,8 @@ TuNAS estimates a subnet's latency as ``features(arch) . w + b`` with one-hot fe
 decision (its released weights were fitted to Pixel-1 measurements; the fitting code was not
 released).  Here the model is fitted by least squares to latencies of exact-shape subnets
 measured on the machine at hand, and the fit reports its error on held-out subnets, so a search
-can use the predicted latency as its cost ``T``.
+can use the predicted latency as its cost ``T``.  TuNAS's released models themselves, with its
+coupled (width x choice) features: ``regnas_jax.latency_tunas``.
 
 Features of an arch: for every element of every field a one-hot vector over that field's choices,
 concatenated (``(F,)`` with ``F = sum(field elements x choices)``).  One-hot blocks are

@@ -21,7 +21,7 @@ RANKS = {
     "errors": 0, "defaults": 0, "fs": 0, "identity": 0,
     "spaces": 1, "persist": 1, "stopping": 1, "progress": 1, "metrics": 1, "runtime": 1,
     "parallel": 1,
-    "nn": 2, "data": 2, "latency": 2, "checkpoint": 2,
+    "nn": 2, "data": 2, "latency": 2, "latency_tunas": 2, "checkpoint": 2,
     "evaluate": 3, "costs": 3, "training": 3, "search": 3, "export": 3, "io": 3,
     "report": 4, "convert": 4,
     "jobs": 5,

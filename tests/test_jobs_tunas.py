@@ -1,4 +1,5 @@
-"""The TuNAS job end to end on the smoke config: outputs, exact resume, the random baseline."""
+"""The TuNAS job end to end on the smoke config: outputs, exact resume, the random baseline,
+TuNAS's own latency model as the cost."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tbevents
 
-from regnas_jax import export, identity, jobs, spaces
+from regnas_jax import export, identity, jobs, latency_tunas, spaces
 from regnas_jax.errors import ConfigError
 from regnas_jax.jobs import build
 from regnas_jax import checkpoint as ckpt_lib
@@ -123,6 +124,12 @@ def test_killed_search_resumes_to_the_same_state(run_dir, tmp_path):
 def test_config_errors_name_the_key(tmp_path):
   bad = [({"search.reward": "linear"}, "config.search.reward: 'linear' is not one of"),
          ({"search.cost": "flops"}, "config.search.cost: 'flops' is not one of"),
+         ({"search.cost": "tunas", "search.target_unit": "mmacs"},
+          "config.search.target_unit: 'mmacs' does not fit cost 'tunas'"),
+         ({"search.cost": "tunas", "search.target_unit": "ms", "search.target": 1.0},
+          r"config.search.target: 1 ms is outside the space's range"),
+         ({"search.cost": "tunas", "space.resolutions": (8, 16)},
+          "config.space.resolutions: TuNAS's latency model .* has no resolution term"),
          ({"search.target": 2.0}, "config.search.target: a fraction"),
          ({"search.target_unit": "mmacs", "search.target": 1e6}, "is outside the space's range"),
          ({"search.beta": 0.1}, "config.search.beta: must be < 0"),
@@ -151,6 +158,31 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=msg):
       jobs.run(cfg, work, "search")
     assert not os.path.exists(work)   # nothing written, not even the work dir
+
+
+def test_search_with_tunas_latency_model(tmp_path):
+  """``search.cost='tunas'``: TuNAS's released latency model of the space is the cost (ms; the
+  target half the largest subnet's estimate); the search runs end to end, and every cost it
+  reports is the model's estimate of that architecture."""
+  cfg = smoke_config()
+  cfg.search.update(dict(cost="tunas", random_samples=1))
+  cfg.train.update(dict(steps=4, checkpoint_every=4, progress_every=4))
+  res = jobs.run(cfg, str(tmp_path / "w"), "search")
+  space = build.build_space(cfg)
+  estimate = lambda a: float(latency_tunas.estimate_ms(
+      space.name, latency_tunas.arch_to_indices(space, a)))
+  lo, hi = estimate(space.min_arch()), estimate(space.max_arch())
+  assert res["tunas"]["unit"] == "ms"
+  assert res["tunas"]["target"] == pytest.approx(0.5 * hi, rel=1e-6)
+  assert res["cost_model"]["model"] == "tunas"
+  assert res["cost_model"]["source"]["path"] == "tunas/cost_model_data.py"
+  assert len(res["models"]) == 2
+  for row in res["models"]:
+    assert row["cost"] == pytest.approx(estimate(space.arch_from_dict(row["arch"])), rel=1e-5)
+  traj = [json.loads(ln) for ln in open(tmp_path / "w" / "trajectory.jsonl")]
+  assert [r["step"] for r in traj] == list(range(cfg.train.log_every, 5, cfg.train.log_every))
+  for r in traj:
+    assert 0 < lo < r["cost"] < hi and 0 < r["argmax_cost"] < hi
 
 
 def test_random_in_window_rejection_sampling():

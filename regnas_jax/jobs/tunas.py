@@ -10,8 +10,10 @@ One jit-compiled step does what one step of TuNAS's search does (facts in ``sear
 2. one optimiser step of the shared weights on a training batch for that architecture;
 3. quality Q = top-1 of the sampled architecture (no warmup) on one validation batch, with the
    updated weights and batch statistics (TuNAS's search uses stateless BN);
-4. reward (``abs`` by default) of Q and the cost T (analytic MACs or a fitted latency model)
-   against the target T0, and one REINFORCE step of the policy.
+4. reward (``abs`` by default) of Q and the cost T against the target T0, and one REINFORCE
+   step of the policy.  T (``search.cost``): analytic MACs (``'macs'``), TuNAS's released
+   Pixel-1 latency model of the space (``'tunas'``, milliseconds; ``regnas_jax.latency_tunas``)
+   or a linear latency model fitted to subnets timed on this machine (``'latency'``).
 
 The steps run in the shared resumable loop (:func:`regnas_jax.training.run_loop`): the state
 (weights, BN statistics, both optimiser states, the policy and its baseline; all randomness
@@ -40,8 +42,9 @@ from regnas_jax import checkpoint as ckpt_lib
 from regnas_jax import data as data_lib
 from regnas_jax import identity as identity_lib
 from regnas_jax.data import pipeline
-from regnas_jax import evaluate, latency, parallel, persist, report, runtime, spaces, training
-from regnas_jax.errors import ConfigError
+from regnas_jax import (evaluate, latency, latency_tunas, parallel, persist, report, runtime,
+                        spaces, training)
+from regnas_jax.errors import ConfigError, InvalidSpaceError
 from regnas_jax.jobs import supernet
 from regnas_jax.jobs.base import (Job, JobContext, register_job, run_record, training_plot,
                                   write_results)
@@ -51,7 +54,7 @@ from regnas_jax.progress import MetricsLog
 from regnas_jax.search import tunas
 from regnas_jax.spaces import PolicySpace
 
-COSTS = ("macs", "latency")
+COSTS = ("macs", "tunas", "latency")
 MACS_NOTE = "MACs per image (multiply-accumulates; OFA prints them as MFLOPs)"
 _STEPS: dict = {}   # compiled search steps by configuration (a resumed search reuses its step)
 
@@ -103,7 +106,7 @@ def check_search(cfg, space) -> None:
     raise ConfigError(f"config.search.reward: {se.reward!r} is not one of {tunas.REWARDS}")
   if se.cost not in COSTS:
     raise ConfigError(f"config.search.cost: {se.cost!r} is not one of {COSTS}")
-  units = ("fraction", "ms") if se.cost == "latency" else ("fraction", "mmacs")
+  units = ("fraction", "mmacs") if se.cost == "macs" else ("fraction", "ms")
   if se.target_unit not in units:
     raise ConfigError(f"config.search.target_unit: {se.target_unit!r} does not fit cost "
                       f"{se.cost!r} (use one of {units})")
@@ -131,9 +134,9 @@ def check_search(cfg, space) -> None:
   check_shards(cfg)
   if not 0 < se.random_window < 1:
     raise ConfigError(f"config.search.random_window: must be in (0, 1), got {se.random_window!r}")
-  if se.cost == "macs":   # the latency target is checked once the model is fitted
-    cost, target, _, _ = macs_cost(cfg, space)
-    check_target(cost, target, "MMACs", space)
+  if se.cost != "latency":   # the fitted model's target is checked once it is fitted
+    cost, target, unit, _ = macs_cost(cfg, space) if se.cost == "macs" else tunas_cost(cfg, space)
+    check_target(cost, target, unit, space)
 
 
 def check_shards(cfg) -> None:
@@ -166,6 +169,27 @@ def macs_cost(cfg, space):
   se = cfg.search
   scale = 1e6 if se.target_unit == "mmacs" else float(space.macs(space.max_arch()))
   return (lambda a: space.macs(a) / 1e6), float(se.target) * scale / 1e6, "MMACs", {}
+
+
+def tunas_cost(cfg, space):
+  """``(cost_fn, target, 'ms', info)``: TuNAS's released Pixel-1 latency model of the space
+  (``regnas_jax.latency_tunas``); ``info`` names the model and its source."""
+  se = cfg.search
+  if space.name not in latency_tunas.SPACE_CLASSES:
+    raise ConfigError(f"config.search.cost: 'tunas' has models of "
+                      f"{', '.join(latency_tunas.SPACE_CLASSES)} only, not {space.name!r}")
+  if len(space.resolutions) != 1:
+    raise ConfigError(f"config.space.resolutions: TuNAS's latency model (cost 'tunas') has no "
+                      f"resolution term; search one resolution, got {tuple(space.resolutions)}")
+  try:
+    fn = latency_tunas.cost_fn(space)
+  except InvalidSpaceError as e:
+    raise ConfigError(f"config.space.{e}") from None
+  target = float(se.target) * (float(fn(space.max_arch())) if se.target_unit == "fraction"
+                               else 1.0)
+  info = {"model": "tunas", "space": space.name, "default_target_ms":
+          latency_tunas.TARGET_MS[space.name], "source": latency_tunas.source()}
+  return fn, target, "ms", info
 
 
 def check_target(cost_fn, target: float, unit: str, space) -> None:
@@ -409,6 +433,7 @@ class TunasJob(Job):
   def run(self, ctx: JobContext) -> dict:
     cfg, space, se, tc = ctx.cfg, ctx.space, ctx.cfg.search, ctx.cfg.train
     cost_fn, target, unit, fit = (macs_cost(cfg, space) if se.cost == "macs" else
+                                  tunas_cost(cfg, space) if se.cost == "tunas" else
                                   latency_cost(ctx))
     lo, hi = float(cost_fn(space.min_arch())), float(cost_fn(space.max_arch()))
     ctx.log(f"TuNAS search: {tc.steps} steps, reward {se.reward} (beta {se.beta}), cost {se.cost}, "

@@ -27,8 +27,7 @@ DATASETS = {
         # Blocks of 4: a generation's few new subnets pad fewer members (the scores do not
         # depend on the block: with chunk_size 1 each member runs the same program body).
         score=dict(batch_size=128, block_size=4),
-        smoke=dict(train=dict(log_every=2, calib_images=128, calib_batch_size=64),
-                   score=dict(block_size=4))),
+        smoke=dict(train=dict(log_every=2, calib_images=128, calib_batch_size=64))),
     # CIFAR-10 from the packed JPEG file; 5,000 training images form the validation split.
     "cifar10": dict(
         data=dict(image_size=32, val_size=5000),

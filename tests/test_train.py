@@ -238,3 +238,21 @@ def test_train_step_refuses_images_of_another_resolution(tiny):
                                resolution=12)
   state = state._replace(teacher=v)
   assert jax.tree.structure(trace(step, x)[0]) == jax.tree.structure(state)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop"])
+def test_optimizer_state_in_one_program_equals_optax_eager_init(optimizer):
+  """``optimizer_state`` (one compiled program) gives the state ``tx.init`` builds op by op:
+  the same tree, shapes, dtypes and values, clipping and weight decay included."""
+  tc = train_defaults()
+  tc.update(dict(optimizer=optimizer, weight_decay=1e-4, grad_clip_norm=1.0))
+  phase = train.Phase("p", steps=10, allowed=(), sampler="max", num_subnets=1, distill="none",
+                      reorder_keep=None, lr=0.1, warmup_steps=2)
+  tx, _ = train.make_optimizer(tc, phase)
+  rng = np.random.default_rng(0)
+  params = {"conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
+            "bn": {"scale": jnp.ones(4), "bias": jnp.zeros(4)}}
+  want, got = tx.init(params), train.optimizer_state(tx, params)
+  assert jax.tree.structure(want) == jax.tree.structure(got)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from regnas_jax import data as data_lib
-from regnas_jax import evaluate, persist, spaces, stopping, training
+from regnas_jax import evaluate, parallel, persist, spaces, stopping, training
 from regnas_jax.errors import ConfigError, RegnasError, one_line
 from regnas_jax.jobs.base import JobContext
 from regnas_jax.search import evolution
@@ -140,10 +140,6 @@ def score_ends(ctx: JobContext, scorer: evaluate.Scorer, split: str = "test",
   return ok
 
 
-def _host(x):
-  return np.asarray(x) if getattr(x, "is_fully_addressable", True) else x
-
-
 def export_subnets(ctx: JobContext, variables, stats, archs, rows, metric_keys) -> None:
   """Extract every ``archs[i]`` (with its re-calibrated statistics ``stats[i]``) and save it
   under ``subnets/<rows[i]['name']>/`` (loadable with :func:`regnas_jax.export.load_subnet`)."""
@@ -154,9 +150,9 @@ def export_subnets(ctx: JobContext, variables, stats, archs, rows, metric_keys) 
 
 
 def _export(ctx, variables, stats, archs, rows, metric_keys, export):
-  # Sliced on the host when this process holds the arrays whole: on the device every
-  # parameter shape would compile its own slicing programs (~100 small compiles on a CPU).
-  variables, stats = (jax.tree.map(_host, t) for t in (variables, stats))
+  # Sliced on the host: on the device every parameter shape would compile its own slicing
+  # programs (~100 small compiles on a CPU).
+  variables, stats = (jax.tree.map(parallel.to_host, t) for t in (variables, stats))
   for i, (a, r) in enumerate(zip(archs, rows)):
     st = jax.tree.map(lambda s, i=i: s[i], stats)
     _, v = ctx.net.extract({"params": variables["params"], "batch_stats": st}, a)

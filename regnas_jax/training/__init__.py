@@ -15,6 +15,7 @@ from regnas_jax.training.supernet import (DISTILL, METHODS, OPTIMIZERS, SAMPLERS
                                           TrainResult,
                                           TrainState, build_phases, fair_sample,
                                           make_optimizer, make_train_step, merge_batch_stats,
+                                          optimizer_state,
                                           phase_at, resolve_subnet_loop, sample_subnets,
                                           subnet_grads, subnet_losses,
                                           switch_model, train)
@@ -22,7 +23,7 @@ from regnas_jax.training.supernet import (DISTILL, METHODS, OPTIMIZERS, SAMPLERS
 __all__ = ["DISTILL", "FocalDistillation", "LossConfig", "evaluate_exact", "exact",
            "focal_distillation", "train_exact", "METHODS", "NonFiniteError", "OPTIMIZERS",
            "Phase", "SAMPLERS", "SUBNET_LOOPS", "TrainResult", "TrainState", "build_phases",
-           "fair_sample", "loop", "make_optimizer", "make_train_step",
+           "fair_sample", "loop", "make_optimizer", "make_train_step", "optimizer_state",
            "merge_batch_stats", "phase_at", "resolve_subnet_loop", "run_loop", "sample_subnets",
            "step_key", "subnet_grads", "subnet_losses", "supernet", "switch_model",
            "train"]

@@ -56,7 +56,7 @@ def _finite_tree(tree) -> bool:
   Leaves this process holds whole are checked on the host (checked on the device leaf by leaf,
   each leaf shape compiles programs of its own: ~10 s of a digits run's compile time); a tree
   with leaves sharded over other processes is checked in one compiled program."""
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
   if not leaves:
     return True
   if all(getattr(x, "is_fully_addressable", True) for x in leaves):

@@ -58,7 +58,7 @@ FILE_COSTS = {
     "test_evaluate.py": 330, "test_train.py": 250, "test_io_ofa.py": 70, "test_readme.py": 40,
     "test_spaces_ofa_mbv3.py": 50, "test_export.py": 45, "test_spaces_ofa_resnet50.py": 40,
     "test_runtime.py": 50, "test_parallel.py": 400, "test_data_pipeline.py": 60,
-    "test_data_formats.py": 230, "test_ofa_configs.py": 60, "test_configs.py": 40,
+    "test_data_formats.py": 190, "test_ofa_configs.py": 60, "test_configs.py": 40,
     "test_convert_deploy.py": 130, "test_lowering.py": 40, "test_data_synthetic.py": 40,
     "test_latency_tunas.py": 40,
 }

@@ -493,14 +493,18 @@ def test_bad_files_through_the_command_line(tmp_path, c10):
 
 
 @pytest.mark.parametrize("source", ["cifar10_binary_archive", "image_folder"])
-def test_smoke_search_through_the_command_line(tmp_path, c10, source):
+def test_smoke_training_through_the_command_line(tmp_path, c10, source):
+  """``--config.data.name/path`` of a CIFAR archive and of an image folder reach a command-line
+  run: the data are read and the smoke supernet trains on them (``--stop_after=train``).  The
+  readers' arrays are checked in-process above, and the search on a user's dataset in
+  ``test_jobs_run_on_a_dataset_from_python``; the whole command-line run in test_run_search.py."""
   if source == "cifar10_binary_archive":
     path = tar_gz(write_cifar(str(tmp_path), c10, "cifar10", "binary"),
                   str(tmp_path / "cifar-10-binary.tar.gz"))
     args, name = ["--config.data.name=cifar10"], "cifar10"
   else:
     path = str(tmp_path / "imgs")
-    # ten classes, as in the CIFAR run: the scoring programs are that run's, from the cache
+    # ten classes and 32 px, as in the CIFAR run: its training step, from the cache
     write_image_folder(path, classes=tuple("abcdefghij"), per_class=(10, 3), size=(36, 30),
                        ext=".jpg")
     args = ["--config.data.name=folder", "--config.data.image_size=32",
@@ -508,15 +512,17 @@ def test_smoke_search_through_the_command_line(tmp_path, c10, source):
     name = "folder"
   work = tmp_path / "work"
   out = cli("--config", SMOKE, "--workdir", str(work), f"--config.data.path={path}",
-            "--config.data.val_size=20", "--config.space.num_classes=10", *args)
+            "--config.data.val_size=20", "--config.space.num_classes=10", "--stop_after=train",
+            *args)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert os.path.isfile(work / "results.json")
+  assert os.path.isfile(work / "checkpoints" / "12" / "commit_success.txt")
   assert f"data {name} (" in out.stdout + out.stderr
+  assert "trained 12 steps" in out.stdout + out.stderr
 
 
 def test_jobs_run_on_a_dataset_from_python(tmp_path, c10):
   """``jobs.run(cfg, workdir, dataset=...)`` runs the smoke search on the user's arrays (32 px,
-  10 classes and CIFAR's constants: the CLI run's programs, from the compilation cache); the
+  10 classes and CIFAR's constants: the CLI runs' training step, from the compilation cache); the
   work dir then belongs to that data -- other arrays are refused, naming the fingerprint."""
   from regnas_jax import jobs
 

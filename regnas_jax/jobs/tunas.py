@@ -466,7 +466,8 @@ class TunasJob(Job):
     init = init or (lambda k: init_variables(net, k))
     v = init(k_init)
     fresh = SearchState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
-                        training.optimizer_state(tx, v["params"]), tunas.init(space, controller_config(se)))
+                        training.optimizer_state(tx, v["params"]),
+                        tunas.init(space, controller_config(se)))
     restored, _, resumed = ck.restore_latest(fresh, warn=ctx.log)
     traj = MetricsLog(ctx.path("trajectory.jsonl"), runtime.tensorboard_dir(cfg, ctx.workdir))
     if resumed is not None:

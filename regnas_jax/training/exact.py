@@ -122,7 +122,8 @@ def train_exact(cfg, module, dataset, workdir: str, *, resolution: int, seed: in
                              extra=identity_extra)
   ck = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", ident, max_to_keep=tc.max_to_keep)
   v = module.init(jax.random.key(seed), jnp.zeros((1, resolution, resolution, 3)), train=False)
-  fresh = (jnp.zeros((), jnp.int32), v["params"], v["batch_stats"], optimizer_state(tx, v["params"]))
+  fresh = (jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
+           optimizer_state(tx, v["params"]))
   state, _, resumed = ck.restore_latest(fresh, warn=log)
   state = fresh if resumed is None else state
   metrics = MetricsLog(f"{workdir}/metrics.jsonl")
